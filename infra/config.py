@@ -1,0 +1,228 @@
+"""pairlake configuration: one TOML file, embedded defaults, validated into typed sections.
+
+Configs are data (``infra/configs/*.toml``); ``load_config`` merges a user file over the embedded
+``demo.toml`` defaults and refuses unknown keys and bad values with one clear line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "demo.toml"
+CONFIG_ENV = "PAIRLAKE_CONFIG"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+@dataclass(frozen=True)
+class LakeConfig:
+    root: str = "lake"  # a local path or a URI (s3://bucket/prefix later)
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    master: str = "local[*]"
+    app_name: str = "pairlake"
+    # Extra spark.* settings, passed through as-is.
+    conf: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CrawlConfig:
+    crawl_id: str = "demo-crawl"
+    # A folder of .warc.gz files, or a warc.paths(.gz) listing whose lines are relative to base_url.
+    source: str = "build/sample_crawl/warcs"
+    base_url: str = ""
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    min_caption_chars: int = 5
+    max_caption_chars: int = 1000
+    max_page_bytes: int = 5_000_000
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    image_size: int = 256
+    resize_mode: str = "border"  # img2dataset modes: no, border, keep_ratio, keep_ratio_largest, center_crop
+    min_image_size: int = 32
+    max_aspect_ratio: float = 3.0
+    max_body_bytes: int = 20_000_000
+    max_image_pixels: int = 89_478_485  # PIL's decompression-bomb limit
+    timeout_s: float = 10.0
+    retries: int = 2
+    backoff_s: float = 0.5
+    concurrency: int = 64
+    per_host_concurrency: int = 8
+    user_agent: str = "pairlake/0.1 (+https://github.com/pairlake)"
+    honour_x_robots_tag: bool = True
+    honour_robots_txt: bool = True
+    # Private, loopback and link-local addresses are refused unless listed here (CIDR or host).
+    allow_hosts: tuple[str, ...] = ()
+    encode_format: str = "jpg"
+    encode_quality: int = 95
+    tasks: int = 0  # Spark tasks per download job; 0 = spark default parallelism
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    model: str = "pairlake-demo-tiny"
+    pretrained: str = ""  # an open_clip pretrained tag, or empty
+    checkpoint: str = ""  # a local checkpoint path (overrides pretrained)
+    batch_size: int = 256
+    workers: int = 2
+    device: str = "auto"  # auto, cpu, cuda
+    # Cosine threshold for the kept set, per model name (LAION-5B: 0.28 for ViT-B/32).
+    thresholds: dict[str, float] = field(default_factory=lambda: {"ViT-B-32": 0.28})
+
+
+@dataclass(frozen=True)
+class ShardsConfig:
+    samples_per_shard: int = 1000
+    output: str = "shards"  # relative to the lake root unless absolute
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    model_dir: str = ".cache/demo_model"
+    crawl_dir: str = "build/sample_crawl"
+    server_port: int = 18765
+    pages: int = 60
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PairlakeConfig:
+    lake: LakeConfig = field(default_factory=LakeConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    crawl: CrawlConfig = field(default_factory=CrawlConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    shards: ShardsConfig = field(default_factory=ShardsConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+
+    def clip_threshold(self) -> float:
+        """The kept-set threshold for the configured CLIP model."""
+        try:
+            return self.clip.thresholds[self.clip.model]
+        except KeyError:
+            raise ConfigError(
+                f"clip.thresholds has no entry for model {self.clip.model!r}; add one"
+            ) from None
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("conf", "thresholds"):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ConfigError(f"unknown config key {where}{sorted(unknown)[0]}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        f = fields[name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config section {where}{name} must be a table")
+            kwargs[name] = _build(type(default), value, f"{where}{name}.")
+        else:
+            kwargs[name] = _coerce(value, default, f"{where}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, key: str) -> Any:
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"config {key} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config {key} must be an integer, got {value!r}")
+        if value < 0:
+            raise ConfigError(f"config {key} must be >= 0, got {value}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config {key} must be a number, got {value!r}")
+        if value < 0:
+            raise ConfigError(f"config {key} must be >= 0, got {value}")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"config {key} must be a string, got {value!r}")
+        return value
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"config {key} must be a list of strings, got {value!r}")
+        return tuple(value)
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config {key} must be a table, got {value!r}")
+        return dict(value)
+    return value
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> PairlakeConfig:
+    """Load the embedded defaults, then ``path`` (or $PAIRLAKE_CONFIG), then ``overrides``."""
+    data = _read_toml(DEFAULT_CONFIG)
+    chosen = path or os.environ.get(CONFIG_ENV)
+    if chosen:
+        data = _merge(data, _read_toml(Path(chosen)))
+    if overrides:
+        data = _merge(data, overrides)
+    config = _build(PairlakeConfig, data, "")
+    _validate(config)
+    return config
+
+
+_RESIZE_MODES = ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop")
+
+
+def _validate(config: PairlakeConfig) -> None:
+    ex, dl = config.extract, config.download
+    if ex.min_caption_chars > ex.max_caption_chars:
+        raise ConfigError("config extract.min_caption_chars must not exceed extract.max_caption_chars")
+    if dl.resize_mode not in _RESIZE_MODES:
+        raise ConfigError(f"config download.resize_mode must be one of {', '.join(_RESIZE_MODES)}, got {dl.resize_mode!r}")
+    if dl.encode_format not in ("jpg", "png", "webp"):
+        raise ConfigError(f"config download.encode_format must be jpg, png or webp, got {dl.encode_format!r}")
+    if dl.timeout_s <= 0 or dl.concurrency < 1 or dl.per_host_concurrency < 1:
+        raise ConfigError("config download.timeout_s, concurrency and per_host_concurrency must be positive")
+    if config.clip.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"config clip.device must be auto, cpu or cuda, got {config.clip.device!r}")
+    if config.shards.samples_per_shard < 1:
+        raise ConfigError("config shards.samples_per_shard must be at least 1")
+    for model, threshold in config.clip.thresholds.items():
+        if not isinstance(threshold, (int, float)) or not -1.0 <= threshold <= 1.0:
+            raise ConfigError(f"config clip.thresholds.{model} must be a cosine in [-1, 1], got {threshold!r}")
+    if not config.lake.root:
+        raise ConfigError("config lake.root must not be empty")

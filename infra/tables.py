@@ -1,0 +1,194 @@
+"""The table registry: every Delta table of the lake, with its schema and partition columns.
+
+One place names the tables so that stages, the report and later removal (issue C) agree on what
+exists. Locations are ``<lake root>/<name>``; the root may be a local path or a URI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    schema: pa.Schema
+    partition_by: tuple[str, ...] = ()
+    key: tuple[str, ...] = ()  # the columns that identify a row
+    description: str = ""
+
+
+_TS = pa.timestamp("us", tz="UTC")
+
+WARC_FILES = TableSpec(
+    name="warc_files",
+    description="Registry of discovered WARC files: one row per file, the Dagster partition key.",
+    key=("warc_file",),
+    schema=pa.schema(
+        [
+            pa.field("warc_file", pa.string(), nullable=False),  # partition key: the file's name
+            pa.field("crawl_id", pa.string(), nullable=False),
+            pa.field("uri", pa.string(), nullable=False),  # where to read it (path or URL)
+            pa.field("size_bytes", pa.int64()),
+            pa.field("discovered_at", _TS, nullable=False),
+        ]
+    ),
+)
+
+CANDIDATES = TableSpec(
+    name="candidates",
+    description="(image URL, alt text) pairs from HTML responses, unique by uid across the lake.",
+    partition_by=("warc_file",),
+    key=("uid",),
+    schema=pa.schema(
+        [
+            pa.field("uid", pa.string(), nullable=False),
+            pa.field("url", pa.string(), nullable=False),
+            pa.field("caption", pa.string(), nullable=False),
+            pa.field("language", pa.string()),
+            pa.field("language_score", pa.float32()),
+            pa.field("page_url", pa.string(), nullable=False),
+            pa.field("crawl_id", pa.string(), nullable=False),
+            pa.field("warc_file", pa.string(), nullable=False),
+            pa.field("record_offset", pa.int64(), nullable=False),
+            pa.field("fetch_date", _TS),
+        ]
+    ),
+)
+
+# Record-level parse problems: malformed, truncated or undecodable records, one row each.
+WARC_REJECTS = TableSpec(
+    name="warc_rejects",
+    description="WARC records that could not be parsed, with the reason; counted, never fatal.",
+    partition_by=("warc_file",),
+    schema=pa.schema(
+        [
+            pa.field("warc_file", pa.string(), nullable=False),
+            pa.field("record_offset", pa.int64()),
+            pa.field("page_url", pa.string()),
+            pa.field("reason", pa.string(), nullable=False),
+            pa.field("detail", pa.string()),
+        ]
+    ),
+)
+
+IMAGES = TableSpec(
+    name="images",
+    description="One row per candidate: the resized image bytes on success, a failure reason otherwise.",
+    partition_by=("warc_file",),
+    key=("uid",),
+    schema=pa.schema(
+        [
+            pa.field("uid", pa.string(), nullable=False),
+            pa.field("url", pa.string(), nullable=False),
+            pa.field("warc_file", pa.string(), nullable=False),
+            pa.field("status", pa.string(), nullable=False),  # "ok" or "failed"
+            pa.field("error", pa.string()),  # failure reason code (http_404, timeout, not_image, ...)
+            pa.field("error_detail", pa.string()),
+            pa.field("retryable", pa.bool_(), nullable=False),
+            pa.field("http_status", pa.int32()),
+            pa.field("attempts", pa.int32(), nullable=False),
+            pa.field("final_url", pa.string()),  # after redirects
+            pa.field("fetched_at", _TS, nullable=False),
+            pa.field("image", pa.binary()),  # re-encoded, resized bytes
+            pa.field("image_format", pa.string()),
+            pa.field("width", pa.int32()),
+            pa.field("height", pa.int32()),
+            pa.field("original_width", pa.int32()),
+            pa.field("original_height", pa.int32()),
+            pa.field("original_bytes", pa.int64()),
+            pa.field("sha256", pa.string()),  # of the original bytes
+            pa.field("md5", pa.string()),  # of the original bytes
+        ]
+    ),
+)
+
+CLIP_SCORES = TableSpec(
+    name="clip_scores",
+    description="CLIP embeddings (L2-normalised, float16 bytes) and image-text cosine per pair and model.",
+    partition_by=("warc_file",),
+    key=("uid", "model_id"),
+    schema=pa.schema(
+        [
+            pa.field("uid", pa.string(), nullable=False),
+            pa.field("warc_file", pa.string(), nullable=False),
+            pa.field("model_id", pa.string(), nullable=False),  # "<model>/<pretrained or checkpoint sha>"
+            pa.field("embedding_dim", pa.int32(), nullable=False),
+            pa.field("image_embedding", pa.binary(), nullable=False),  # float16 little-endian
+            pa.field("text_embedding", pa.binary(), nullable=False),  # float16 little-endian
+            pa.field("similarity", pa.float32(), nullable=False),
+        ]
+    ),
+)
+
+KEPT_PAIRS = TableSpec(
+    name="kept_pairs",
+    description="The kept set: pairs whose CLIP similarity clears the model's threshold.",
+    partition_by=("warc_file",),
+    key=("uid",),
+    schema=pa.schema(
+        [
+            pa.field("uid", pa.string(), nullable=False),
+            pa.field("warc_file", pa.string(), nullable=False),
+            pa.field("url", pa.string(), nullable=False),
+            pa.field("caption", pa.string(), nullable=False),
+            pa.field("language", pa.string()),
+            pa.field("similarity", pa.float32(), nullable=False),
+            pa.field("model_id", pa.string(), nullable=False),
+            pa.field("width", pa.int32()),
+            pa.field("height", pa.int32()),
+            pa.field("original_width", pa.int32()),
+            pa.field("original_height", pa.int32()),
+            pa.field("sha256", pa.string()),
+            pa.field("md5", pa.string()),
+        ]
+    ),
+)
+
+SHARDS = TableSpec(
+    name="shards",
+    description="Manifest of exported webdataset shards and the kept_pairs version they came from.",
+    key=("export_id", "shard"),
+    schema=pa.schema(
+        [
+            pa.field("export_id", pa.string(), nullable=False),
+            pa.field("shard", pa.string(), nullable=False),  # "00000"
+            pa.field("path", pa.string(), nullable=False),
+            pa.field("samples", pa.int64(), nullable=False),
+            pa.field("bytes", pa.int64(), nullable=False),
+            pa.field("sha256", pa.string(), nullable=False),
+            pa.field("source_version", pa.int64(), nullable=False),
+            pa.field("created_at", _TS, nullable=False),
+        ]
+    ),
+)
+
+# Per-stage counters (funnel, skip reasons), one row per (table, partition, metric).
+STAGE_STATS = TableSpec(
+    name="stage_stats",
+    description="Counters per stage and partition: funnel counts and skip/failure reasons.",
+    partition_by=("stage",),
+    key=("stage", "partition", "metric"),
+    schema=pa.schema(
+        [
+            pa.field("stage", pa.string(), nullable=False),
+            pa.field("partition", pa.string(), nullable=False),
+            pa.field("metric", pa.string(), nullable=False),
+            pa.field("value", pa.int64(), nullable=False),
+        ]
+    ),
+)
+
+ALL_TABLES: dict[str, TableSpec] = {
+    spec.name: spec
+    for spec in (WARC_FILES, CANDIDATES, WARC_REJECTS, IMAGES, CLIP_SCORES, KEPT_PAIRS, SHARDS, STAGE_STATS)
+}
+
+
+def table_spec(name: str) -> TableSpec:
+    try:
+        return ALL_TABLES[name]
+    except KeyError:
+        raise KeyError(f"unknown table {name!r}; known: {', '.join(sorted(ALL_TABLES))}") from None
