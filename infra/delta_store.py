@@ -1,0 +1,245 @@
+"""The storage layer: Delta tables under one lake root, written through delta-rs.
+
+Every write is one atomic Delta commit that carries lineage (run id, asset key, partition, code
+version, upstream table versions) in its commit metadata. Partitioned writes replace exactly the
+named partitions in that one commit, so a retry or a crash-and-rerun never leaves duplicates or gaps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+from deltalake import DeltaTable, Schema, write_deltalake
+from deltalake.exceptions import TableNotFoundError
+from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
+
+from infra.tables import TableSpec
+
+LINEAGE_PREFIX = "pairlake."
+
+
+class LakeError(RuntimeError):
+    """The lake root or a table cannot be used as asked."""
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Who wrote a commit and from what: stored in the Delta commit's metadata."""
+
+    run_id: str = "manual"
+    asset_key: str = ""
+    partition_keys: tuple[str, ...] = ()
+    code_version: str = ""
+    upstream: dict[str, int] = field(default_factory=dict)  # table name -> version read
+
+    def commit_metadata(self) -> dict[str, str]:
+        return {
+            f"{LINEAGE_PREFIX}run_id": self.run_id,
+            f"{LINEAGE_PREFIX}asset_key": self.asset_key,
+            f"{LINEAGE_PREFIX}partition_keys": json.dumps(list(self.partition_keys)),
+            f"{LINEAGE_PREFIX}code_version": self.code_version,
+            f"{LINEAGE_PREFIX}upstream": json.dumps(self.upstream, sort_keys=True),
+        }
+
+    @staticmethod
+    def from_commit(info: dict[str, Any]) -> "Lineage | None":
+        """Lineage from a ``DeltaTable.history()`` entry, or None for commits pairlake did not write."""
+        if f"{LINEAGE_PREFIX}run_id" not in info:
+            return None
+        return Lineage(
+            run_id=info[f"{LINEAGE_PREFIX}run_id"],
+            asset_key=info.get(f"{LINEAGE_PREFIX}asset_key", ""),
+            partition_keys=tuple(json.loads(info.get(f"{LINEAGE_PREFIX}partition_keys", "[]"))),
+            code_version=info.get(f"{LINEAGE_PREFIX}code_version", ""),
+            upstream={k: int(v) for k, v in json.loads(info.get(f"{LINEAGE_PREFIX}upstream", "{}")).items()},
+        )
+
+
+def _sql_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def partition_predicate(column: str, values: Iterable[str]) -> str:
+    """A delta-rs SQL predicate selecting the given partition values."""
+    return f"{column} IN ({', '.join(_sql_literal(v) for v in sorted(set(values)))})"
+
+
+class Lake:
+    """The Delta tables under one root (a local path or an object-store URI)."""
+
+    def __init__(self, root: str, storage_options: dict[str, str] | None = None):
+        self.root = root if "://" in root else str(Path(root).resolve())
+        self.storage_options = storage_options
+
+    @property
+    def is_local(self) -> bool:
+        return "://" not in self.root
+
+    def uri(self, spec: TableSpec | str) -> str:
+        name = spec if isinstance(spec, str) else spec.name
+        return f"{self.root.rstrip('/')}/{name}"
+
+    def ensure_writable(self) -> None:
+        """Fail early, with one line, when the lake root cannot take writes."""
+        if not self.is_local:
+            return
+        root = Path(self.root)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            probe = root / f".write-probe-{uuid.uuid4().hex}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise LakeError(f"lake root {self.root} is not writable: {exc.strerror or exc}") from None
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def table(self, spec: TableSpec | str, version: int | None = None) -> DeltaTable | None:
+        """The Delta table at ``version`` (latest when None), or None if it was never written."""
+        try:
+            return DeltaTable(self.uri(spec), version=version, storage_options=self.storage_options)
+        except TableNotFoundError:
+            return None
+
+    def version(self, spec: TableSpec | str) -> int | None:
+        table = self.table(spec)
+        return None if table is None else table.version()
+
+    def read(
+        self,
+        spec: TableSpec,
+        version: int | None = None,
+        columns: list[str] | None = None,
+        partitions: Iterable[str] | None = None,
+        filter: pads.Expression | None = None,
+    ) -> pa.Table:
+        """Rows of ``spec`` at ``version``; an empty table of the right schema if it does not exist."""
+        table = self.table(spec, version)
+        schema = spec.schema if columns is None else pa.schema([spec.schema.field(c) for c in columns])
+        if table is None:
+            return schema.empty_table()
+        expr = filter
+        if partitions is not None:
+            part_expr = pads.field(spec.partition_by[0]).isin(sorted(set(partitions)))
+            expr = part_expr if expr is None else expr & part_expr
+        data = table.to_pyarrow_dataset().to_table(columns=columns, filter=expr)
+        return data.select(schema.names).cast(schema)
+
+    def history(self, spec: TableSpec | str) -> list[dict[str, Any]]:
+        table = self.table(spec)
+        return [] if table is None else table.history()
+
+    def lineage(self, spec: TableSpec | str, version: int | None = None) -> Lineage | None:
+        """The lineage recorded with ``version`` (latest when None)."""
+        for entry in self.history(spec):
+            if version is None or entry.get("version") == version:
+                return Lineage.from_commit(entry)
+        return None
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def _conform(self, spec: TableSpec, data: pa.Table) -> pa.Table:
+        missing = set(spec.schema.names) - set(data.column_names)
+        if missing:
+            raise LakeError(f"rows for table {spec.name} lack columns: {', '.join(sorted(missing))}")
+        return data.select(spec.schema.names).cast(spec.schema)
+
+    def _commit_properties(self, lineage: Lineage) -> CommitProperties:
+        return CommitProperties(custom_metadata=lineage.commit_metadata())
+
+    def replace_partitions(
+        self, spec: TableSpec, data: pa.Table, partition_values: Iterable[str], lineage: Lineage
+    ) -> int:
+        """Replace exactly ``partition_values`` of ``spec`` with ``data`` in one commit."""
+        if not spec.partition_by:
+            raise LakeError(f"table {spec.name} is not partitioned; use overwrite()")
+        column = spec.partition_by[0]
+        values = sorted(set(partition_values))
+        if not values:
+            raise LakeError(f"no partitions named for a write to {spec.name}")
+        data = self._conform(spec, data)
+        stray = set(data.column(column).unique().to_pylist()) - set(values)
+        if stray:
+            raise LakeError(f"rows for {spec.name} fall outside the partitions being replaced: {sorted(stray)[:3]}")
+        return self._write(spec, data, "overwrite", lineage, predicate=partition_predicate(column, values))
+
+    def overwrite(self, spec: TableSpec, data: pa.Table, lineage: Lineage) -> int:
+        """Replace the whole table in one commit."""
+        return self._write(spec, self._conform(spec, data), "overwrite", lineage)
+
+    def append(self, spec: TableSpec, data: pa.Table, lineage: Lineage) -> int:
+        return self._write(spec, self._conform(spec, data), "append", lineage)
+
+    def _write(self, spec: TableSpec, data: pa.Table, mode: str, lineage: Lineage, predicate: str | None = None) -> int:
+        if self.is_local:
+            self.ensure_writable()
+        exists = self.table(spec) is not None
+        write_deltalake(
+            self.uri(spec),
+            data,
+            mode=mode,  # type: ignore[arg-type]
+            # A predicate on a table that does not exist yet is meaningless: the first write creates it.
+            predicate=predicate if exists else None,
+            partition_by=list(spec.partition_by) or None,
+            storage_options=self.storage_options,
+            commit_properties=self._commit_properties(lineage),
+        )
+        return self.version(spec)  # type: ignore[return-value]
+
+    def commit_files(
+        self,
+        spec: TableSpec,
+        add_actions: list[AddAction],
+        lineage: Lineage,
+        replace_partitions: Iterable[str] | None = None,
+        overwrite: bool = False,
+    ) -> int:
+        """Commit Parquet files already written into the table directory (by Spark executors).
+
+        With ``replace_partitions`` the files of those partitions are removed in the same commit;
+        with ``overwrite`` every current file is.
+        """
+        schema = Schema.from_arrow(spec.schema)
+        partition_by = list(spec.partition_by) or None
+        props = self._commit_properties(lineage)
+        table = self.table(spec)
+        if table is None:
+            create_table_with_add_actions(
+                self.uri(spec), schema, add_actions, mode="append", partition_by=partition_by,
+                storage_options=self.storage_options, commit_properties=props,
+            )
+        elif overwrite:
+            table.create_write_transaction(add_actions, mode="overwrite", schema=schema, partition_by=partition_by,
+                                           commit_properties=props)
+        elif replace_partitions is not None:
+            values = sorted(set(replace_partitions))
+            if not spec.partition_by or not values:
+                raise LakeError(f"replace_partitions needs a partitioned table and partition values ({spec.name})")
+            table.create_write_transaction(
+                add_actions, mode="overwrite", schema=schema, partition_by=partition_by,
+                partition_filters=[(spec.partition_by[0], "in", values)], commit_properties=props,
+            )
+        else:
+            table.create_write_transaction(add_actions, mode="append", schema=schema, partition_by=partition_by,
+                                           commit_properties=props)
+        return self.version(spec)  # type: ignore[return-value]
+
+
+def local_path(uri: str) -> str:
+    """A filesystem path for a local lake URI (file:// or plain)."""
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+def data_file_name() -> str:
+    return f"part-{uuid.uuid4().hex}.parquet"
+
+
+def ensure_dir(path: str) -> None:
+    os.makedirs(path, exist_ok=True)

@@ -1,0 +1,21 @@
+"""Driver for the standalone-cluster test: writes and reads through the data source on MASTER."""
+
+import sys
+
+from infra.config import SparkConfig
+from infra.delta_store import Lake, Lineage
+from infra.spark import read_table, spark_session, write_table
+from infra.tables import STAGE_STATS
+
+master, root = sys.argv[1], sys.argv[2]
+lake = Lake(root)
+with spark_session(SparkConfig(master=master, app_name="pairlake-cluster-test")) as spark:
+    assert spark.sparkContext.master == master
+    df = spark.range(0, 20000, numPartitions=4).selectExpr(
+        "cast(id % 2 as string) as stage", "'p' as partition", "cast(id as string) as metric", "id as value"
+    )
+    write_table(df, lake, STAGE_STATS, Lineage(run_id="cluster-run"), replace_partitions=["0", "1"])
+    write_table(df, lake, STAGE_STATS, Lineage(run_id="cluster-run-2"), replace_partitions=["0", "1"])
+    counts = {r["stage"]: r["count"] for r in read_table(spark, lake, STAGE_STATS).groupBy("stage").count().collect()}
+    executors = spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size()
+print(f"counts={counts} executors={executors}")
