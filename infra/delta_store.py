@@ -155,9 +155,18 @@ class Lake:
         return CommitProperties(custom_metadata=lineage.commit_metadata())
 
     def replace_partitions(
-        self, spec: TableSpec, data: pa.Table, partition_values: Iterable[str], lineage: Lineage
+        self,
+        spec: TableSpec,
+        data: pa.Table,
+        partition_values: Iterable[str],
+        lineage: Lineage,
+        also_match: dict[str, str] | None = None,
     ) -> int:
-        """Replace exactly ``partition_values`` of ``spec`` with ``data`` in one commit."""
+        """Replace exactly ``partition_values`` of ``spec`` with ``data`` in one commit.
+
+        ``also_match`` narrows the replaced rows further by column equality (a stage replacing only
+        its own rows of a shared table such as ``stage_stats``).
+        """
         if not spec.partition_by:
             raise LakeError(f"table {spec.name} is not partitioned; use overwrite()")
         column = spec.partition_by[0]
@@ -165,10 +174,15 @@ class Lake:
         if not values:
             raise LakeError(f"no partitions named for a write to {spec.name}")
         data = self._conform(spec, data)
+        predicate = partition_predicate(column, values)
+        for col, value in sorted((also_match or {}).items()):
+            predicate += f" AND {col} = {_sql_literal(value)}"
+            if data.num_rows and set(data.column(col).unique().to_pylist()) != {value}:
+                raise LakeError(f"rows for {spec.name} must all have {col} = {value!r}")
         stray = set(data.column(column).unique().to_pylist()) - set(values)
         if stray:
             raise LakeError(f"rows for {spec.name} fall outside the partitions being replaced: {sorted(stray)[:3]}")
-        return self._write(spec, data, "overwrite", lineage, predicate=partition_predicate(column, values))
+        return self._write(spec, data, "overwrite", lineage, predicate=predicate)
 
     def overwrite(self, spec: TableSpec, data: pa.Table, lineage: Lineage) -> int:
         """Replace the whole table in one commit."""

@@ -7,6 +7,7 @@ a driver that ran a Python data source write and exited without ``spark.stop()``
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import sys
@@ -61,6 +62,21 @@ def build_spark_session(config: SparkConfig) -> SparkSession:
     if not config.master.startswith("local"):
         spark.sparkContext.addPyFile(_project_zip())
     return spark
+
+_shared: SparkSession | None = None
+
+
+def shared_spark_session(config: SparkConfig) -> SparkSession:
+    """One session per process, reused by every step that runs in it, stopped when Python exits.
+
+    Starting Spark costs ~10 s, so an in-process Dagster run shares one session across its steps.
+    """
+    global _shared
+    if _shared is None or _shared.sparkContext._jsc is None:
+        _shared = build_spark_session(config)
+        atexit.register(_shared.stop)
+    return _shared
+
 
 @contextmanager
 def spark_session(config: SparkConfig) -> Iterator[SparkSession]:

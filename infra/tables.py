@@ -150,6 +150,7 @@ KEPT_PAIRS = TableSpec(
 SHARDS = TableSpec(
     name="shards",
     description="Manifest of exported webdataset shards and the kept_pairs version they came from.",
+    partition_by=("export_id",),
     key=("export_id", "shard"),
     schema=pa.schema(
         [
@@ -165,11 +166,12 @@ SHARDS = TableSpec(
     ),
 )
 
-# Per-stage counters (funnel, skip reasons), one row per (table, partition, metric).
+# Per-stage counters (funnel, skip reasons), one row per (stage, partition, metric). Partitioned by
+# the WARC partition; a stage replaces its own rows for its partitions (see Lake.replace_partitions).
 STAGE_STATS = TableSpec(
     name="stage_stats",
     description="Counters per stage and partition: funnel counts and skip/failure reasons.",
-    partition_by=("stage",),
+    partition_by=("partition",),
     key=("stage", "partition", "metric"),
     schema=pa.schema(
         [

@@ -12,10 +12,10 @@ lake = Lake(root)
 with spark_session(SparkConfig(master=master, app_name="pairlake-cluster-test")) as spark:
     assert spark.sparkContext.master == master
     df = spark.range(0, 20000, numPartitions=4).selectExpr(
-        "cast(id % 2 as string) as stage", "'p' as partition", "cast(id as string) as metric", "id as value"
+        "'s' as stage", "cast(id % 2 as string) as partition", "cast(id as string) as metric", "id as value"
     )
     write_table(df, lake, STAGE_STATS, Lineage(run_id="cluster-run"), replace_partitions=["0", "1"])
     write_table(df, lake, STAGE_STATS, Lineage(run_id="cluster-run-2"), replace_partitions=["0", "1"])
-    counts = {r["stage"]: r["count"] for r in read_table(spark, lake, STAGE_STATS).groupBy("stage").count().collect()}
+    counts = {r["partition"]: r["count"] for r in read_table(spark, lake, STAGE_STATS).groupBy("partition").count().collect()}
     executors = spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size()
 print(f"counts={counts} executors={executors}")

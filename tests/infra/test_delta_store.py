@@ -8,11 +8,11 @@ from infra.delta_store import Lake, LakeError, Lineage
 from infra.tables import STAGE_STATS, WARC_FILES
 
 
-def stats(stage: str, n: int, base: int = 0) -> pa.Table:
+def stats(part: str, n: int, base: int = 0, stage: str = "s") -> pa.Table:
     return pa.table(
         {
             "stage": [stage] * n,
-            "partition": ["p"] * n,
+            "partition": [part] * n,
             "metric": [f"m{i}" for i in range(n)],
             "value": list(range(base, base + n)),
         }
@@ -23,20 +23,20 @@ def test_replace_partitions_is_idempotent_and_exact(tmp_path):
     lake = Lake(str(tmp_path))
     lake.replace_partitions(STAGE_STATS, stats("a", 3), ["a"], Lineage(run_id="r1"))
     lake.replace_partitions(STAGE_STATS, stats("b", 2), ["b"], Lineage(run_id="r2"))
-    before = lake.read(STAGE_STATS).sort_by("stage")
+    before = lake.read(STAGE_STATS).sort_by("partition")
     # A retry of partition "a" with the same rows gives the same table, and leaves "b" alone.
     version = lake.replace_partitions(STAGE_STATS, stats("a", 3), ["a"], Lineage(run_id="r3"))
     assert version == 2
-    assert lake.read(STAGE_STATS).sort_by([("stage", "ascending"), ("metric", "ascending")]).equals(
-        before.sort_by([("stage", "ascending"), ("metric", "ascending")])
+    assert lake.read(STAGE_STATS).sort_by([("partition", "ascending"), ("metric", "ascending")]).equals(
+        before.sort_by([("partition", "ascending"), ("metric", "ascending")])
     )
     # Fewer rows on a rerun: the partition shrinks, no leftovers from the earlier write.
     lake.replace_partitions(STAGE_STATS, stats("a", 1, 100), ["a"], Lineage(run_id="r4"))
     rows = lake.read(STAGE_STATS).to_pylist()
-    assert sorted((r["stage"], r["value"]) for r in rows) == [("a", 100), ("b", 0), ("b", 1)]
+    assert sorted((r["partition"], r["value"]) for r in rows) == [("a", 100), ("b", 0), ("b", 1)]
     # An empty result empties exactly that partition.
     lake.replace_partitions(STAGE_STATS, stats("a", 0), ["a"], Lineage(run_id="r5"))
-    assert set(lake.read(STAGE_STATS).column("stage").to_pylist()) == {"b"}
+    assert set(lake.read(STAGE_STATS).column("partition").to_pylist()) == {"b"}
 
 
 def test_every_commit_carries_lineage_and_old_versions_stay_readable(tmp_path):
@@ -49,6 +49,17 @@ def test_every_commit_carries_lineage_and_old_versions_stay_readable(tmp_path):
     assert lake.lineage(STAGE_STATS).run_id == "run-2"
     assert lake.read(STAGE_STATS, version=0).num_rows == 3
     assert lake.read(STAGE_STATS).num_rows == 1
+
+
+def test_also_match_replaces_only_one_stage_of_a_shared_partition(tmp_path):
+    lake = Lake(str(tmp_path))
+    lake.replace_partitions(STAGE_STATS, stats("a", 2, stage="x"), ["a"], Lineage(), also_match={"stage": "x"})
+    lake.replace_partitions(STAGE_STATS, stats("a", 3, stage="y"), ["a"], Lineage(), also_match={"stage": "y"})
+    lake.replace_partitions(STAGE_STATS, stats("a", 1, 7, stage="x"), ["a"], Lineage(), also_match={"stage": "x"})
+    rows = sorted((r["stage"], r["value"]) for r in lake.read(STAGE_STATS).to_pylist())
+    assert rows == [("x", 7), ("y", 0), ("y", 1), ("y", 2)]
+    with pytest.raises(LakeError, match="stage = 'x'"):
+        lake.replace_partitions(STAGE_STATS, stats("a", 1, stage="y"), ["a"], Lineage(), also_match={"stage": "x"})
 
 
 def test_bad_writes_commit_nothing(tmp_path):
@@ -73,8 +84,8 @@ def test_tables_are_standard_delta_for_an_independent_reader(tmp_path):
     lake.replace_partitions(STAGE_STATS, stats("a", 3), ["a"], Lineage())
     lake.replace_partitions(STAGE_STATS, stats("b", 2), ["b"], Lineage())
     lake.replace_partitions(STAGE_STATS, stats("a", 1, 9), ["a"], Lineage())
-    frame = pl.read_delta(lake.uri(STAGE_STATS)).sort(["stage", "metric"])
-    assert frame.select("stage", "value").rows() == [("a", 9), ("b", 0), ("b", 1)]
+    frame = pl.read_delta(lake.uri(STAGE_STATS)).sort(["partition", "metric"])
+    assert frame.select("partition", "value").rows() == [("a", 9), ("b", 0), ("b", 1)]
 
 
 def test_reading_a_table_never_written_gives_an_empty_table_of_its_schema(tmp_path):

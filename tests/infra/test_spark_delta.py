@@ -17,7 +17,7 @@ from infra.tables import STAGE_STATS
 
 def stats_frame(spark, n: int, stages: int = 3):
     return spark.range(0, n, numPartitions=4).selectExpr(
-        f"cast(id % {stages} as string) as stage", "'p' as partition", "cast(id as string) as metric", "id as value"
+        "'s' as stage", f"cast(id % {stages} as string) as partition", "cast(id as string) as metric", "id as value"
     )
 
 
@@ -31,9 +31,9 @@ def test_write_commits_once_with_lineage_and_replaces_partitions(spark, tmp_path
     assert write_table(stats_frame(spark, 3000), lake, STAGE_STATS, lineage, replace_partitions=["0", "1", "2"]) == 0
     assert lake.lineage(STAGE_STATS, 0) == lineage
     # Rewriting one partition with fewer rows: one more commit, the other partitions untouched.
-    smaller = stats_frame(spark, 300).where("stage = '1'")
+    smaller = stats_frame(spark, 300).where("partition = '1'")
     assert write_table(smaller, lake, STAGE_STATS, Lineage(run_id="r2"), replace_partitions=["1"]) == 1
-    counts = {r["stage"]: r["count"] for r in read_table(spark, lake, STAGE_STATS).groupBy("stage").count().collect()}
+    counts = {r["partition"]: r["count"] for r in read_table(spark, lake, STAGE_STATS).groupBy("partition").count().collect()}
     assert counts == {"0": 1000, "1": 100, "2": 1000}
     # The same rewrite again is idempotent.
     write_table(smaller, lake, STAGE_STATS, Lineage(run_id="r3"), replace_partitions=["1"])

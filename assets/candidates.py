@@ -1,0 +1,48 @@
+"""Candidate pairs (Spark): (image URL, alt text) pairs from the WARC files of the run's partitions."""
+
+import dagster as dg
+import pyarrow.compute as pc
+
+from infra.crawl_source import WarcFile
+from infra.tables import CANDIDATES, WARC_FILES
+from orchestration.partitions import per_file_backfill, warc_partitions
+from orchestration.resources import PairlakeResource, code_version, summed
+from spark_jobs import candidates_job, warc_pairs
+
+
+CODE_VERSION = code_version(warc_pairs, candidates_job)
+
+
+@dg.asset(
+    group_name="ingest",
+    kinds={"spark", "delta"},
+    partitions_def=warc_partitions,
+    backfill_policy=per_file_backfill,
+    deps=["warc_files"],
+    code_version=CODE_VERSION,
+    description="Pairs from <img alt> in HTML responses, unique by uid (table candidates; rejects in warc_rejects).",
+)
+def candidates(context: dg.AssetExecutionContext, pairlake: PairlakeResource) -> dg.MaterializeResult:
+    settings, lake = pairlake.settings, pairlake.lake
+    keys = list(context.partition_keys)
+    registry = lake.read(WARC_FILES, filter=pc.field("warc_file").isin(keys))
+    files = [WarcFile(r["warc_file"], r["uri"], r["size_bytes"]) for r in registry.to_pylist()]
+    unknown = set(keys) - {f.warc_file for f in files}
+    if unknown:
+        raise dg.Failure(f"WARC files not in the registry (materialize warc_files first): {sorted(unknown)}")
+    lineage = pairlake.lineage(context, (WARC_FILES,), CODE_VERSION)
+    context.log.info(f"extracting pairs from {len(files)} WARC files")
+    outcome = candidates_job.build_candidates(
+        pairlake.spark(), lake, files, settings.crawl.crawl_id, settings.extract, lineage
+    )
+    pairlake.record_stats("candidates", outcome.counts, lineage)
+    totals = summed(outcome.counts)
+    return dg.MaterializeResult(
+        metadata={
+            "delta_version": outcome.version,
+            "partitions": len(keys),
+            "candidates": totals.get("candidates", 0),
+            "rejected_records": outcome.rejects.num_rows,
+            "counts": dg.MetadataValue.json(totals),
+        }
+    )

@@ -1,0 +1,51 @@
+"""CLIP scores: embeddings and image–text cosine for every downloaded image, per model."""
+
+import dagster as dg
+import pyarrow.compute as pc
+
+from gpu_jobs import clip_model, clip_scoring
+from infra.tables import CANDIDATES, CLIP_SCORES, IMAGES
+from orchestration.partitions import per_file_backfill, warc_partitions
+from orchestration.resources import PairlakeResource, code_version
+
+CODE_VERSION = code_version(clip_model, clip_scoring)
+
+
+@dg.asset(
+    group_name="ingest",
+    kinds={"pytorch", "delta"},
+    partitions_def=warc_partitions,
+    backfill_policy=per_file_backfill,
+    deps=["images"],
+    code_version=CODE_VERSION,
+    description="L2-normalised CLIP image/text embeddings (float16) and their cosine (table clip_scores).",
+)
+def clip_scores(context: dg.AssetExecutionContext, pairlake: PairlakeResource) -> dg.MaterializeResult:
+    settings, lake = pairlake.settings, pairlake.lake
+    keys = list(context.partition_keys)
+    lineage = pairlake.lineage(context, (CANDIDATES, IMAGES), CODE_VERSION)
+    clip = clip_model.load_clip(settings.clip)
+    images = lake.read(IMAGES, partitions=keys, filter=pc.field("status") == "ok")
+    captions = lake.read(CANDIDATES, columns=["uid", "caption"], partitions=keys)
+    context.log.info(f"scoring {images.num_rows} images with {clip.model_id}")
+    scores = clip_scoring.score_images(
+        images, captions, clip, settings.clip.batch_size, settings.clip.workers, progress=True
+    )
+    version = lake.replace_partitions(CLIP_SCORES, scores, keys, lineage)
+    threshold = settings.clip_threshold()
+    counts = {k: {"scored": 0, "above_threshold": 0} for k in keys}
+    for row in scores.select(["warc_file", "similarity"]).to_pylist():
+        counts[row["warc_file"]]["scored"] += 1
+        counts[row["warc_file"]]["above_threshold"] += int(row["similarity"] > threshold)
+    pairlake.record_stats("clip_scores", counts, lineage)
+    sims = scores.column("similarity")
+    return dg.MaterializeResult(
+        metadata={
+            "delta_version": version,
+            "model_id": clip.model_id,
+            "scored": scores.num_rows,
+            "threshold": threshold,
+            "above_threshold": sum(c["above_threshold"] for c in counts.values()),
+            "mean_similarity": float(pc.mean(sims).as_py() or 0.0) if scores.num_rows else 0.0,
+        }
+    )

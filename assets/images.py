@@ -1,0 +1,37 @@
+"""Images (download): one row per candidate, the resized image or the reason it failed."""
+
+import dagster as dg
+
+from infra.tables import CANDIDATES, IMAGES
+from orchestration.partitions import per_file_backfill, warc_partitions
+from orchestration.resources import PairlakeResource, code_version, summed
+from spark_jobs import images_job
+from spark_jobs.download import downloader
+
+CODE_VERSION = code_version(images_job, downloader)
+
+
+@dg.asset(
+    group_name="ingest",
+    kinds={"spark", "delta"},
+    partitions_def=warc_partitions,
+    backfill_policy=per_file_backfill,
+    deps=["candidates"],
+    code_version=CODE_VERSION,
+    description="Downloaded, validated and resized images, or a failure reason, per candidate (table images).",
+)
+def images(context: dg.AssetExecutionContext, pairlake: PairlakeResource) -> dg.MaterializeResult:
+    keys = list(context.partition_keys)
+    lineage = pairlake.lineage(context, (CANDIDATES, IMAGES), CODE_VERSION)
+    version, counts = images_job.download_images(pairlake.spark(), pairlake.lake, keys, pairlake.settings.download, lineage)
+    pairlake.record_stats("images", counts, lineage)
+    totals = summed(counts)
+    failures = {k.removeprefix("failed_"): v for k, v in totals.items() if k.startswith("failed_")}
+    return dg.MaterializeResult(
+        metadata={
+            "delta_version": version,
+            "images_ok": totals.get("images_ok", 0),
+            "images_failed": totals.get("images_failed", 0),
+            "failure_reasons": dg.MetadataValue.json(failures),
+        }
+    )

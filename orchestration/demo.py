@@ -1,0 +1,49 @@
+"""The demo: build what cannot be downloaded (model, crawl), serve the images, run the graph.
+
+Everything here is cached: the demo model is trained once (rebuilt when its training code
+changes) and the sample crawl is regenerated only when missing or made for another address.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gpu_jobs.demo_model import ensure_demo_model
+from infra.config import PairlakeConfig
+from infra.delta_store import Lake
+from infra.image_server import ImageServer, load_site
+from infra.sample_crawl import generate_sample_crawl
+from orchestration import report
+from orchestration.runner import ensure_dagster_home, materialize_all
+
+
+def demo_base_url(config: PairlakeConfig) -> str:
+    return f"http://127.0.0.1:{config.demo.server_port}"
+
+
+def ensure_sample_crawl(config: PairlakeConfig) -> Path:
+    """The sample crawl's folder, generated when missing or made for another server address/seed."""
+    crawl_dir = Path(config.demo.crawl_dir)
+    expected = crawl_dir / "expected.json"
+    current = json.loads(expected.read_text()) if expected.exists() else {}
+    if current.get("base_url") != demo_base_url(config) or current.get("seed") != config.demo.seed:
+        generate_sample_crawl(crawl_dir, demo_base_url(config), config.demo.pages, config.demo.seed)
+    return crawl_dir
+
+
+def prepare_demo(config: PairlakeConfig) -> Path:
+    """Train (or reuse) the demo model and write (or reuse) the sample crawl; returns the crawl dir."""
+    checkpoint = ensure_demo_model(Path(config.demo.model_dir), config.demo.seed, progress=True)
+    if config.clip.checkpoint and Path(config.clip.checkpoint).resolve() != checkpoint.resolve():
+        print(f"note: clip.checkpoint is {config.clip.checkpoint}, the demo model is at {checkpoint}")
+    return ensure_sample_crawl(config)
+
+
+def run_demo(config: PairlakeConfig) -> report.Funnel:
+    ensure_dagster_home()
+    crawl_dir = prepare_demo(config)
+    with ImageServer(load_site(crawl_dir / "site"), port=config.demo.server_port) as server:
+        print(f"serving the sample crawl's images at {server.url}")
+        materialize_all()
+    return report.build_funnel(Lake(config.lake.root), config.clip_threshold())

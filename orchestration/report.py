@@ -1,0 +1,124 @@
+"""The funnel (pages → candidates → downloaded → kept → shards) and an HTML report with plots."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow.compute as pc
+
+from infra.delta_store import Lake
+from infra.tables import CLIP_SCORES, SHARDS, STAGE_STATS
+
+
+@dataclass
+class Funnel:
+    steps: list[tuple[str, int]]  # (name, count), in funnel order
+    counters: dict[str, dict[str, int]]  # stage -> metric -> value, summed over partitions
+    failure_reasons: dict[str, int]
+    similarities: list[float]
+    threshold: float
+    shards: int
+
+    def table(self) -> str:
+        """The funnel as a plain-text table."""
+        width = max(len(name) for name, _ in self.steps)
+        top = self.steps[0][1] or 1
+        lines = [f"{'stage'.ljust(width)}  {'count':>9}  {'of pages':>8}", "-" * (width + 21)]
+        lines += [f"{name.ljust(width)}  {count:>9,}  {count / top:>8.1%}" for name, count in self.steps]
+        if self.failure_reasons:
+            lines.append("")
+            lines.append("download failures: " + ", ".join(f"{k} {v}" for k, v in sorted(self.failure_reasons.items())))
+        return "\n".join(lines)
+
+
+def build_funnel(lake: Lake, threshold: float) -> Funnel:
+    stats = lake.read(STAGE_STATS)
+    counters: dict[str, dict[str, int]] = {}
+    for row in stats.to_pylist():
+        stage = counters.setdefault(row["stage"], {})
+        stage[row["metric"]] = stage.get(row["metric"], 0) + row["value"]
+    cand, imgs = counters.get("candidates", {}), counters.get("images", {})
+    shards = lake.read(SHARDS)
+    latest_export = None
+    if shards.num_rows:
+        latest_export = max(shards.to_pylist(), key=lambda r: (r["source_version"], r["created_at"]))["export_id"]
+    shard_rows = shards.filter(pc.equal(shards["export_id"], latest_export)) if latest_export else shards
+    steps = [
+        ("html pages", cand.get("html_pages", 0)),
+        ("candidate pairs", cand.get("candidates", 0)),
+        ("downloaded", imgs.get("images_ok", 0)),
+        ("kept (CLIP)", counters.get("kept_pairs", {}).get("kept", 0)),
+        ("in shards", int(pc.sum(shard_rows["samples"]).as_py() or 0) if shard_rows.num_rows else 0),
+    ]
+    failures = {k.removeprefix("failed_"): v for k, v in imgs.items() if k.startswith("failed_")}
+    sims = lake.read(CLIP_SCORES, columns=["similarity"]).column("similarity").to_pylist()
+    return Funnel(steps, counters, failures, sims, threshold, shard_rows.num_rows)
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _plots(funnel: Funnel) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots = []
+    fig, ax = plt.subplots(figsize=(7, 3))
+    names = [n for n, _ in funnel.steps][::-1]
+    ax.barh(names, [c for _, c in funnel.steps][::-1], color="#4C72B0")
+    ax.set_title("Funnel")
+    plots.append(("Funnel", _png(fig)))
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 3))
+    kept = [s for s in funnel.similarities if s > funnel.threshold]
+    dropped = [s for s in funnel.similarities if s <= funnel.threshold]
+    bins = [i / 50 - 1 for i in range(101)]
+    ax.hist(dropped, bins=bins, alpha=0.7, label=f"dropped ({len(dropped)})", color="#C44E52")
+    ax.hist(kept, bins=bins, alpha=0.7, label=f"kept ({len(kept)})", color="#55A868")
+    ax.axvline(funnel.threshold, color="black", linestyle="--", label=f"threshold {funnel.threshold}")
+    ax.set_xlabel("CLIP image–text cosine")
+    ax.legend()
+    ax.set_title("CLIP similarity")
+    plots.append(("CLIP similarity, kept vs dropped", _png(fig)))
+    plt.close(fig)
+
+    if funnel.failure_reasons:
+        fig, ax = plt.subplots(figsize=(7, 3))
+        reasons = sorted(funnel.failure_reasons.items(), key=lambda kv: kv[1])
+        ax.barh([k for k, _ in reasons], [v for _, v in reasons], color="#DD8452")
+        ax.set_title("Download failure reasons")
+        plots.append(("Download failure reasons", _png(fig)))
+        plt.close(fig)
+    return plots
+
+
+def write_report(funnel: Funnel, path: Path) -> Path:
+    """Write the HTML report (funnel table, counters, plots inline) to ``path``."""
+    rows = "".join(f"<tr><td>{html.escape(n)}</td><td>{c:,}</td></tr>" for n, c in funnel.steps)
+    counters = "".join(
+        f"<h3>{html.escape(stage)}</h3><table>"
+        + "".join(f"<tr><td>{html.escape(k)}</td><td>{v:,}</td></tr>" for k, v in sorted(metrics.items()))
+        + "</table>"
+        for stage, metrics in sorted(funnel.counters.items())
+    )
+    images = "".join(f"<h2>{html.escape(t)}</h2><img src='data:image/png;base64,{b}'>" for t, b in _plots(funnel))
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>pairlake report</title>
+<style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}td{{padding:2px 12px}}
+table{{border-collapse:collapse}}tr:nth-child(even){{background:#f3f3f3}}</style></head><body>
+<h1>pairlake funnel</h1><p>generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}</p>
+<table><tr><th>stage</th><th>count</th></tr>{rows}</table>{images}<h2>Counters per stage</h2>{counters}
+</body></html>"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page)
+    return path

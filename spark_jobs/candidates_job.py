@@ -1,0 +1,107 @@
+"""Candidate pairs on Spark: one task per WARC file, uid dedup within the run and across partitions.
+
+Each task runs ``extract_pairs`` on one file and emits its pairs plus, as side rows, its rejects and
+counters; the driver writes pairs through the Delta data source (one commit replacing exactly the
+run's partitions) and the small side tables through delta-rs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterator
+
+import pyarrow as pa
+from pyspark.sql import SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_schema
+
+from infra.config import ExtractConfig
+from infra.crawl_source import WarcFile
+from infra.delta_store import Lake, Lineage
+from infra.spark import read_table, write_table
+from infra.tables import CANDIDATES, WARC_REJECTS
+from spark_jobs.warc_pairs import extract_pairs
+
+# Side rows travel in the same Arrow stream as the pairs: kind "pair", "reject" or "counts".
+_OUT_SCHEMA = pa.schema(list(CANDIDATES.schema) + [pa.field("kind", pa.string()), pa.field("payload", pa.string())])
+
+
+@dataclass
+class CandidatesOutcome:
+    version: int
+    counts: dict[str, dict[str, int]]  # partition -> counter -> value
+    rejects: pa.Table
+
+
+def _extract_task(crawl_id: str, config: ExtractConfig):
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for row in batch.to_pylist():
+                result = extract_pairs(row["uri"], row["warc_file"], crawl_id, config)
+                pairs = result.pairs
+                yield from pairs.append_column("kind", pa.array(["pair"] * pairs.num_rows, pa.string())).append_column(
+                    "payload", pa.nulls(pairs.num_rows, pa.string())
+                ).cast(_OUT_SCHEMA).to_batches()
+                side = [("reject", json.dumps(r, default=str)) for r in result.rejects.to_pylist()]
+                side.append(("counts", json.dumps(result.counts)))
+                yield pa.RecordBatch.from_pydict(
+                    {
+                        **{f.name: pa.nulls(len(side), f.type) for f in CANDIDATES.schema},
+                        "warc_file": [row["warc_file"]] * len(side),
+                        "kind": [k for k, _ in side],
+                        "payload": [p for _, p in side],
+                    },
+                    schema=_OUT_SCHEMA,
+                )
+
+    return run
+
+
+def build_candidates(
+    spark: SparkSession,
+    lake: Lake,
+    warc_files: list[WarcFile],
+    crawl_id: str,
+    config: ExtractConfig,
+    lineage: Lineage,
+) -> CandidatesOutcome:
+    names = [f.warc_file for f in warc_files]
+    files = spark.sparkContext.parallelize([(f.warc_file, f.uri) for f in warc_files], max(1, len(warc_files)))
+    extracted = (
+        files.toDF("warc_file string, uri string")
+        .mapInArrow(_extract_task(crawl_id, config), from_arrow_schema(_OUT_SCHEMA))
+        .persist()
+    )
+    try:
+        side = extracted.where("kind != 'pair'").select("warc_file", "kind", "payload").collect()
+        pairs = extracted.where("kind = 'pair'").select(*CANDIDATES.schema.names)
+        # Within the run the earliest (file, offset) keeps a uid; a uid already stored by another
+        # partition stays there, so re-running a partition never moves or duplicates a pair.
+        first = Window.partitionBy("uid").orderBy("warc_file", "record_offset")
+        unique = pairs.withColumn("_n", F.row_number().over(first)).where("_n = 1").drop("_n")
+        elsewhere = read_table(spark, lake, CANDIDATES).where(~F.col("warc_file").isin(names)).select("uid")
+        kept = unique.join(elsewhere, "uid", "left_anti").persist()
+        try:
+            per_file = {r["warc_file"]: r["count"] for r in pairs.groupBy("warc_file").count().collect()}
+            kept_per_file = {r["warc_file"]: r["count"] for r in kept.groupBy("warc_file").count().collect()}
+            version = write_table(kept, lake, CANDIDATES, lineage, replace_partitions=names)
+        finally:
+            kept.unpersist()
+    finally:
+        extracted.unpersist()
+
+    counts: dict[str, dict[str, int]] = {name: Counter() for name in names}
+    rejects = []
+    for row in side:
+        if row["kind"] == "counts":
+            counts[row["warc_file"]].update(json.loads(row["payload"]))
+        else:
+            rejects.append(json.loads(row["payload"]))
+    for name in names:
+        counts[name]["duplicate_uid_across_files"] = per_file.get(name, 0) - kept_per_file.get(name, 0)
+        counts[name]["candidates"] = kept_per_file.get(name, 0)
+    reject_table = pa.Table.from_pylist(rejects, schema=WARC_REJECTS.schema) if rejects else WARC_REJECTS.schema.empty_table()
+    lake.replace_partitions(WARC_REJECTS, reject_table, names, lineage)
+    return CandidatesOutcome(version=version, counts={k: dict(v) for k, v in counts.items()}, rejects=reject_table)

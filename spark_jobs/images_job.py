@@ -1,0 +1,60 @@
+"""Image download on Spark: every candidate gets exactly one row in ``images``.
+
+A re-run keeps earlier successes and non-retryable failures as they are and fetches only the
+candidates that have no row yet or whose last attempt failed in a retryable way. Each Spark task
+downloads its share with the async downloader (its own event loop, concurrency and host limits).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Iterator
+
+import pyarrow as pa
+from pyspark.sql import SparkSession
+from pyspark.sql.pandas.types import from_arrow_schema
+
+from infra.config import DownloadConfig
+from infra.delta_store import Lake, Lineage
+from infra.spark import read_table, write_table
+from infra.tables import CANDIDATES, IMAGES
+from spark_jobs.download.downloader import download_batch
+
+
+def _download_task(config: DownloadConfig):
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        # One call per task, so the task's whole share shares one event loop and its limits.
+        rows = pa.Table.from_batches(list(batches), schema=_TODO_SCHEMA)
+        if rows.num_rows:
+            yield from download_batch(rows, config).cast(IMAGES.schema).to_batches()
+
+    return run
+
+
+_TODO_SCHEMA = pa.schema([CANDIDATES.schema.field(c) for c in ("uid", "url", "warc_file")])
+
+
+def download_images(
+    spark: SparkSession,
+    lake: Lake,
+    partitions: list[str],
+    config: DownloadConfig,
+    lineage: Lineage,
+) -> tuple[int, dict[str, dict[str, int]]]:
+    """Download the candidates of ``partitions``; returns the images version and counts per partition."""
+    candidates = read_table(spark, lake, CANDIDATES, partitions=partitions).select("uid", "url", "warc_file")
+    previous = read_table(spark, lake, IMAGES, partitions=partitions)
+    settled = previous.where("status = 'ok' OR NOT retryable").join(candidates.select("uid"), "uid", "left_semi")
+    todo = candidates.join(settled.select("uid"), "uid", "left_anti")
+    tasks = config.tasks or spark.sparkContext.defaultParallelism
+    fetched = todo.repartition(tasks, "uid").mapInArrow(_download_task(config), from_arrow_schema(IMAGES.schema))
+    version = write_table(settled.unionByName(fetched), lake, IMAGES, lineage, replace_partitions=partitions)
+
+    outcome = lake.read(IMAGES, version=version, columns=["warc_file", "status", "error"], partitions=partitions)
+    counts: dict[str, Counter[str]] = {p: Counter() for p in partitions}
+    for row in outcome.to_pylist():
+        c = counts[row["warc_file"]]
+        c["images_ok" if row["status"] == "ok" else "images_failed"] += 1
+        if row["error"]:
+            c[f"failed_{row['error']}"] += 1
+    return version, {p: dict(c) for p, c in counts.items()}
