@@ -1,0 +1,44 @@
+# pairlake: `make demo` and `make test` set up everything they need on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+UI_PORT ?= 3000
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup demo ui test bench clean
+
+# Spark needs a Java runtime; the venv gets the pinned, tested-together package set.
+$(STAMP): pyproject.toml constraints.txt
+	@command -v java >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq --no-install-recommends openjdk-17-jre-headless; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/pairlake demo
+
+# The Dagster UI on the demo's instance; the sample crawl's image server runs beside it so that
+# runs launched from the UI can download.
+ui: setup
+	@mkdir -p $(DAGSTER_HOME); test -f $(DAGSTER_HOME)/dagster.yaml || cp infra/dagster/dagster.yaml $(DAGSTER_HOME)/
+	@if [ -f build/sample_crawl/site/manifest.json ]; then \
+		$(BIN)/python -m infra.image_server build/sample_crawl/site --port 18765 & \
+		trap "kill $$! 2>/dev/null" EXIT INT TERM; \
+		$(BIN)/dagster dev -m orchestration.definitions -h 127.0.0.1 -p $(UI_PORT); \
+	else \
+		$(BIN)/dagster dev -m orchestration.definitions -h 127.0.0.1 -p $(UI_PORT); \
+	fi
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python -m benchmarks.run_all
+
+clean:
+	rm -rf lake build .dagster_home .pytest_cache
