@@ -7,10 +7,20 @@ from infra.crawl_source import WarcFile
 from infra.tables import CANDIDATES, WARC_FILES
 from orchestration.partitions import per_file_backfill, warc_partitions
 from orchestration.resources import PairlakeResource, code_version, summed
-from spark_jobs import candidates_job, warc_pairs
+from spark_jobs import (
+    candidates_job,
+    caption_language,
+    html_images,
+    http_response,
+    page_charset,
+    warc_pairs,
+    warc_reader,
+)
 
 
-CODE_VERSION = code_version(warc_pairs, candidates_job)
+CODE_VERSION = code_version(
+    warc_reader, http_response, page_charset, html_images, caption_language, warc_pairs, candidates_job
+)
 
 
 @dg.asset(

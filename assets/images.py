@@ -6,9 +6,9 @@ from infra.tables import CANDIDATES, IMAGES
 from orchestration.partitions import per_file_backfill, warc_partitions
 from orchestration.resources import PairlakeResource, code_version, summed
 from spark_jobs import images_job
-from spark_jobs.download import downloader
+from spark_jobs.download import address_guard, downloader, fetcher, resizer, robots
 
-CODE_VERSION = code_version(images_job, downloader)
+CODE_VERSION = code_version(address_guard, robots, fetcher, resizer, downloader, images_job)
 
 
 @dg.asset(

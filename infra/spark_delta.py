@@ -83,7 +83,8 @@ class _DeltaReader(DataSourceReader):
         return parts
 
     def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
-        assert isinstance(partition, _FilePartition)
+        if not isinstance(partition, _FilePartition):
+            return  # a table with no files: Spark still reads one (empty) default partition
         filesystem, path = _filesystem(partition.path)
         data = pq.read_table(path, filesystem=filesystem)
         for col, value in partition.partition_values.items():

@@ -24,8 +24,11 @@ from infra.spark import read_table, write_table
 from infra.tables import CANDIDATES, WARC_REJECTS
 from spark_jobs.warc_pairs import extract_pairs
 
-# Side rows travel in the same Arrow stream as the pairs: kind "pair", "reject" or "counts".
-_OUT_SCHEMA = pa.schema(list(CANDIDATES.schema) + [pa.field("kind", pa.string()), pa.field("payload", pa.string())])
+# Side rows travel in the same Arrow stream as the pairs: kind "pair", "reject" or "counts". Side
+# rows leave the pair columns empty, so every column is nullable here.
+_OUT_SCHEMA = pa.schema(
+    [f.with_nullable(True) for f in CANDIDATES.schema] + [pa.field("kind", pa.string()), pa.field("payload", pa.string())]
+)
 
 
 @dataclass

@@ -23,15 +23,14 @@ from spark_jobs.download.downloader import download_batch
 
 def _download_task(config: DownloadConfig):
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        # One call per task, so the task's whole share shares one event loop and its limits.
-        rows = pa.Table.from_batches(list(batches), schema=_TODO_SCHEMA)
-        if rows.num_rows:
-            yield from download_batch(rows, config).cast(IMAGES.schema).to_batches()
+        # One downloader call per Arrow batch (up to spark.sql.execution.arrow.maxRecordsPerBatch
+        # rows): concurrency spans the batch, and results are held for one batch only.
+        for batch in batches:
+            if batch.num_rows:
+                rows = pa.Table.from_batches([batch]).select(["uid", "url", "warc_file"])
+                yield from download_batch(rows, config).cast(IMAGES.schema).to_batches()
 
     return run
-
-
-_TODO_SCHEMA = pa.schema([CANDIDATES.schema.field(c) for c in ("uid", "url", "warc_file")])
 
 
 def download_images(

@@ -1,0 +1,244 @@
+"""WARC → candidate (image URL, alt text) pairs, in pure Python: one call per WARC file.
+
+Called by the Spark job and the Dagster asset (one task per file) and by ``pairlake parse-warc``.
+Bad records are counted and recorded as WARC_REJECTS rows, never fatal; pairs already found are
+kept. Only a WARC file that cannot be opened or read at all (missing, I/O error, not a
+record-gzipped WARC) raises: that is the caller's error, not a skip.
+
+Per file: gzip members → WARC records (warc_reader) → HTTP head and body (http_response) → UTF-8
+page (page_charset) → <img> candidates (html_images) → uid dedup → one language-ID pass over the
+distinct captions (caption_language) → Arrow tables built once from column lists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from infra.config import ExtractConfig
+from infra.tables import CANDIDATES, WARC_REJECTS
+from spark_jobs.caption_language import detect_languages
+from spark_jobs.html_images import page_images
+from spark_jobs.http_response import BadHttpHeaders, BodyTooLarge, UndecodableBody, decode_body, parse_head
+from spark_jobs.page_charset import UndecodablePage, charset_from_content_type, to_utf8
+from spark_jobs.warc_reader import RecordError, WarcRecord, read_records
+
+# Every counter, present (maybe 0) in every result so that funnels line up across files.
+COUNTERS = (
+    # funnel
+    "records",
+    "responses",
+    "html_pages",
+    "images_seen",
+    "pairs",
+    # responses skipped
+    "non_http_response",
+    "non_html",
+    "non_2xx_status",
+    "page_too_large",
+    # images dropped
+    "no_alt",
+    "empty_alt",
+    "no_src",
+    "non_http_url",
+    "caption_too_short",
+    "caption_too_long",
+    "duplicate_uid",
+    # rejects (one WARC_REJECTS row each)
+    "malformed_record",
+    "truncated_record",
+    "bad_http_headers",
+    "undecodable_page",
+)
+# Room for the HTTP status line and headers on top of max_page_bytes of body.
+_HTTP_HEAD_ROOM = 1 << 16
+_DETAIL_CHARS = 200
+
+
+def pair_uid(url: str, caption: str) -> str:
+    """Stable pair id: the first 32 hex digits of sha256(url + "\\n" + caption)."""
+    return hashlib.sha256(f"{url}\n{caption}".encode()).hexdigest()[:32]
+
+
+@dataclass
+class ExtractResult:
+    pairs: pa.Table  # CANDIDATES.schema, unique by uid
+    rejects: pa.Table  # WARC_REJECTS.schema
+    counts: dict[str, int]
+
+
+class _Extraction:
+    """Per-file state: column lists that become the Arrow tables at the end."""
+
+    def __init__(self, warc_file: str, config: ExtractConfig) -> None:
+        self.warc_file = warc_file
+        self.config = config
+        self.counts = dict.fromkeys(COUNTERS, 0)
+        self.seen: set[str] = set()
+        self.pairs: dict[str, list] = {n: [] for n in ("uid", "url", "caption", "page_url", "record_offset", "fetch_date")}
+        self.rejects: dict[str, list] = {n: [] for n in ("record_offset", "page_url", "reason", "detail")}
+
+    def reject(self, offset: int, page_url: str | None, reason: str, detail: str) -> None:
+        self.counts[reason] += 1
+        self.rejects["record_offset"].append(offset)
+        self.rejects["page_url"].append(page_url)
+        self.rejects["reason"].append(reason)
+        self.rejects["detail"].append(detail[:_DETAIL_CHARS])
+
+    def record(self, record: WarcRecord) -> None:
+        counts = self.counts
+        counts["records"] += 1
+        if record.warc_type != "response":
+            return
+        counts["responses"] += 1
+        headers = record.headers
+        page_url = headers.get("warc-target-uri", "")
+        if not headers.get("content-type", "application/http").lower().startswith("application/http"):
+            counts["non_http_response"] += 1  # dns:, whois:, ... captures
+            return
+        block = record.block
+        try:
+            response = parse_head(block)
+        except BadHttpHeaders as exc:
+            self.reject(record.offset, page_url, "bad_http_headers", str(exc))
+            return
+        content_type = response.headers.get("content-type", "")
+        if content_type:
+            is_html = "html" in content_type.lower()
+        else:  # no Content-Type: look at the body
+            is_html = _looks_like_html(block[response.head_length : response.head_length + 512])
+        if not is_html:
+            counts["non_html"] += 1
+            return
+        if not 200 <= response.status < 300:
+            counts["non_2xx_status"] += 1
+            return
+        counts["html_pages"] += 1
+        max_bytes = self.config.max_page_bytes
+        if record.block_length - response.head_length > max_bytes or len(block) < record.block_length:
+            counts["page_too_large"] += 1
+            return
+        try:
+            body = decode_body(response, block[response.head_length :], max_bytes)
+            page = to_utf8(body, charset_from_content_type(content_type))
+        except BodyTooLarge:
+            counts["page_too_large"] += 1
+            return
+        except (UndecodableBody, UndecodablePage) as exc:
+            self.reject(record.offset, page_url, "undecodable_page", str(exc))
+            return
+        found = page_images(page, page_url, self.config.min_caption_chars, self.config.max_caption_chars, counts)
+        if found:
+            self._add_pairs(found, record.offset, page_url, _parse_warc_date(headers.get("warc-date")))
+
+    def _add_pairs(self, found: list[tuple[str, str]], offset: int, page_url: str, fetch_date: datetime | None) -> None:
+        cols = self.pairs
+        for url, caption in found:
+            uid = pair_uid(url, caption)
+            if uid in self.seen:
+                self.counts["duplicate_uid"] += 1
+                continue
+            self.seen.add(uid)
+            cols["uid"].append(uid)
+            cols["url"].append(url)
+            cols["caption"].append(caption)
+            cols["page_url"].append(page_url)
+            cols["record_offset"].append(offset)
+            cols["fetch_date"].append(fetch_date)
+
+    def result(self, crawl_id: str) -> ExtractResult:
+        cols = self.pairs
+        n = len(cols["uid"])
+        self.counts["pairs"] = n
+        languages = detect_languages(cols["caption"])
+        lang = [languages.get(c, (None, None)) for c in cols["caption"]]
+        pairs = pa.Table.from_arrays(
+            [
+                pa.array(cols["uid"], pa.string()),
+                pa.array(cols["url"], pa.string()),
+                pa.array(cols["caption"], pa.string()),
+                pa.array([code for code, _ in lang], pa.string()),
+                pa.array([score for _, score in lang], pa.float32()),
+                pa.array(cols["page_url"], pa.string()),
+                pa.repeat(pa.scalar(crawl_id, pa.string()), n),
+                pa.repeat(pa.scalar(self.warc_file, pa.string()), n),
+                pa.array(cols["record_offset"], pa.int64()),
+                pa.array(cols["fetch_date"], CANDIDATES.schema.field("fetch_date").type),
+            ],
+            schema=CANDIDATES.schema,
+        )
+        r = self.rejects
+        rejects = pa.Table.from_arrays(
+            [
+                pa.repeat(pa.scalar(self.warc_file, pa.string()), len(r["reason"])),
+                pa.array(r["record_offset"], pa.int64()),
+                pa.array(r["page_url"], pa.string()),
+                pa.array(r["reason"], pa.string()),
+                pa.array(r["detail"], pa.string()),
+            ],
+            schema=WARC_REJECTS.schema,
+        )
+        return ExtractResult(pairs, rejects, self.counts)
+
+
+def _looks_like_html(body_start: bytes) -> bool:
+    return body_start.lstrip().lower().startswith((b"<!doctype html", b"<html"))
+
+
+def _parse_warc_date(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        date = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return date.replace(tzinfo=UTC) if date.tzinfo is None else date
+
+
+def extract_pairs(warc_uri: str, warc_file: str, crawl_id: str, config: ExtractConfig) -> ExtractResult:
+    """Candidate pairs, rejects and counts of one WARC file (a local path or an fsspec URL).
+
+    Raises FileNotFoundError / OSError naming the file when it cannot be opened or read, and
+    ValueError for an uncompressed WARC.
+    """
+    extraction = _Extraction(warc_file, config)
+    max_block = config.max_page_bytes + _HTTP_HEAD_ROOM
+    try:
+        with fsspec.open(warc_uri, "rb") as fh:
+            for item in read_records(fh, max_block):
+                if isinstance(item, RecordError):
+                    extraction.reject(item.offset, item.target_uri, item.reason, item.detail)
+                else:
+                    extraction.record(item)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"WARC file not found: {warc_uri}") from exc
+    except OSError as exc:
+        raise OSError(f"cannot read WARC file {warc_uri}: {exc}") from exc
+    except ValueError as exc:
+        raise ValueError(f"{warc_uri}: {exc}") from exc
+    return extraction.result(crawl_id)
+
+
+def warc_file_name(warc_uri: str) -> str:
+    """The partition key for a WARC URI: its file name."""
+    return os.path.basename(urlsplit(warc_uri).path if "://" in warc_uri else warc_uri)
+
+
+def write_pairs_parquet(warc_uris: list[str], out: str, crawl_id: str, config: ExtractConfig) -> dict[str, int]:
+    """Extract each file into one Parquet file of CANDIDATES rows (unique by uid per WARC file);
+    returns the counts summed over the files."""
+    totals = dict.fromkeys(COUNTERS, 0)
+    with fsspec.open(out, "wb") as fh, pq.ParquetWriter(fh, CANDIDATES.schema) as writer:
+        for uri in warc_uris:
+            result = extract_pairs(uri, warc_file_name(uri), crawl_id, config)
+            writer.write_table(result.pairs)
+            for name, value in result.counts.items():
+                totals[name] += value
+    return totals
