@@ -11,6 +11,11 @@ from pathlib import Path
 
 import dagster as dg
 
+from gpu_jobs.clip_model import load_clip
+from infra.config import PairlakeConfig
+from infra.crawl_source import list_warc_files
+from infra.delta_store import Lake
+
 DAGSTER_HOME_DEFAULT = ".dagster_home"
 _INSTANCE_YAML = Path(__file__).resolve().parent.parent / "infra" / "dagster" / "dagster.yaml"
 
@@ -36,9 +41,22 @@ def _execute(job_name: str, instance: dg.DagsterInstance, tags: dict[str, str] |
     result = job.execute_in_process(instance=instance, tags=tags or {}, raise_on_error=False)
     if not result.success:
         failures = [e for e in result.all_events if e.is_step_failure]
-        detail = failures[0].step_failure_data.error.message.strip() if failures else "see the Dagster UI"
+        detail = "see the Dagster UI"
+        if failures:
+            error = failures[0].step_failure_data.error
+            while error.cause is not None:  # the user's exception, not Dagster's wrapper
+                error = error.cause
+            detail = f"{failures[0].step_key}: {error.message.strip().splitlines()[-1]}"
         raise RunFailed(f"run {result.run_id} of {job_name} failed: {detail}")
     return result
+
+
+def preflight(config: PairlakeConfig) -> None:
+    """Refuse, with one line and before any commit, what would fail a stage halfway through."""
+    Lake(config.lake.root).ensure_writable()
+    list_warc_files(config.crawl)
+    load_clip(config.clip)
+    config.clip_threshold()
 
 
 def materialize_all(instance: dg.DagsterInstance | None = None, partitions: list[str] | None = None) -> list[str]:
@@ -48,6 +66,9 @@ def materialize_all(instance: dg.DagsterInstance | None = None, partitions: list
     """
     from orchestration.partitions import warc_partitions
 
+    from orchestration.resources import PairlakeResource
+
+    preflight(PairlakeResource().settings)
     instance = instance or dg.DagsterInstance.get()
     runs = [_execute("discover_warc_files", instance).run_id]
     known = instance.get_dynamic_partitions(warc_partitions.name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from infra.config import SparkConfig
@@ -13,3 +15,11 @@ def spark():
     session = build_spark_session(SparkConfig(master="local[2]", app_name="pairlake-tests"))
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_checkpoint():
+    """The demo CLIP model, trained once and cached in .cache/demo_model (as `make demo` does)."""
+    from gpu_jobs.demo_model import ensure_demo_model
+
+    return ensure_demo_model(Path(__file__).resolve().parent.parent / ".cache" / "demo_model")

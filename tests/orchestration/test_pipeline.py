@@ -1,0 +1,234 @@
+"""The whole asset graph through a real Dagster instance, over the sample crawl served on 127.0.0.1.
+
+One module-scoped run (discover → ingest all partitions in one run → release), then a second run
+of the same graph to prove re-runs are idempotent; the tests assert on both against the crawl's
+ground truth (expected.json).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from infra.delta_store import Lake
+from infra.image_server import ImageServer, load_site
+from infra.sample_crawl import generate_sample_crawl
+from infra.tables import CANDIDATES, IMAGES, KEPT_PAIRS, SHARDS, STAGE_STATS, WARC_FILES, WARC_REJECTS
+from orchestration.report import build_funnel
+from orchestration.runner import materialize_all
+
+pytestmark = pytest.mark.slow
+
+THRESHOLD = 0.3
+# The reason code the downloader gives each kind of planted trouble.
+FAILURE_BY_KIND = {
+    "http_404": "http_404",
+    "timeout": "timeout",
+    "noai": "opted_out",
+    "robots_disallowed": "robots_disallowed",
+    "not_image": "not_image",
+    "truncated": "decode_error",
+    "huge": "decompression_bomb",
+}
+
+
+@dataclass
+class Pipeline:
+    lake: Lake
+    truth: dict
+    server: ImageServer
+    runs: list[str]
+    rerun: list[str]
+    instance: dg.DagsterInstance
+    first: dict[str, pa.Table]  # table name -> rows after the first pass
+    log_after_first: list[tuple[str, str]]
+
+
+def _snapshot(lake: Lake) -> dict[str, pa.Table]:
+    return {spec.name: lake.read(spec) for spec in (CANDIDATES, IMAGES, KEPT_PAIRS, WARC_REJECTS, SHARDS)}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, demo_checkpoint, spark):
+    root = tmp_path_factory.mktemp("pipeline")
+    server = ImageServer()
+    server.start()
+    crawl = generate_sample_crawl(root / "crawl", server.url, pages=60, seed=0)
+    server.resources.update(load_site(crawl.site_dir))
+    config = root / "pairlake.toml"
+    config.write_text(
+        f"""
+[lake]
+root = "{root / 'lake'}"
+[spark]
+master = "local[2]"
+[crawl]
+source = "{crawl.out_dir / 'warcs'}"
+[download]
+timeout_s = 1.5
+retries = 1
+[clip]
+checkpoint = "{demo_checkpoint}"
+workers = 0
+[clip.thresholds]
+"pairlake-demo-tiny" = {THRESHOLD}
+[shards]
+samples_per_shard = 20
+"""
+    )
+    previous = os.environ.get("PAIRLAKE_CONFIG")
+    os.environ["PAIRLAKE_CONFIG"] = str(config)
+    try:
+        with dg.instance_for_test() as instance:
+            lake = Lake(str(root / "lake"))
+            runs = materialize_all(instance)
+            first = _snapshot(lake)
+            log_after_first = list(server.access_log)
+            rerun = materialize_all(instance)
+            yield Pipeline(lake, json.loads(crawl.expected_path.read_text()), server, runs, rerun, instance,
+                           first, log_after_first)
+    finally:
+        server.stop()
+        if previous is None:
+            os.environ.pop("PAIRLAKE_CONFIG", None)
+        else:
+            os.environ["PAIRLAKE_CONFIG"] = previous
+
+
+def _by_url(table: pa.Table) -> dict[str, dict]:
+    return {row["url"]: row for row in table.to_pylist()}
+
+
+def test_runs_succeed_and_materializations_carry_metadata(pipeline):
+    assert len(pipeline.runs) == 3 and len(pipeline.rerun) == 3
+    for run_id in pipeline.runs + pipeline.rerun:
+        assert pipeline.instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.SUCCESS
+    warcs = pipeline.truth["warcs"]
+    assert sorted(pipeline.instance.get_dynamic_partitions("warc_files")) == sorted(warcs)
+    for asset in ("candidates", "images", "clip_scores", "kept_pairs"):
+        for partition in warcs:
+            event = pipeline.instance.get_latest_materialization_event(dg.AssetKey(asset), partition)
+            assert event is not None, (asset, partition)
+            metadata = event.asset_materialization.metadata
+            assert metadata["delta_version"].value >= 0
+    shards = pipeline.instance.get_latest_materialization_event(dg.AssetKey("training_shards"))
+    assert shards.asset_materialization.metadata["samples"].value > 0
+
+
+def test_candidates_match_the_crawl_ground_truth(pipeline):
+    candidates = pipeline.first["candidates"]
+    assert len(set(candidates.column("uid").to_pylist())) == candidates.num_rows
+    by_url = _by_url(candidates)
+    extracted = {url: e for url, e in pipeline.truth["images"].items() if e["extracted"]}
+    assert set(by_url) == set(extracted)
+    for url, entry in extracted.items():
+        row = by_url[url]
+        assert row["caption"] == entry["caption"], url
+        if entry["kind"] == "non_english":
+            assert row["language"] == entry["language"], (url, row["caption"])
+        assert row["page_url"] in entry["pages"]
+        assert row["crawl_id"] == "demo-crawl" and row["record_offset"] >= 0
+    # A duplicate pair on several pages and WARC files is stored once.
+    duplicates = [u for u, e in extracted.items() if e["kind"] == "duplicate"]
+    assert duplicates and all(candidates.filter(pc.equal(candidates["url"], u)).num_rows == 1 for u in duplicates)
+    # The malformed record is recorded with its reason, and its file's other pairs are kept.
+    rejects = pipeline.first["warc_rejects"].to_pylist()
+    malformed = pipeline.truth["malformed_record"]
+    assert any(r["warc_file"] == malformed["warc"] for r in rejects)
+    assert candidates.filter(pc.equal(candidates["warc_file"], malformed["warc"])).num_rows > 0
+
+
+def test_every_candidate_gets_exactly_one_image_row_with_its_outcome(pipeline):
+    images = pipeline.first["images"]
+    assert sorted(images.column("uid").to_pylist()) == sorted(pipeline.first["candidates"].column("uid").to_pylist())
+    by_url = _by_url(images)
+    for url, entry in pipeline.truth["images"].items():
+        if not entry["extracted"]:
+            continue
+        row = by_url[url]
+        if entry["download"] == "ok":
+            assert row["status"] == "ok", (url, row["error"], row["error_detail"])
+            assert row["width"] == 256 and row["height"] == 256 and len(row["sha256"]) == 64
+        else:
+            assert row["status"] == "failed", url
+            if entry["kind"] in FAILURE_BY_KIND:
+                assert row["error"] == FAILURE_BY_KIND[entry["kind"]], (url, row["error"], row["error_detail"])
+
+
+def test_robots_disallowed_image_is_never_requested(pipeline):
+    private = [u for u, e in pipeline.truth["images"].items() if e["kind"] == "robots_disallowed"]
+    paths = {path for _, path in pipeline.server.access_log}
+    assert "/robots.txt" in paths
+    assert private and not any(u.split("127.0.0.1", 1)[1].split("/", 1)[1] in p for u in private for p in paths)
+
+
+def test_clip_filter_keeps_matching_captions_and_drops_mismatching_ones(pipeline):
+    kept = set(pipeline.first["kept_pairs"].column("url").to_pylist())
+    downloaded = {u: e for u, e in pipeline.truth["images"].items() if e["download"] == "ok"}
+    matches = [u for u, e in downloaded.items() if e["clip"] == "match"]
+    mismatches = [u for u, e in downloaded.items() if e["clip"] == "mismatch"]
+    assert len(matches) > 50 and len(mismatches) > 30
+    assert sum(u in kept for u in matches) / len(matches) >= 0.95
+    assert sum(u not in kept for u in mismatches) / len(mismatches) >= 0.95
+    sims = pipeline.first["kept_pairs"].column("similarity").to_pylist()
+    assert min(sims) > THRESHOLD
+
+
+def test_shards_hold_the_kept_set_of_a_pinned_version(pipeline):
+    manifest = pipeline.first["shards"]
+    kept = pipeline.first["kept_pairs"]
+    assert manifest.num_rows >= 2 and sum(manifest.column("samples").to_pylist()) == kept.num_rows
+    source_versions = set(manifest.column("source_version").to_pylist())
+    assert len(source_versions) == 1
+    pinned = pipeline.lake.read(KEPT_PAIRS, version=source_versions.pop())
+    assert sorted(pinned.column("uid").to_pylist()) == sorted(kept.column("uid").to_pylist())
+    first_tar = Path(manifest.sort_by("shard").column("path")[0].as_py())
+    with tarfile.open(first_tar) as tar:
+        names = tar.getnames()
+    assert any(n.endswith(".jpg") for n in names) and any(n.endswith(".txt") for n in names)
+    assert first_tar.with_suffix(".parquet").exists() and first_tar.with_name(first_tar.stem + "_stats.json").exists()
+
+
+def test_every_commit_records_lineage(pipeline):
+    ingest_run = pipeline.runs[1]
+    lineage = pipeline.lake.lineage(CANDIDATES, pipeline.lake.table(CANDIDATES, 0).version())
+    assert lineage.run_id == ingest_run
+    assert lineage.asset_key == "candidates"
+    assert sorted(lineage.partition_keys) == sorted(pipeline.truth["warcs"])
+    assert lineage.upstream["warc_files"] == 0 and lineage.code_version
+    images = pipeline.lake.lineage(IMAGES, 0)
+    assert images.run_id == ingest_run and "candidates" in images.upstream
+
+
+def test_rerun_gives_the_same_tables_and_refetches_only_retryable_failures(pipeline):
+    second = _snapshot(pipeline.lake)
+    for name in ("candidates", "kept_pairs", "warc_rejects"):
+        before, after = pipeline.first[name], second[name]
+        assert before.num_rows == after.num_rows, name
+        if "uid" in before.column_names:
+            assert sorted(before.column("uid").to_pylist()) == sorted(after.column("uid").to_pylist()), name
+    assert second["images"].num_rows == pipeline.first["images"].num_rows
+    assert pipeline.lake.read(WARC_FILES).num_rows == len(pipeline.truth["warcs"])
+    # Successes were kept, not fetched again; only retryable failures (the timeout) were retried.
+    again = pipeline.server.access_log[len(pipeline.log_after_first):]
+    ok_paths = {"/" + u.split("/", 3)[3] for u, e in pipeline.truth["images"].items() if e["download"] == "ok"}
+    assert not [p for _, p in again if p in ok_paths]
+    timeouts = {"/" + u.split("/", 3)[3] for u, e in pipeline.truth["images"].items() if e["kind"] == "timeout"}
+    assert timeouts <= {p for _, p in again}
+
+
+def test_funnel_counts_every_stage(pipeline):
+    funnel = build_funnel(pipeline.lake, THRESHOLD)
+    counts = [count for _, count in funnel.steps]
+    assert counts == sorted(counts, reverse=True) and counts[-1] > 0
+    assert dict(funnel.steps)["candidate pairs"] == pipeline.first["candidates"].num_rows
+    stats = pipeline.lake.read(STAGE_STATS)
+    assert set(stats.column("stage").to_pylist()) == {"candidates", "images", "clip_scores", "kept_pairs"}
