@@ -27,9 +27,12 @@ class Funnel:
     def table(self) -> str:
         """The funnel as a plain-text table."""
         width = max(len(name) for name, _ in self.steps)
-        top = self.steps[0][1] or 1
-        lines = [f"{'stage'.ljust(width)}  {'count':>9}  {'of pages':>8}", "-" * (width + 21)]
-        lines += [f"{name.ljust(width)}  {count:>9,}  {count / top:>8.1%}" for name, count in self.steps]
+        lines = [f"{'stage'.ljust(width)}  {'count':>9}  {'of previous':>11}", "-" * (width + 24)]
+        previous = None
+        for name, count in self.steps:
+            share = f"{count / previous:>11.1%}" if previous else " " * 11
+            lines.append(f"{name.ljust(width)}  {count:>9,}  {share}")
+            previous = count
         if self.failure_reasons:
             lines.append("")
             lines.append("download failures: " + ", ".join(f"{k} {v}" for k, v in sorted(self.failure_reasons.items())))
