@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 UI_PORT ?= 3000
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export PYTHONUNBUFFERED := 1
+# torch on a busy CPU: spinning OpenMP threads starve the data-loading workers.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup demo ui test bench clean
 

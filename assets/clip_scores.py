@@ -34,9 +34,10 @@ def clip_scores(context: dg.AssetExecutionContext, pairlake: PairlakeResource) -
     version = lake.replace_partitions(CLIP_SCORES, scores, keys, lineage)
     threshold = settings.clip_threshold()
     counts = {k: {"scored": 0, "above_threshold": 0} for k in keys}
-    for row in scores.select(["warc_file", "similarity"]).to_pylist():
-        counts[row["warc_file"]]["scored"] += 1
-        counts[row["warc_file"]]["above_threshold"] += int(row["similarity"] > threshold)
+    above = clip_scoring.kept_mask(scores["similarity"], threshold)
+    for name, kept in zip(scores.column("warc_file").to_pylist(), above):
+        counts[name]["scored"] += 1
+        counts[name]["above_threshold"] += int(kept)
     pairlake.record_stats("clip_scores", counts, lineage)
     sims = scores.column("similarity")
     return dg.MaterializeResult(

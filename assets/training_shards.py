@@ -1,10 +1,8 @@
 """Training shards: webdataset tars in img2dataset's layout, exported from a pinned kept_pairs version."""
 
-from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from infra.tables import IMAGES, KEPT_PAIRS, SHARDS
@@ -39,16 +37,12 @@ def training_shards(context: dg.AssetExecutionContext, pairlake: PairlakeResourc
     samples = kept.join(images, "uid", join_type="inner").sort_by("uid")
     out_dir = shard_dir(pairlake, export_id)
     context.log.info(f"exporting {samples.num_rows} samples of kept_pairs v{source_version} to {out_dir}")
-    shards = shard_export.export_shards(samples, out_dir, pairlake.settings.shards.samples_per_shard)
-    now = datetime.now(timezone.utc)
-    manifest = pa.Table.from_pylist(
-        [
-            {"export_id": export_id, "shard": s.shard, "path": str(s.path), "samples": s.samples,
-             "bytes": s.bytes, "sha256": s.sha256, "source_version": source_version, "created_at": now}
-            for s in shards
-        ],
-        schema=SHARDS.schema,
+    # Same kept_pairs version, same bytes: a re-run rewrites the export in place.
+    shards = shard_export.export_shards(
+        samples, out_dir, pairlake.settings.shards.samples_per_shard,
+        image_ext=pairlake.settings.download.encode_format, overwrite=True,
     )
+    manifest = shard_export.manifest_table(shards, export_id, source_version)
     lineage = pairlake.lineage(context, (KEPT_PAIRS, IMAGES), CODE_VERSION)
     version = lake.replace_partitions(SHARDS, manifest, [export_id], lineage)
     last = f"{len(shards) - 1:05d}" if shards else "00000"

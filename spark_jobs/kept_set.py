@@ -5,12 +5,13 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gpu_jobs.clip_scoring import kept_mask
 from infra.tables import KEPT_PAIRS
 
 
 def select_kept(candidates: pa.Table, images: pa.Table, scores: pa.Table, threshold: float) -> pa.Table:
     """Join candidates, successful images and scores; keep similarity > threshold (KEPT_PAIRS rows)."""
-    passing = scores.filter(pc.greater(scores["similarity"], threshold)).select(["uid", "similarity", "model_id"])
+    passing = scores.filter(pa.array(kept_mask(scores["similarity"], threshold))).select(["uid", "similarity", "model_id"])
     ok = images.filter(pc.equal(images["status"], "ok")).select(
         ["uid", "width", "height", "original_width", "original_height", "sha256", "md5"]
     )

@@ -38,9 +38,11 @@ def images_table(n: int, seed: int = 0, failed: int = 0) -> pa.Table:
         "width": [48] * n + [None] * failed,
         "height": [48] * n + [None] * failed,
     }
-    return pa.Table.from_pydict({f.name: columns.get(f.name, [None] * total) for f in IMAGES.schema}, schema=IMAGES.schema)
+    rows = {f.name: columns.get(f.name, [None] * total) for f in IMAGES.schema}
+    return pa.Table.from_pydict(rows, schema=IMAGES.schema)
 
 
 def captions_for(table: pa.Table) -> dict[str, str]:
     words = "a photo of red blue dog cat house tree".split()
-    return {uid: " ".join(words[(i + k) % len(words)] for k in range(4)) for i, uid in enumerate(table["uid"].to_pylist())}
+    uids = table["uid"].to_pylist()
+    return {uid: " ".join(words[(i + k) % len(words)] for k in range(4)) for i, uid in enumerate(uids)}

@@ -1,0 +1,183 @@
+"""Build an OpenCLIP model from ``ClipConfig``: architecture, weights, preprocess and tokenizer.
+
+Weights come from a local checkpoint file (``clip.checkpoint``, wins) or an open_clip pretrained
+tag (``clip.pretrained``) whose file must already be in the local cache: scoring jobs run where
+there is no network, so we resolve the file ourselves and never let open_clip/HF start a download.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import functools
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import huggingface_hub
+import huggingface_hub.constants
+import open_clip
+import torch
+from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+from open_clip.transform import PreprocessCfg, image_transform_v2
+
+from infra.config import ClipConfig, ConfigError
+
+log = logging.getLogger(__name__)
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+
+
+class ClipModelError(ConfigError):
+    """The configured CLIP model cannot be built: unknown name, missing weights, bad tag or device."""
+
+
+@dataclass(frozen=True)
+class LoadedClip:
+    model: torch.nn.Module  # eval mode, on ``device``
+    preprocess: Callable  # PIL image -> normalised float tensor (open_clip's inference transform)
+    tokenizer: Callable  # list[str] -> LongTensor [n, context_length]
+    model_id: str  # "<model>/<pretrained tag>" or "<model>/sha256:<12 hex of checkpoint>"
+    embedding_dim: int
+    device: torch.device
+
+
+@functools.cache
+def register_model_configs() -> None:
+    """Make the project's model configs (``gpu_jobs/model_configs/*.json``) known to open_clip, once."""
+    open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; asking for cuda without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ClipModelError("clip.device is 'cuda' but no CUDA device is available")
+    if name not in ("cpu", "cuda"):
+        raise ClipModelError(f"clip.device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def load_clip(config: ClipConfig, allow_random_init: bool = False) -> LoadedClip:
+    """Build the configured model in eval mode on the configured device.
+
+    With neither ``checkpoint`` nor ``pretrained`` set the weights would be random, which is only
+    meaningful for timing and plumbing tests, so it needs ``allow_random_init=True``.
+    """
+    register_model_configs()
+    name = config.model
+    model_cfg = open_clip.get_model_config(name)
+    if model_cfg is None:
+        close = difflib.get_close_matches(name, open_clip.list_models(), n=5, cutoff=0.5)
+        hint = f"; close names: {', '.join(close)}" if close else ""
+        raise ClipModelError(f"unknown CLIP model {name!r} (clip.model){hint}")
+    device = resolve_device(config.device)
+
+    create_kwargs: dict = {}
+    if config.checkpoint:
+        path = Path(config.checkpoint).expanduser()
+        if not path.is_file():
+            raise ClipModelError(f"clip.checkpoint file not found: {path}")
+        create_kwargs["pretrained"] = str(path)
+        model_id = f"{name}/sha256:{_file_sha256(path)[:12]}"
+    elif config.pretrained:
+        tag = config.pretrained.lower().replace("-", "_")  # open_clip's own tag normalisation
+        weights, tag_cfg = _cached_pretrained_file(name, tag, model_cfg)
+        create_kwargs["pretrained"] = weights
+        # A tag can carry its own mean/std/interpolation; open_clip applies them only when it resolves
+        # the tag itself, so pass them on. "size" always follows the architecture.
+        create_kwargs["force_preprocess_cfg"] = {k: v for k, v in tag_cfg.items() if k != "size"}
+        model_id = f"{name}/{tag}"
+    elif allow_random_init:
+        model_id = f"{name}/random-init"
+    else:
+        raise ClipModelError("no CLIP weights configured: set clip.checkpoint or clip.pretrained")
+
+    try:
+        # pretrained_text=False: never fetch HF base text-tower weights; a full CLIP checkpoint covers them.
+        with _hf_hub_offline():
+            model = open_clip.create_model(name, device=device, pretrained_text=False, **create_kwargs)
+            tokenizer = open_clip.get_tokenizer(name)
+    except Exception as exc:  # noqa: BLE001 - open_clip raises anything from KeyError to HTTP errors
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ClipModelError(f"could not build CLIP model {model_id} from local files only: {first_line}") from exc
+    model.eval()
+    preprocess = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
+    log.info("loaded CLIP %s on %s", model_id, device)
+    return LoadedClip(
+        model=model,
+        preprocess=preprocess,
+        tokenizer=tokenizer,
+        model_id=model_id,
+        embedding_dim=int(model_cfg["embed_dim"]),
+        device=device,
+    )
+
+
+@contextlib.contextmanager
+def _hf_hub_offline() -> Iterator[None]:
+    """HF-hub lookups (HF text towers' configs, HF tokenizers) may use the local cache only.
+
+    huggingface_hub reads its offline flag at call time, so this fails them fast with an
+    "offline mode" error instead of a download attempt that would hang without network.
+    """
+    before = huggingface_hub.constants.HF_HUB_OFFLINE
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        huggingface_hub.constants.HF_HUB_OFFLINE = before
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _cached_pretrained_file(name: str, tag: str, model_cfg: dict) -> tuple[str, dict]:
+    """The local file of an open_clip pretrained tag, looked up exactly where open_clip would cache it."""
+    tag_cfg = open_clip.get_pretrained_cfg(name, tag)
+    if not tag_cfg:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        available = ", ".join(tags[:6]) + (f" (+{len(tags) - 6} more)" if len(tags) > 6 else "")
+        available = available or "none (use clip.checkpoint)"
+        raise ClipModelError(f"clip.pretrained {tag!r} is not available for {name}; available: {available}")
+    tag_quick_gelu = tag_cfg.get("quick_gelu", False)
+    if tag_quick_gelu != model_cfg.get("quick_gelu", False):
+        # open_clip only warns here, and the scores come out silently wrong.
+        other = f"{name}-quickgelu" if tag_quick_gelu else name.removesuffix("-quickgelu")
+        raise ClipModelError(
+            f"clip.pretrained {tag!r} was trained with quick_gelu={tag_quick_gelu}, unlike {name}; use model {other}"
+        )
+    if "file" in tag_cfg:
+        return tag_cfg["file"], tag_cfg
+
+    candidates: list[str] = []
+    hf_hub = tag_cfg.get("hf_hub", "")
+    if hf_hub:
+        repo_id, filename = os.path.split(hf_hub)
+        filename = filename or HF_WEIGHTS_NAME
+        safe = HF_SAFE_WEIGHTS_NAME if filename == HF_WEIGHTS_NAME else os.path.splitext(filename)[0] + ".safetensors"
+        for fname in (safe, filename):  # open_clip prefers the safetensors variant
+            found = huggingface_hub.try_to_load_from_cache(repo_id, fname)
+            if isinstance(found, str):
+                return found, tag_cfg
+        candidates.append(f"hf-hub {repo_id}/{filename}")
+    url = tag_cfg.get("url", "")
+    if url:
+        cached = Path("~/.cache/clip").expanduser() / os.path.basename(url)
+        if cached.is_file():
+            return str(cached), tag_cfg
+        candidates.append(str(cached))
+    raise ClipModelError(
+        f"weights for {name}/{tag} are not present locally ({' or '.join(candidates)}) and pairlake never "
+        f"downloads them: fetch them once where there is network, e.g. "
+        f"open_clip.create_model({name!r}, pretrained={tag!r}), or set clip.checkpoint to a local file"
+    )

@@ -1,0 +1,246 @@
+"""CLIP scoring of downloaded images against their captions, into rows of the CLIP_SCORES table.
+
+Decoding, resizing and tokenising run in DataLoader worker processes, one whole batch per fetch,
+so the model only waits on them when the CPU side is slower than the forward pass. Workers ship
+uint8 pixels (4x less shared memory and host-to-device traffic than float32); the exact
+``ToTensor`` + ``Normalize`` arithmetic of open_clip's transform is then done on the device.
+
+Embeddings are stored L2-normalised as float16 little-endian bytes (half the size of float32 and
+ample for cosine/kNN work); the similarity is computed from the float32 embeddings before rounding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
+from torchvision.transforms import Compose, Normalize, ToTensor
+from tqdm import tqdm
+
+from gpu_jobs.clip_model import LoadedClip
+from infra.tables import CLIP_SCORES
+
+EMBEDDING_DTYPE = np.dtype("<f2")  # float16, little-endian: the on-disk embedding format
+
+
+class ImageDecodeError(RuntimeError):
+    """An image marked "ok" by the downloader does not decode."""
+
+
+def embedding_to_bytes(embedding: np.ndarray) -> bytes:
+    """One embedding vector -> its stored form (float16 little-endian)."""
+    return np.asarray(embedding).astype(EMBEDDING_DTYPE).tobytes()
+
+
+def embedding_from_bytes(data: bytes, dim: int) -> np.ndarray:
+    """A stored embedding -> float32 vector of length ``dim``."""
+    if len(data) != dim * EMBEDDING_DTYPE.itemsize:
+        raise ValueError(f"embedding has {len(data)} bytes, expected {dim * EMBEDDING_DTYPE.itemsize} for dim {dim}")
+    return np.frombuffer(data, dtype=EMBEDDING_DTYPE).astype(np.float32)
+
+
+def embeddings_from_column(column: pa.Array | pa.ChunkedArray, dim: int) -> np.ndarray:
+    """A whole embedding column -> float32 matrix [rows, dim], without a Python loop (for dedup/kNN)."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    matrices = [_chunk_matrix(chunk, dim) for chunk in chunks]
+    return np.concatenate(matrices) if matrices else np.empty((0, dim), dtype=np.float32)
+
+
+def _chunk_matrix(chunk: pa.Array, dim: int) -> np.ndarray:
+    row_bytes = dim * EMBEDDING_DTYPE.itemsize
+    if chunk.null_count:
+        raise ValueError("embedding column has nulls")
+    # All values have the same length, so the data buffer is the row-major matrix itself.
+    offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32, count=len(chunk) + 1, offset=chunk.offset * 4)
+    if np.any(np.diff(offsets) != row_bytes):
+        raise ValueError(f"embedding values must all be {row_bytes} bytes (dim {dim}, float16)")
+    data = np.frombuffer(chunk.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+    return data.view(EMBEDDING_DTYPE).reshape(len(chunk), dim).astype(np.float32)
+
+
+def kept_mask(similarity: pa.Array | pa.ChunkedArray | np.ndarray, threshold: float) -> np.ndarray:
+    """Which pairs enter the kept set: similarity above the model's threshold, as LAION-5B (> 0.28)."""
+    sim = similarity.to_numpy() if isinstance(similarity, (pa.Array, pa.ChunkedArray)) else np.asarray(similarity)
+    return sim > threshold  # NaN compares False: never kept
+
+
+class _PairBatches(Dataset):
+    """Map-style dataset indexed by a list of row positions: returns one whole preprocessed batch."""
+
+    def __init__(self, images: pa.Array, captions: Sequence[str], pil_stage: Callable, tokenizer: Callable) -> None:
+        self.images = images
+        self.captions = captions
+        self.pil_stage = pil_stage
+        self.tokenizer = tokenizer
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, list]:
+        pixels, failures = [], []
+        for pos in positions:
+            data = self.images[pos].as_py()
+            try:
+                if data is None:
+                    raise ValueError("no image bytes")
+                with Image.open(io.BytesIO(data)) as img:
+                    pixels.append(np.asarray(self.pil_stage(img)))
+            except Exception as exc:  # noqa: BLE001 - reported per row to the caller, see score_images
+                failures.append((pos, f"{type(exc).__name__}: {exc}"))
+        batch = None if failures else torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()
+        tokens = self.tokenizer([self.captions[pos] for pos in positions])
+        return torch.tensor(positions), batch, tokens, failures
+
+
+def _split_preprocess(preprocess: Callable) -> tuple[Compose, Normalize]:
+    """open_clip's transform = [PIL resize/crop/RGB..., ToTensor, Normalize]: split off the last two."""
+    steps = getattr(preprocess, "transforms", [])
+    if len(steps) < 2 or not isinstance(steps[-2], ToTensor) or not isinstance(steps[-1], Normalize):
+        raise ValueError(f"expected an open_clip inference transform ending in ToTensor, Normalize; got {preprocess}")
+    return Compose(steps[:-2]), steps[-1]
+
+
+@contextlib.contextmanager
+def _model_threads_beside_workers(device: torch.device, workers: int) -> Iterator[None]:
+    """On CPU, leave the decode workers their cores: give the model ``cores - workers`` intra-op threads.
+
+    Oversubscribed OpenMP threads spin-wait on each other; on 2 cores, 2 model threads beside busy
+    workers ran 2-3x slower than 1 (benchmarks/bench_clip_scoring.py). Restored afterwards.
+    """
+    before = torch.get_num_threads()
+    if device.type == "cpu" and workers:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        torch.set_num_threads(max(1, min(before, cores - workers)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _captions_by_uid(captions: dict[str, str] | pa.Table) -> dict[str, str]:
+    if isinstance(captions, pa.Table):
+        return dict(zip(captions.column("uid").to_pylist(), captions.column("caption").to_pylist(), strict=True))
+    return captions
+
+
+def score_images(
+    images: pa.Table,
+    captions: dict[str, str] | pa.Table,
+    clip: LoadedClip,
+    batch_size: int,
+    workers: int,
+    progress: bool = False,
+) -> pa.Table:
+    """Embed the "ok" rows of an IMAGES table and their captions; return rows of CLIP_SCORES, in input order.
+
+    An "ok" image that fails to decode raises ``ImageDecodeError`` naming its uid rather than being
+    skipped: the downloader already decoded and re-encoded every such image, so a failure here means
+    corrupt data or a bug, and a silently missing row would just drop the pair from the kept set.
+    """
+    ok = images.select(["uid", "warc_file", "image"]).filter(pc.equal(images["status"], "ok"))
+    uids = ok.column("uid").to_pylist()
+    by_uid = _captions_by_uid(captions)
+    missing = next((uid for uid in uids if uid not in by_uid), None)
+    if missing is not None:
+        raise KeyError(f"no caption for uid {missing}")
+    # large_binary: a partition's images may exceed the 2 GiB a single binary array can hold.
+    pixels = ok.column("image").cast(pa.large_binary()).combine_chunks()
+    pil_stage, normalize = _split_preprocess(clip.preprocess)
+    dataset = _PairBatches(pixels, [by_uid[uid] for uid in uids], pil_stage, clip.tokenizer)
+
+    device = clip.device
+    on_cuda = device.type == "cuda"
+    loader = DataLoader(
+        dataset,
+        sampler=BatchSampler(SequentialSampler(range(len(uids))), batch_size, drop_last=False),
+        batch_size=None,  # the dataset returns whole batches
+        num_workers=workers,  # each keeps 2 batches ready (torch's prefetch_factor default)
+        pin_memory=on_cuda,
+    )
+    if on_cuda:
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        autocast = torch.autocast("cuda", dtype=amp_dtype)
+    else:
+        autocast = contextlib.nullcontext()  # fp32 on CPU: bf16 autocast is slower there on most CPUs
+    mean = torch.tensor(normalize.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(normalize.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+
+    dim = clip.embedding_dim
+    image_emb = np.empty((len(uids), dim), dtype=EMBEDDING_DTYPE)
+    text_emb = np.empty((len(uids), dim), dtype=EMBEDDING_DTYPE)
+    similarity = np.empty(len(uids), dtype=np.float32)
+
+    def store(result: tuple) -> None:
+        positions, img, txt, sim, done = result
+        if done is not None:
+            done.synchronize()
+        image_emb[positions] = img.numpy()
+        text_emb[positions] = txt.numpy()
+        similarity[positions] = sim.numpy()
+
+    pending = None
+    with (
+        _model_threads_beside_workers(device, workers),
+        torch.inference_mode(),
+        tqdm(total=len(uids), unit="img", disable=not progress) as bar,
+    ):
+        for positions, batch, tokens, failures in loader:
+            if failures:
+                pos, reason = failures[0]
+                more = f" (and {len(failures) - 1} more in its batch)" if len(failures) > 1 else ""
+                raise ImageDecodeError(f"image of uid {uids[pos]} does not decode: {reason}{more}")
+            x = batch.to(device, non_blocking=True).float().div_(255).sub_(mean).div_(std)
+            tokens = tokens.to(device, non_blocking=True)
+            with autocast:
+                img = clip.model.encode_image(x)
+                txt = clip.model.encode_text(tokens)
+            img = F.normalize(img.float(), dim=-1)
+            txt = F.normalize(txt.float(), dim=-1)
+            sim = (img * txt).sum(dim=-1)
+            # Copy results back asynchronously and store them one batch later, so the device is
+            # already busy with the next batch while the host waits for this one.
+            result = [t.to("cpu", non_blocking=True) for t in (img.half(), txt.half(), sim)]
+            done = torch.cuda.Event() if on_cuda else None
+            if done is not None:
+                done.record()
+            if pending is not None:
+                store(pending)
+            pending = (positions.numpy(), *result, done)
+            bar.update(len(positions))
+        if pending is not None:
+            store(pending)
+
+    return pa.Table.from_arrays(
+        [
+            ok.column("uid"),
+            ok.column("warc_file"),
+            pa.array([clip.model_id] * len(uids), pa.string()),
+            pa.array(np.full(len(uids), dim, dtype=np.int32)),
+            _binary_column(image_emb),
+            _binary_column(text_emb),
+            pa.array(similarity),
+        ],
+        schema=CLIP_SCORES.schema,
+    )
+
+
+def _binary_column(matrix: np.ndarray) -> pa.ChunkedArray:
+    """[rows, dim] float16 matrix -> binary column of one value per row, sharing the matrix's bytes."""
+    row_bytes = matrix.shape[1] * matrix.itemsize
+    rows_per_chunk = max(1, (2**31 - 1) // row_bytes)  # binary offsets are int32
+    matrix = np.ascontiguousarray(matrix)
+    chunks = []
+    for start in range(0, max(len(matrix), 1), rows_per_chunk):
+        part = matrix[start : start + rows_per_chunk]
+        offsets = np.arange(len(part) + 1, dtype=np.int32) * row_bytes
+        chunks.append(pa.Array.from_buffers(pa.binary(), len(part), [None, pa.py_buffer(offsets), pa.py_buffer(part)]))
+    return pa.chunked_array(chunks, pa.binary())

@@ -1,0 +1,264 @@
+"""Export samples (kept pairs joined with their image bytes) as webdataset shards, img2dataset layout.
+
+``out_dir/00000.tar`` holds ``{key}.jpg``, ``{key}.txt`` (caption) and ``{key}.json`` (metadata) per
+sample; next to it ``00000.parquet`` (one row per sample: key + metadata) and ``00000_stats.json``.
+Keys are img2dataset's: shard index (5 digits) + position in the shard, e.g. ``000000012``.
+
+Shards are reproducible: samples are ordered by uid and every tar header field that would vary
+(mtime, owner, mode) is fixed, so the same rows always give byte-identical tars and the manifest's
+sha256 identifies content. Each file is written to a hidden temp name, fsynced and renamed, so a
+crash never leaves a partial file under a final name; ``_stats.json`` is written last per shard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from infra.tables import SHARDS
+
+log = logging.getLogger(__name__)
+
+SHARD_DIGITS = 5
+REQUIRED_COLUMNS = ("uid", "caption", "image")
+_SHARD_FILE = re.compile(r"^\.?\d{5,}(\.tar|\.parquet|_stats\.json)(\.tmp)?$")
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    shard: str  # "00000"
+    path: str  # the tar
+    samples: int
+    bytes: int  # size of the tar
+    sha256: str  # of the tar
+
+
+def export_shards(
+    samples: Iterable[pa.RecordBatch] | pa.Table,
+    out_dir: str | Path,
+    samples_per_shard: int,
+    image_ext: str = "jpg",
+    overwrite: bool = False,
+) -> list[ShardInfo]:
+    """Write ``samples`` as shards of ``samples_per_shard`` into ``out_dir``; return one ShardInfo per tar.
+
+    ``samples`` needs columns uid, caption and image (bytes); every other column is metadata and goes
+    into the json and parquet files. A Table is sorted by uid here; a stream of batches must already
+    be sorted by uid (checked) so that exporting never needs all the image bytes in memory at once.
+    ``out_dir`` must hold no shards unless ``overwrite``, which first deletes the shard files there.
+    """
+    if samples_per_shard < 1:
+        raise ValueError(f"samples_per_shard must be at least 1, got {samples_per_shard}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    existing = sorted(p for p in out.iterdir() if _SHARD_FILE.match(p.name))
+    if existing and not overwrite:
+        raise FileExistsError(f"{out} already holds shard files ({existing[0].name}, ...); use a fresh directory")
+    for path in existing:
+        path.unlink()
+
+    key_digits = len(str(samples_per_shard - 1))
+    start = time.perf_counter()
+    shards: list[ShardInfo] = []
+    writer: _ShardWriter | None = None
+    last_uid: str | None = None
+    try:
+        for batch in _batches_by_uid(samples):
+            metadata = [name for name in batch.schema.names if name != "image"]
+            images = batch.column("image")
+            for i, meta in enumerate(batch.select(metadata).to_pylist()):
+                uid = meta["uid"]
+                if last_uid is not None and not uid > last_uid:
+                    raise ValueError(
+                        f"samples must be sorted by uid without duplicates: {uid!r} came after {last_uid!r}"
+                    )
+                last_uid = uid
+                if writer is None:
+                    writer = _ShardWriter(out, len(shards), key_digits, image_ext, batch.schema)
+                writer.add(meta, images[i].as_py())
+                if writer.count == samples_per_shard:
+                    shards.append(writer.finish())
+                    writer = None
+        if writer is not None:
+            shards.append(writer.finish())
+            writer = None
+    finally:
+        if writer is not None:
+            writer.abort()
+
+    elapsed = time.perf_counter() - start
+    total = sum(s.bytes for s in shards)
+    log.info(
+        "exported %d samples in %d shards to %s: %.1f MB in %.2f s (%.1f MB/s)",
+        sum(s.samples for s in shards),
+        len(shards),
+        out,
+        total / 1e6,
+        elapsed,
+        total / 1e6 / max(elapsed, 1e-9),
+    )
+    return shards
+
+
+def manifest_table(
+    shards: list[ShardInfo], export_id: str, source_version: int, created_at: dt.datetime | None = None
+) -> pa.Table:
+    """Rows of the SHARDS table for one export."""
+    created_at = created_at or dt.datetime.now(dt.timezone.utc)
+    n = len(shards)
+    return pa.Table.from_pydict(
+        {
+            "export_id": [export_id] * n,
+            "shard": [s.shard for s in shards],
+            "path": [s.path for s in shards],
+            "samples": [s.samples for s in shards],
+            "bytes": [s.bytes for s in shards],
+            "sha256": [s.sha256 for s in shards],
+            "source_version": [source_version] * n,
+            "created_at": [created_at] * n,
+        },
+        schema=SHARDS.schema,
+    )
+
+
+def _batches_by_uid(samples: Iterable[pa.RecordBatch] | pa.Table) -> Iterator[pa.RecordBatch]:
+    if isinstance(samples, pa.Table):
+        samples = samples.sort_by("uid").to_batches()
+    for batch in samples:
+        missing = [c for c in REQUIRED_COLUMNS if c not in batch.schema.names]
+        if missing:
+            raise ValueError(f"samples lack column(s) {', '.join(missing)}")
+        yield batch
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")  # hidden: never matched by a shard glob
+
+
+def _commit(fh: IO[bytes], tmp: Path, path: Path) -> None:
+    fh.flush()
+    os.fsync(fh.fileno())
+    fh.close()
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _atomic_file(path: Path) -> Iterator[IO[bytes]]:
+    """Write to a hidden temp file, then fsync and rename it to ``path``; remove it on failure."""
+    tmp = _tmp_path(path)
+    fh = tmp.open("wb")
+    try:
+        yield fh
+        _commit(fh, tmp, path)
+    except BaseException:
+        fh.close()
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class _HashingWriter:
+    """File wrapper that hashes and counts what tarfile writes, so the tar is never re-read."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self.fh = fh
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.fh.write(data)
+        self.sha256.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.size
+
+
+class _ShardWriter:
+    """One shard being written: the tar streams to its temp file; parquet and stats follow on finish."""
+
+    def __init__(self, out: Path, index: int, key_digits: int, image_ext: str, schema: pa.Schema) -> None:
+        self.name = f"{index:0{SHARD_DIGITS}d}"
+        self.out = out
+        self.key_digits = key_digits
+        self.image_ext = image_ext
+        self.count = 0
+        self.image_bytes = 0
+        self.rows: list[dict[str, Any]] = []
+        fields = [f for f in schema if f.name != "image"]
+        self.parquet_schema = pa.schema([pa.field("key", pa.string()), *fields, pa.field("status", pa.string())])
+        self.tar_path = out / f"{self.name}.tar"
+        self._fh = _tmp_path(self.tar_path).open("wb")
+        self._hashing = _HashingWriter(self._fh)
+        self._tar = tarfile.open(fileobj=self._hashing, mode="w", format=tarfile.USTAR_FORMAT)
+
+    def add(self, meta: dict[str, Any], image: bytes | None) -> None:
+        if image is None or meta["caption"] is None:
+            raise ValueError(f"sample uid {meta['uid']} has no image bytes or no caption")
+        key = f"{self.name}{self.count:0{self.key_digits}d}"
+        row = {"key": key, **meta, "status": "success"}
+        text = json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode()
+        for ext, data in ((self.image_ext, image), ("txt", meta["caption"].encode()), ("json", text)):
+            self._add_member(f"{key}.{ext}", data)
+        self.rows.append(row)
+        self.count += 1
+        self.image_bytes += len(image)
+
+    def _add_member(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        # Fixed header fields: the same samples must give the same bytes on any machine, any day.
+        info.mtime = 0
+        info.mode = 0o444
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        self._tar.addfile(info, io.BytesIO(data))
+
+    def finish(self) -> ShardInfo:
+        self._tar.close()  # writes the end-of-archive blocks
+        _commit(self._fh, _tmp_path(self.tar_path), self.tar_path)
+        sha256 = self._hashing.sha256.hexdigest()
+        with _atomic_file(self.out / f"{self.name}.parquet") as fh:
+            pq.write_table(pa.Table.from_pylist(self.rows, schema=self.parquet_schema), fh)
+        stats = {
+            "count": self.count,
+            "successes": self.count,
+            "failed_to_download": 0,
+            "failed_to_resize": 0,
+            "status_dict": {"success": self.count},
+            "bytes": self._hashing.size,
+            "image_bytes": self.image_bytes,
+            "sha256": sha256,
+        }
+        with _atomic_file(self.out / f"{self.name}_stats.json") as fh:
+            fh.write(json.dumps(stats, indent=2, sort_keys=True).encode())
+        _fsync_dir(self.out)
+        return ShardInfo(self.name, str(self.tar_path), self.count, self._hashing.size, sha256)
+
+    def abort(self) -> None:
+        """Drop the unfinished tar (an error is already propagating)."""
+        self._fh.close()
+        _tmp_path(self.tar_path).unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the renames durable too (POSIX: a rename lives in the directory's metadata)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
