@@ -5,7 +5,7 @@ import pyarrow.compute as pc
 
 from infra.crawl_source import WarcFile
 from infra.tables import CANDIDATES, WARC_FILES
-from orchestration.partitions import per_file_backfill, warc_partitions
+from orchestration.partitions import per_warc_file_asset
 from orchestration.resources import PairlakeResource, code_version, summed
 from spark_jobs import (
     candidates_job,
@@ -23,12 +23,9 @@ CODE_VERSION = code_version(
 )
 
 
-@dg.asset(
-    group_name="ingest",
-    kinds={"spark", "delta"},
-    partitions_def=warc_partitions,
-    backfill_policy=per_file_backfill,
+@per_warc_file_asset(
     deps=["warc_files"],
+    kinds={"spark", "delta"},
     code_version=CODE_VERSION,
     description="Pairs from <img alt> in HTML responses, unique by uid (table candidates; rejects in warc_rejects).",
 )

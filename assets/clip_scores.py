@@ -5,18 +5,15 @@ import pyarrow.compute as pc
 
 from gpu_jobs import clip_model, clip_scoring
 from infra.tables import CANDIDATES, CLIP_SCORES, IMAGES
-from orchestration.partitions import per_file_backfill, warc_partitions
+from orchestration.partitions import per_warc_file_asset
 from orchestration.resources import PairlakeResource, code_version
 
 CODE_VERSION = code_version(clip_model, clip_scoring)
 
 
-@dg.asset(
-    group_name="ingest",
-    kinds={"pytorch", "delta"},
-    partitions_def=warc_partitions,
-    backfill_policy=per_file_backfill,
+@per_warc_file_asset(
     deps=["images"],
+    kinds={"pytorch", "delta"},
     code_version=CODE_VERSION,
     description="L2-normalised CLIP image/text embeddings (float16) and their cosine (table clip_scores).",
 )

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from infra.tables import CANDIDATES, IMAGES
-from orchestration.partitions import per_file_backfill, warc_partitions
+from orchestration.partitions import per_warc_file_asset
 from orchestration.resources import PairlakeResource, code_version, summed
 from spark_jobs import images_job
 from spark_jobs.download import address_guard, downloader, fetcher, resizer, robots
@@ -11,12 +11,9 @@ from spark_jobs.download import address_guard, downloader, fetcher, resizer, rob
 CODE_VERSION = code_version(address_guard, robots, fetcher, resizer, downloader, images_job)
 
 
-@dg.asset(
-    group_name="ingest",
-    kinds={"spark", "delta"},
-    partitions_def=warc_partitions,
-    backfill_policy=per_file_backfill,
+@per_warc_file_asset(
     deps=["candidates"],
+    kinds={"spark", "delta"},
     code_version=CODE_VERSION,
     description="Downloaded, validated and resized images, or a failure reason, per candidate (table images).",
 )

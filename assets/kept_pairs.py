@@ -3,7 +3,7 @@
 import dagster as dg
 
 from infra.tables import CANDIDATES, CLIP_SCORES, IMAGES, KEPT_PAIRS
-from orchestration.partitions import per_file_backfill, warc_partitions
+from orchestration.partitions import per_warc_file_asset
 from orchestration.resources import PairlakeResource, code_version
 from spark_jobs import kept_set
 
@@ -11,12 +11,9 @@ CODE_VERSION = code_version(kept_set)
 _IMAGE_COLUMNS = ["uid", "status", "width", "height", "original_width", "original_height", "sha256", "md5"]
 
 
-@dg.asset(
-    group_name="ingest",
-    kinds={"delta"},
-    partitions_def=warc_partitions,
-    backfill_policy=per_file_backfill,
+@per_warc_file_asset(
     deps=["clip_scores"],
+    kinds={"delta"},
     code_version=CODE_VERSION,
     description="Pairs whose CLIP similarity clears the model's threshold (table kept_pairs).",
 )
