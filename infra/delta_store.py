@@ -8,7 +8,6 @@ named partitions in that one commit, so a retry or a crash-and-rerun never leave
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,15 +244,3 @@ class Lake:
                                            commit_properties=props)
         return self.version(spec)  # type: ignore[return-value]
 
-
-def local_path(uri: str) -> str:
-    """A filesystem path for a local lake URI (file:// or plain)."""
-    return uri[len("file://"):] if uri.startswith("file://") else uri
-
-
-def data_file_name() -> str:
-    return f"part-{uuid.uuid4().hex}.parquet"
-
-
-def ensure_dir(path: str) -> None:
-    os.makedirs(path, exist_ok=True)

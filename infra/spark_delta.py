@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.parse
+import uuid
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -30,7 +31,7 @@ from pyspark.sql.datasource import (
 from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.types import StructType
 
-from infra.delta_store import Lake, Lineage, data_file_name
+from infra.delta_store import Lake, Lineage
 from infra.tables import TableSpec, table_spec
 
 FORMAT = "pairlake_delta"
@@ -103,6 +104,9 @@ class _DeltaWriter(DataSourceArrowWriter):
         self.overwrite = overwrite
         self.spec = _spec(options)
         self.table_uri = Lake(options["root"]).uri(self.spec)
+        # Every file of this write carries its id, so an abort can find the files of tasks that
+        # were still running when the job failed (their commit messages never reach the driver).
+        self.write_id = uuid.uuid4().hex
 
     def write(self, iterator: Iterator[pa.RecordBatch]) -> _WrittenFiles:
         batches = [b for b in iterator if b.num_rows]
@@ -114,7 +118,8 @@ class _DeltaWriter(DataSourceArrowWriter):
         groups = [((), data)] if not self.spec.partition_by else _split_by_partition(data, self.spec)
         for values, rows in groups:
             rel_dir = _partition_dir(self.spec, values)
-            rel_path = f"{rel_dir}/{data_file_name()}" if rel_dir else data_file_name()
+            name = f"part-{self.write_id}-{uuid.uuid4().hex}.parquet"
+            rel_path = f"{rel_dir}/{name}" if rel_dir else name
             full = f"{table_path}/{rel_path}"
             filesystem.create_dir(full.rsplit("/", 1)[0], recursive=True)
             pq.write_table(rows.drop_columns(list(self.spec.partition_by)), full, filesystem=filesystem)
@@ -153,13 +158,14 @@ class _DeltaWriter(DataSourceArrowWriter):
 
     def abort(self, messages: list[WriterCommitMessage | None]) -> None:
         filesystem, table_path = _filesystem(self.table_uri)
-        for m in messages:
-            if isinstance(m, _WrittenFiles):
-                for f in m.files:
-                    try:
-                        filesystem.delete_file(f"{table_path}/{f['path']}")
-                    except OSError:
-                        pass  # already gone: nothing to clean
+        try:
+            found = filesystem.get_file_info(pafs.FileSelector(table_path, recursive=True))
+        except OSError:
+            return  # no table directory: nothing was written
+        prefix = f"part-{self.write_id}-"
+        for info in found:
+            if info.type == pafs.FileType.File and info.base_name.startswith(prefix):
+                filesystem.delete_file(info.path)
 
 
 def _split_by_partition(data: pa.Table, spec: TableSpec) -> list[tuple[tuple[str, ...], pa.Table]]:
