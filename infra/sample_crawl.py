@@ -81,6 +81,7 @@ DISALLOWED_PREFIX = "/private/"
 MIN_PAGES = 8
 IMAGES_PER_PAGE = 4
 FAKE_HOSTS = ("shop.example", "blog.example", "news.example", "forum.example", "recipes.example")
+_SERVED_FORMATS = ("jpeg", "jpeg", "jpeg", "png", "webp")
 _CRAWL_START = datetime(2024, 2, 20, 12, 0, 0, tzinfo=timezone.utc)
 
 NON_ENGLISH: tuple[tuple[str, str, str, str], ...] = (
@@ -149,9 +150,8 @@ class _Builder:
     def shape_resource(self, colour: str, shape: str, **kwargs: Any) -> tuple[Resource, str]:
         """A rendered shape in a random served format, and the background it was drawn on."""
         bg = shapes.random_background(colour, self.rng)
-        image = shapes.render(colour, shape, self.rng, background_name=bg)
-        fmt = ("jpeg", "jpeg", "jpeg", "png", "webp")[int(self.rng.integers(5))]
-        return Resource(body=_encode(image, fmt), content_type=f"image/{fmt}", **kwargs), bg
+        body, content_type = served_image(shapes.render(colour, shape, self.rng, background_name=bg), self.rng)
+        return Resource(body=body, content_type=content_type, **kwargs), bg
 
     def random_class(self) -> tuple[str, str]:
         return shapes.CLASSES[int(self.rng.integers(len(shapes.CLASSES)))]
@@ -204,9 +204,15 @@ class _Builder:
 
 def _encode(image: Image.Image, fmt: str) -> bytes:
     buf = io.BytesIO()
-    options = {"jpeg": {"quality": 88}, "png": {}, "webp": {"quality": 85}}[fmt]
-    image.save(buf, fmt.upper(), **options)
+    image.save(buf, fmt.upper(), **({} if fmt == "png" else {"quality": 88}))
     return buf.getvalue()
+
+
+def served_image(image: Image.Image, rng: np.random.Generator) -> tuple[bytes, str]:
+    """(body, content type) of a shape image as the sample site serves it: mostly JPEG, some
+    PNG and WebP. The demo model trains on the same bodies, so it sees what the crawl serves."""
+    fmt = _SERVED_FORMATS[int(rng.integers(len(_SERVED_FORMATS)))]
+    return _encode(image, fmt), f"image/{fmt}"
 
 
 def _bomb_png(side: int) -> bytes:
