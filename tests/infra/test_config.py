@@ -7,7 +7,7 @@ from infra.config import ConfigError, load_config
 
 def test_defaults_load_and_name_the_demo_model():
     config = load_config()
-    assert config.clip.model == "pairlake-demo-tiny" and config.clip_threshold() == 0.3
+    assert config.clip.model == "pairlake-demo-tiny" and config.clip_threshold() == 0.6
     assert config.clip.thresholds["ViT-B-32"] == 0.28
 
 
