@@ -37,7 +37,7 @@ class RunFailed(RuntimeError):
 def _execute(job_name: str, instance: dg.DagsterInstance, tags: dict[str, str] | None = None) -> dg.ExecuteInProcessResult:
     from orchestration.definitions import defs
 
-    job = defs.get_job_def(job_name)
+    job = defs.resolve_job_def(job_name)
     result = job.execute_in_process(instance=instance, tags=tags or {}, raise_on_error=False)
     if not result.success:
         failures = [e for e in result.all_events if e.is_step_failure]
