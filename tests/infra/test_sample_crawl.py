@@ -102,7 +102,6 @@ def test_the_pages_hold_exactly_the_expected_images(crawl, expected):
 def test_every_trouble_kind_is_present(crawl, expected):
     kinds = {e["kind"] for e in expected["images"].values()}
     assert kinds == set(KINDS) == set(expected["kinds"])
-    assert all(kinds_count >= 1 for kinds_count in [sum(e["kind"] == k for e in expected["images"].values()) for k in KINDS])
 
 
 def test_relative_urls_resolve_to_the_server(expected):
