@@ -10,6 +10,7 @@ No delta-spark jars are involved, so nothing is fetched from Maven.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import urllib.parse
@@ -196,19 +197,9 @@ class DeltaDataSource(DataSource):
 
 
 def lineage_option(lineage: Lineage) -> str:
-    return json.dumps(
-        {
-            "run_id": lineage.run_id,
-            "asset_key": lineage.asset_key,
-            "partition_keys": list(lineage.partition_keys),
-            "code_version": lineage.code_version,
-            "upstream": lineage.upstream,
-        }
-    )
+    return json.dumps(dataclasses.asdict(lineage))
 
 
 def _lineage_from_json(text: str) -> Lineage:
     data = json.loads(text)
-    data["partition_keys"] = tuple(data["partition_keys"])
-    return Lineage(**data)
-
+    return Lineage(**{**data, "partition_keys": tuple(data["partition_keys"])})
