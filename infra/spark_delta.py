@@ -99,6 +99,10 @@ class _WrittenFiles(WriterCommitMessage):
     files: list[dict[str, Any]]  # path (relative to the table), size, partition values, numRecords
 
 
+# Abort markers live beside the data; Delta readers skip directories whose names start with "_".
+_ABORTED_DIR = "_pairlake_aborted"
+
+
 class _DeltaWriter(DataSourceArrowWriter):
     def __init__(self, options: dict[str, str], overwrite: bool):
         self.options = options
@@ -108,6 +112,9 @@ class _DeltaWriter(DataSourceArrowWriter):
         # Every file of this write carries its id, so an abort can find the files of tasks that
         # were still running when the job failed (their commit messages never reach the driver).
         self.write_id = uuid.uuid4().hex
+
+    def _abort_marker(self, table_path: str) -> str:
+        return f"{table_path}/{_ABORTED_DIR}/{self.write_id}"
 
     def write(self, iterator: Iterator[pa.RecordBatch]) -> _WrittenFiles:
         batches = [b for b in iterator if b.num_rows]
@@ -132,6 +139,13 @@ class _DeltaWriter(DataSourceArrowWriter):
                     "num_records": rows.num_rows,
                 }
             )
+            # A task that outlives the job's failure (Spark kills it asynchronously) finds the abort
+            # marker here and removes its own files: either this check sees the marker, or the file
+            # was complete before the marker existed and the abort's sweep deletes it.
+            if filesystem.get_file_info(self._abort_marker(table_path)).type != pafs.FileType.NotFound:
+                for written in files:
+                    filesystem.delete_file(f"{table_path}/{written['path']}")
+                raise RuntimeError(f"write {self.write_id} was aborted")
         return _WrittenFiles(files=files)
 
     def commit(self, messages: list[WriterCommitMessage | None]) -> None:
@@ -159,14 +173,18 @@ class _DeltaWriter(DataSourceArrowWriter):
 
     def abort(self, messages: list[WriterCommitMessage | None]) -> None:
         filesystem, table_path = _filesystem(self.table_uri)
-        try:
-            found = filesystem.get_file_info(pafs.FileSelector(table_path, recursive=True))
-        except OSError:
-            return  # no table directory: nothing was written
+        # The marker goes first, so every file that the sweep below misses is removed by its writer.
+        marker = self._abort_marker(table_path)
+        filesystem.create_dir(marker.rsplit("/", 1)[0], recursive=True)
+        with filesystem.open_output_stream(marker):
+            pass
         prefix = f"part-{self.write_id}-"
-        for info in found:
+        for info in filesystem.get_file_info(pafs.FileSelector(table_path, recursive=True)):
             if info.type == pafs.FileType.File and info.base_name.startswith(prefix):
-                filesystem.delete_file(info.path)
+                try:
+                    filesystem.delete_file(info.path)
+                except FileNotFoundError:
+                    pass  # its writer found the marker and removed it first
 
 
 def _split_by_partition(data: pa.Table, spec: TableSpec) -> list[tuple[tuple[str, ...], pa.Table]]:

@@ -4,14 +4,17 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 import pytest
 
 from infra.delta_store import Lake, Lineage
 from infra.local_cluster import LocalStandaloneCluster
 from infra.spark import read_table, write_table
+from infra.spark_delta import _DeltaWriter
 from infra.tables import STAGE_STATS
 
 
@@ -71,7 +74,28 @@ def test_failed_task_commits_nothing_and_leaves_no_files(spark, tmp_path):
     with pytest.raises(Exception, match="boom"):
         write_table(failing, lake, STAGE_STATS, Lineage(run_id="bad"), replace_partitions=["0", "1", "2"])
     assert lake.version(STAGE_STATS) == 0
+    # Spark kills the failed job's other tasks asynchronously; once they are gone, so are their files.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (
+        spark.sparkContext.statusTracker().getActiveStageIds() or data_files(table_dir) != files_before
+    ):
+        time.sleep(0.2)
     assert data_files(table_dir) == files_before
+
+
+def test_a_task_that_outlives_the_abort_removes_its_own_files(tmp_path):
+    # The straggler case, without Spark's timing: the driver aborts, then a task finishes writing.
+    lake = Lake(str(tmp_path))
+    options = {"root": str(tmp_path), "table": STAGE_STATS.name}
+    writer = _DeltaWriter(options, overwrite=False)
+    writer.abort([])
+    rows = pa.record_batch(
+        {"stage": ["s"], "partition": ["0"], "metric": ["m"], "value": [1]}, schema=STAGE_STATS.schema
+    )
+    with pytest.raises(RuntimeError, match="aborted"):
+        writer.write(iter([rows]))
+    assert data_files(Path(lake.uri(STAGE_STATS))) == set()
+    assert lake.version(STAGE_STATS) is None
 
 
 @pytest.mark.slow
