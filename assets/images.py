@@ -2,24 +2,24 @@
 
 import dagster as dg
 
-from infra.tables import CANDIDATES, IMAGES
+from infra.tables import BLOCKLIST, CANDIDATES, IMAGES
 from orchestration.partitions import per_warc_file_asset
 from orchestration.resources import PairlakeResource, code_version, summed
-from spark_jobs import images_job
+from spark_jobs import blocklist, images_job
 from spark_jobs.download import address_guard, downloader, fetcher, resizer, robots
 
-CODE_VERSION = code_version(address_guard, robots, fetcher, resizer, downloader, images_job)
+CODE_VERSION = code_version(address_guard, robots, fetcher, resizer, downloader, blocklist, images_job)
 
 
 @per_warc_file_asset(
-    deps=["candidates"],
+    deps=["candidates", "blocklist"],
     kinds={"spark", "delta"},
     code_version=CODE_VERSION,
     description="Downloaded, validated and resized images, or a failure reason, per candidate (table images).",
 )
 def images(context: dg.AssetExecutionContext, pairlake: PairlakeResource) -> dg.MaterializeResult:
     keys = list(context.partition_keys)
-    lineage = pairlake.lineage(context, (CANDIDATES, IMAGES), CODE_VERSION)
+    lineage = pairlake.lineage(context, (CANDIDATES, BLOCKLIST, IMAGES), CODE_VERSION)
     version, counts = images_job.download_images(pairlake.spark(), pairlake.lake, keys, pairlake.settings.download, lineage)
     pairlake.record_stats("images", counts, lineage)
     totals = summed(counts)

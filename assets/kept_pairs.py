@@ -8,7 +8,7 @@ from orchestration.resources import PairlakeResource, code_version
 from spark_jobs import kept_set
 
 CODE_VERSION = code_version(kept_set)
-_IMAGE_COLUMNS = ["uid", "status", "width", "height", "original_width", "original_height", "sha256", "md5"]
+_IMAGE_COLUMNS = ["uid", "status", "width", "height", "original_width", "original_height", "sha256", "sha1", "md5"]
 
 
 @per_warc_file_asset(

@@ -3,7 +3,10 @@
 import importlib
 import sys
 
-BENCHMARKS = ["bench_warc_pairs", "bench_download", "bench_clip_scoring", "bench_shard_export", "bench_delta_commit"]
+BENCHMARKS = [
+    "bench_warc_pairs", "bench_download", "bench_clip_scoring", "bench_shard_export", "bench_delta_commit",
+    "bench_near_duplicates", "bench_knn_index",
+]
 
 
 def main() -> None:

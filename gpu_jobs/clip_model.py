@@ -62,19 +62,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def model_config(name: str) -> dict:
+    """open_clip's architecture config for ``name`` (the project's own configs included)."""
+    register_model_configs()
+    model_cfg = open_clip.get_model_config(name)
+    if model_cfg is None:
+        close = difflib.get_close_matches(name, open_clip.list_models(), n=5, cutoff=0.5)
+        hint = f"; close names: {', '.join(close)}" if close else ""
+        raise ClipModelError(f"unknown CLIP model {name!r} (clip.model){hint}")
+    return model_cfg
+
+
 def load_clip(config: ClipConfig, allow_random_init: bool = False) -> LoadedClip:
     """Build the configured model in eval mode on the configured device.
 
     With neither ``checkpoint`` nor ``pretrained`` set the weights would be random, which is only
     meaningful for timing and plumbing tests, so it needs ``allow_random_init=True``.
     """
-    register_model_configs()
     name = config.model
-    model_cfg = open_clip.get_model_config(name)
-    if model_cfg is None:
-        close = difflib.get_close_matches(name, open_clip.list_models(), n=5, cutoff=0.5)
-        hint = f"; close names: {', '.join(close)}" if close else ""
-        raise ClipModelError(f"unknown CLIP model {name!r} (clip.model){hint}")
+    model_cfg = model_config(name)
     device = resolve_device(config.device)
 
     create_kwargs: dict = {}
@@ -83,19 +89,16 @@ def load_clip(config: ClipConfig, allow_random_init: bool = False) -> LoadedClip
         if not path.is_file():
             raise ClipModelError(f"clip.checkpoint file not found: {path}")
         create_kwargs["pretrained"] = str(path)
-        model_id = f"{name}/sha256:{_file_sha256(path)[:12]}"
     elif config.pretrained:
-        tag = config.pretrained.lower().replace("-", "_")  # open_clip's own tag normalisation
+        tag = _pretrained_tag(config)
         weights, tag_cfg = _cached_pretrained_file(name, tag, model_cfg)
         create_kwargs["pretrained"] = weights
         # A tag can carry its own mean/std/interpolation; open_clip applies them only when it resolves
         # the tag itself, so pass them on. "size" always follows the architecture.
         create_kwargs["force_preprocess_cfg"] = {k: v for k, v in tag_cfg.items() if k != "size"}
-        model_id = f"{name}/{tag}"
-    elif allow_random_init:
-        model_id = f"{name}/random-init"
-    else:
+    elif not allow_random_init:
         raise ClipModelError("no CLIP weights configured: set clip.checkpoint or clip.pretrained")
+    model_id = model_identity(config)
 
     try:
         # pretrained_text=False: never fetch HF base text-tower weights; a full CLIP checkpoint covers them.
@@ -116,6 +119,23 @@ def load_clip(config: ClipConfig, allow_random_init: bool = False) -> LoadedClip
         embedding_dim=int(model_cfg["embed_dim"]),
         device=device,
     )
+
+
+def model_identity(config: ClipConfig) -> str:
+    """The ``model_id`` stored with embeddings made by ``config``'s weights, without building the
+    model: "<model>/sha256:<checkpoint digest>", "<model>/<pretrained tag>" or "<model>/random-init"."""
+    if config.checkpoint:
+        path = Path(config.checkpoint).expanduser()
+        if not path.is_file():
+            raise ClipModelError(f"clip.checkpoint file not found: {path}")
+        return f"{config.model}/sha256:{_file_sha256(path)[:12]}"
+    if config.pretrained:
+        return f"{config.model}/{_pretrained_tag(config)}"
+    return f"{config.model}/random-init"
+
+
+def _pretrained_tag(config: ClipConfig) -> str:
+    return config.pretrained.lower().replace("-", "_")  # open_clip's own tag normalisation
 
 
 @contextlib.contextmanager

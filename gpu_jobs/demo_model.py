@@ -41,13 +41,16 @@ MODEL_NAME = "pairlake-demo-tiny"
 CHECKPOINT_NAME = f"{MODEL_NAME}.pt"
 REPORT_NAME = "report.json"
 
-DEFAULT_STEPS = 1200
+DEFAULT_STEPS = 600
 BATCH_SIZE = 128
-POOL_SIZE = 3000  # distinct training renders; flips and quarter turns multiply them by 8
+POOL_SIZE = 2000  # distinct training renders; flips and quarter turns multiply them by 8
 EVAL_PER_CLASS = 20
 LEARNING_RATE = 2e-3
 WARMUP_STEPS = 30
 WEIGHT_DECAY = 0.1
+# The threshold loss's boundary sits at LAION's ViT-B/32 threshold, so the demo filters like it.
+SIGMOID_BOUNDARY = 0.3
+SIGMOID_SLOPE = 10.0
 # Separate streams of the same seed: evaluation images are never training images.
 _TRAIN_STREAM, _EVAL_STREAM = 0, 1
 
@@ -61,6 +64,7 @@ class DemoModelReport:
     train_seconds: float  # the optimisation loop alone
     total_seconds: float  # rendering, training and evaluation
     held_out_accuracy: float  # zero-shot over all classes, on renders of a stream never trained on
+    overlay_accuracy: float  # a caption naming an overlay fits the overlaid image better than the clean one
     matched_cos: float  # image vs its own caption
     mismatched_cos: float  # image vs the same template for a random other class
     wrong_colour_cos: float  # right shape, wrong colour
@@ -91,22 +95,38 @@ def as_scored(image: Image.Image, preprocess: Callable, rng: np.random.Generator
         return preprocess(downloaded.convert("RGB"))
 
 
+# Overlay ids: 0 = none, then shapes.OVERLAYS in order. A caption's overlay id 0 means "not said".
+_OVERLAY_NAMES: tuple[str | None, ...] = (None, *shapes.OVERLAYS)
+OVERLAY_SHARE = 0.3  # of training renders carrying one overlay (equal shares)
+_DETAIL_WEIGHTS = torch.tensor([0.25, 0.5, 0.25])  # hard negatives: another colour, shape, overlay
+
+
 def _render_pool(seed: int, n: int, clip: LoadedClip, progress: bool):
-    """``n`` scored training renders of all classes: (fp16 images, class ids, background ids)."""
+    """``n`` scored training renders of all classes: (fp16 images, class ids, background ids,
+    overlay ids)."""
     rng = np.random.default_rng([seed, _TRAIN_STREAM])
     samples = shapes.dataset(seed * 1000 + _TRAIN_STREAM, n)
-    images, labels, backgrounds = [], [], []
+    images, labels, backgrounds, overlays = [], [], [], []
     for s in tqdm(samples, total=n, desc="rendering", disable=not progress, leave=False):
-        images.append(as_scored(s.image, clip.preprocess, rng).half())  # half the memory; ample for 64 px
+        overlay = int(rng.integers(1, len(_OVERLAY_NAMES))) if rng.random() < OVERLAY_SHARE else 0
+        image = shapes.OVERLAYS[_OVERLAY_NAMES[overlay]](s.image, rng) if overlay else s.image
+        images.append(as_scored(image, clip.preprocess, rng).half())  # half the memory; ample for 64 px
         labels.append(shapes.CLASSES.index((s.colour, s.shape)))
         backgrounds.append(list(shapes.BACKGROUNDS).index(s.background))
-    return torch.stack(images), torch.tensor(labels), torch.tensor(backgrounds)
+        overlays.append(overlay)
+    return torch.stack(images), torch.tensor(labels), torch.tensor(backgrounds), torch.tensor(overlays)
 
 
 def _caption_tokens(tokenizer: Callable) -> torch.Tensor:
-    """Token ids of every caption, indexed [class, background, template]."""
-    texts = [c for colour, shape in shapes.CLASSES for bg in shapes.BACKGROUNDS for c in shapes.captions(colour, shape, bg)]
-    return tokenizer(texts).view(len(shapes.CLASSES), len(shapes.BACKGROUNDS), len(shapes.TEMPLATES), -1)
+    """Token ids of every caption, indexed [class, background, template, overlay said]."""
+    texts = [
+        shapes.with_overlay(c, overlay)
+        for colour, shape in shapes.CLASSES
+        for bg in shapes.BACKGROUNDS
+        for c in shapes.captions(colour, shape, bg)
+        for overlay in _OVERLAY_NAMES
+    ]
+    return tokenizer(texts).view(len(shapes.CLASSES), len(shapes.BACKGROUNDS), len(shapes.TEMPLATES), len(_OVERLAY_NAMES), -1)
 
 
 def _augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -116,13 +136,32 @@ def _augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return (images.flip(3) if torch.randint(2, (1,), generator=generator) else images).contiguous()
 
 
-def _loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _contrastive_loss(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
     """CLIP's softmax loss, made multi-positive: a batch holds several images of each class, so
     plain CLIP loss would push their (identical) captions apart."""
-    same = (labels[:, None] == labels[None, :]).float()
-    targets = same / same.sum(dim=1, keepdim=True)
-    logits = logit_scale * image_emb @ text_emb.T
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+    positive = positive.float()
+    to_text = F.cross_entropy(logits, positive / positive.sum(dim=1, keepdim=True))
+    to_image = F.cross_entropy(logits.T, (positive / positive.sum(dim=0, keepdim=True)).T)
+    return (to_text + to_image) / 2
+
+
+def _threshold_loss(cosines: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """A per-pair sigmoid loss whose boundary is a fixed cosine: softmax only ranks captions, while
+    filtering compares one cosine with a threshold, so matches must land above it and mismatches,
+    one wrong word included, below. Positives and negatives weigh equally."""
+    per_pair = F.binary_cross_entropy_with_logits(
+        SIGMOID_SLOPE * (cosines - SIGMOID_BOUNDARY), positive.float(), reduction="none"
+    )
+    return (per_pair[positive].mean() + per_pair[~positive].mean()) / 2
+
+
+def _hard_negatives(labels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each class id: the same shape in another colour, and the same colour as another shape."""
+    n_colours, n_shapes = len(shapes.COLOURS), len(shapes.SHAPES)
+    colour, shape = labels // n_shapes, labels % n_shapes  # CLASSES is colour-major
+    other_colour = (colour + torch.randint(1, n_colours, labels.shape, generator=generator)) % n_colours
+    other_shape = (shape + torch.randint(1, n_shapes, labels.shape, generator=generator)) % n_shapes
+    return other_colour * n_shapes + shape, colour * n_shapes + other_shape
 
 
 @torch.no_grad()
@@ -157,8 +196,17 @@ def evaluate(clip: LoadedClip, seed: int = 0, per_class: int = EVAL_PER_CLASS) -
         rest = [o for o in options if o != exclude]
         return rest[int(rng.integers(len(rest)))]
 
+    # Overlays: a caption naming one should fit the overlaid image better than the same image clean.
+    said_better = []
+    for overlay in shapes.OVERLAYS:
+        overlaid = torch.stack([as_scored(shapes.OVERLAYS[overlay](s.image, rng), clip.preprocess, rng) for s in samples])
+        overlaid_emb = F.normalize(clip.model.encode_image(overlaid), dim=-1)
+        saying = _encode_texts(clip, [shapes.with_overlay(s.caption, overlay) for s in samples])
+        said_better.append(((overlaid_emb * saying).sum(1) > (image_emb * saying).sum(1)).float())
+
     return {
         "held_out_accuracy": float(correct.mean()),
+        "overlay_accuracy": float(torch.cat(said_better).mean()),
         "matched_cos": cos_with([(s.colour, s.shape) for s in samples]),
         "mismatched_cos": cos_with([other(shapes.CLASSES, (s.colour, s.shape)) for s in samples]),
         "wrong_colour_cos": cos_with([(other(list(shapes.COLOURS), s.colour), s.shape) for s in samples]),
@@ -170,15 +218,25 @@ def train_demo_model(out_dir: Path, seed: int = 0, steps: int = DEFAULT_STEPS, p
     """Train from scratch; write ``out_dir/pairlake-demo-tiny.pt`` and ``out_dir/report.json``."""
     out_dir = Path(out_dir)
     started = time.perf_counter()
+    # Taken before training: code edited during a run must not label these weights as current.
+    trained_fingerprint = fingerprint(seed, steps)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)  # the initial weights
     clip = load_clip(ClipConfig(model=MODEL_NAME, device="cpu"), allow_random_init=True)
     model = clip.model
-    images, labels, backgrounds = _render_pool(seed, POOL_SIZE, clip, progress)
+    images, labels, backgrounds, overlays = _render_pool(seed, POOL_SIZE, clip, progress)
     tokens = _caption_tokens(clip.tokenizer)
 
+    # Throwaway linear probes for colour and shape on the image embedding: a direct signal for each
+    # attribute, which the contrastive losses only give through whole captions. Not saved.
+    probes = torch.nn.ModuleDict(
+        {
+            "colour": torch.nn.Linear(model.visual.output_dim, len(shapes.COLOURS)),
+            "shape": torch.nn.Linear(model.visual.output_dim, len(shapes.SHAPES)),
+        }
+    )
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY, betas=(0.9, 0.98), eps=1e-6
+        [*model.parameters(), *probes.parameters()], lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY, betas=(0.9, 0.98), eps=1e-6
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -194,10 +252,31 @@ def train_demo_model(out_dir: Path, seed: int = 0, steps: int = DEFAULT_STEPS, p
     for _ in bar:
         idx = torch.randint(len(images), (BATCH_SIZE,), generator=generator)
         template = torch.randint(len(shapes.TEMPLATES), (BATCH_SIZE,), generator=generator)
-        image_emb, text_emb, logit_scale = model(
-            _augment(images[idx].float(), generator), tokens[labels[idx], backgrounds[idx], template]
+        batch_labels, batch_overlays = labels[idx], overlays[idx]
+        # An overlaid image's caption says so half the time. Each image also meets one caption a
+        # detail away: another colour, another shape, or an overlay it does not carry.
+        said = torch.where(torch.rand(BATCH_SIZE, generator=generator) < 0.5, batch_overlays, 0)
+        other_colour, other_shape = _hard_negatives(batch_labels, generator)
+        other_overlay = torch.randint(1, len(_OVERLAY_NAMES), (BATCH_SIZE,), generator=generator)
+        other_overlay = torch.where(other_overlay == batch_overlays, other_overlay % (len(_OVERLAY_NAMES) - 1) + 1, other_overlay)
+        # Shape is the hardest detail for a ViT this small: it gets half of the negatives.
+        detail = torch.multinomial(_DETAIL_WEIGHTS, BATCH_SIZE, replacement=True, generator=generator)
+        negative_labels = torch.where(detail == 0, other_colour, torch.where(detail == 1, other_shape, batch_labels))
+        text_labels = torch.cat([batch_labels, negative_labels])
+        text_overlays = torch.cat([said, torch.where(detail == 2, other_overlay, said)])
+        texts = tokens[text_labels, backgrounds[idx].repeat(2), template.repeat(2), text_overlays]
+        image_emb, text_emb, logit_scale = model(_augment(images[idx].float(), generator), texts)
+        # A caption fits an image of its class whose overlay it names, or does not mention.
+        positive = (batch_labels[:, None] == text_labels[None, :]) & (
+            (text_overlays[None, :] == 0) | (text_overlays[None, :] == batch_overlays[:, None])
         )
-        loss = _loss(image_emb, text_emb, logit_scale, labels[idx])
+        cosines = image_emb @ text_emb.T
+        loss = (
+            _contrastive_loss(logit_scale * cosines[:, :BATCH_SIZE], positive[:, :BATCH_SIZE])
+            + _threshold_loss(cosines, positive)
+            + F.cross_entropy(probes["colour"](image_emb), batch_labels // len(shapes.SHAPES))
+            + F.cross_entropy(probes["shape"](image_emb), batch_labels % len(shapes.SHAPES))
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -214,7 +293,7 @@ def train_demo_model(out_dir: Path, seed: int = 0, steps: int = DEFAULT_STEPS, p
     os.replace(tmp, checkpoint)  # readers never see a half-written checkpoint
     report = DemoModelReport(
         checkpoint=str(checkpoint),
-        fingerprint=fingerprint(seed, steps),
+        fingerprint=trained_fingerprint,
         seed=seed,
         steps=steps,
         train_seconds=round(train_seconds, 1),

@@ -9,11 +9,11 @@ compose onto any of them.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35),
@@ -157,6 +157,71 @@ def add_noise(image: Image.Image, rng: np.random.Generator, max_std: float = 12.
     grain = rng.normal(0, rng.uniform(0, max_std), ((h + 1) // 2, (w + 1) // 2)).astype(np.float32)
     grain = grain.repeat(2, axis=0).repeat(2, axis=1)[:h, :w, None]
     return Image.fromarray(np.clip(np.asarray(image, dtype=np.float32) + grain, 0, 255).astype(np.uint8), "RGB")
+
+
+# Overlays for the demo's tag heads (issue B): a watermark, a hazard frame standing in for unsafe
+# content, and degradation standing in for low aesthetic quality. Captions never mention them.
+WATERMARK_TEXTS: tuple[str, ...] = ("© stockpics", "SAMPLE", "shutterpix", "© photoworks", "preview")
+
+
+def add_watermark(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Stock-photo style: big semi-opaque outlined text tilted across the image (legible at the
+    demo model's 64 px, as real watermarks are at CLIP's 224 px)."""
+    w, h = image.size
+    side = max(w, h)
+    layer = Image.new("RGBA", (2 * side, 2 * side), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    font = ImageFont.load_default(size=max(12, int(side * rng.uniform(0.22, 0.28))))
+    text = WATERMARK_TEXTS[int(rng.integers(len(WATERMARK_TEXTS)))]
+    light = rng.random() < 0.5
+    ink = (255, 255, 255, int(rng.integers(170, 215))) if light else (20, 20, 20, int(rng.integers(150, 195)))
+    outline = (0, 0, 0, 160) if light else (255, 255, 255, 140)
+    step = int(font.size * 1.6)
+    for row, y in enumerate(range(side // 2, 3 * side // 2, step)):
+        draw.text(((row % 2) * step // 2 + side // 3, y), f"{text}  {text}", font=font, fill=ink,
+                  stroke_width=max(1, font.size // 12), stroke_fill=outline)
+    layer = layer.rotate(float(rng.uniform(20, 40)), resample=Image.Resampling.BILINEAR)
+    layer = layer.crop((side - w // 2, side - h // 2, side - w // 2 + w, side - h // 2 + h))
+    return Image.alpha_composite(image.convert("RGBA"), layer).convert("RGB")
+
+
+def add_hazard_frame(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A frame of yellow and black diagonal stripes: the demo's stand-in for unsafe content."""
+    w, h = image.size
+    border = int(min(w, h) * rng.uniform(0.12, 0.16))
+    stripes = Image.new("RGB", (w, h), (240, 200, 20))
+    draw = ImageDraw.Draw(stripes)
+    period = max(6, border)
+    for x in range(-h, w + h, period):
+        draw.polygon([(x, 0), (x + period // 2, 0), (x + period // 2 + h, h), (x + h, h)], fill=(20, 20, 20))
+    mask = Image.new("L", (w, h), 255)
+    ImageDraw.Draw(mask).rectangle((border, border, w - border - 1, h - border - 1), fill=0)
+    return Image.composite(stripes, image, mask)
+
+
+def degrade(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Washed out and blocky, as an over-compressed thumbnail blown up: low aesthetic quality."""
+    w, h = image.size
+    factor = float(rng.uniform(10, 14))
+    small = image.resize((max(4, int(w / factor)), max(4, int(h / factor))), Image.Resampling.BILINEAR)
+    blown = small.resize((w, h), Image.Resampling.NEAREST)
+    faded = ImageEnhance.Contrast(blown).enhance(float(rng.uniform(0.35, 0.5)))
+    return ImageEnhance.Color(faded).enhance(float(rng.uniform(0.4, 0.6)))
+
+
+OVERLAYS: dict[str, Callable[[Image.Image, np.random.Generator], Image.Image]] = {
+    "watermark": add_watermark,
+    "hazard": add_hazard_frame,
+    "degraded": degrade,
+}
+# How a caption may say so: the demo model learns the overlays from these, as CLIP learns
+# watermarks from web captions that mention them.
+OVERLAY_PHRASES: dict[str, str] = {"watermark": "watermarked", "hazard": "in a hazard stripe frame", "degraded": "blurry"}
+
+
+def with_overlay(caption_text: str, overlay: str | None) -> str:
+    """``caption_text`` saying that the image carries ``overlay`` (unchanged for None)."""
+    return f"{caption_text}, {OVERLAY_PHRASES[overlay]}" if overlay else caption_text
 
 
 def render(

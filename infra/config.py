@@ -18,7 +18,11 @@ DEFAULT_CONFIG = CONFIG_DIR / "demo.toml"
 CONFIG_ENV = "PAIRLAKE_CONFIG"
 
 
-class ConfigError(ValueError):
+class InputError(ValueError):
+    """Bad input from the user (config, hash list, labels...): one clear line, no traceback."""
+
+
+class ConfigError(InputError):
     """A configuration value is missing, unknown or out of range."""
 
 
@@ -86,9 +90,37 @@ class ClipConfig:
 
 
 @dataclass(frozen=True)
+class TagScorerConfig:
+    """One tag's scorer: a head over embeddings, or zero-shot prompts (positive vs negative)."""
+
+    head: str = ""  # a head file (.pt), or the name of a head trained into <lake>/heads
+    layout: str = ""  # for a published head file that has no JSON sidecar (laion-aesthetic-v2, ...)
+    positive: tuple[str, ...] = ()
+    negative: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CurationConfig:
+    # clip-retrieval hides results at or above 0.94 cosine as duplicates.
+    near_duplicate_threshold: float = 0.94
+    near_duplicate_neighbours: int = 16
+    languages: tuple[str, ...] = ()  # caption languages kept; empty keeps all
+    # Safety variants in Re-LAION's spirit: the highest p_unsafe each keeps.
+    variants: dict[str, float] = field(default_factory=lambda: {"research": 0.95, "research-safe": 0.45})
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    variant: str = "research"  # the curated variant the kNN index covers
+    memory_budget_mb: int = 4096
+    recall_target: float = 0.95
+
+
+@dataclass(frozen=True)
 class ShardsConfig:
     samples_per_shard: int = 1000
     output: str = "shards"  # relative to the lake root unless absolute
+    variant: str = "research-safe"  # the curated variant exported
 
 
 @dataclass(frozen=True)
@@ -108,6 +140,9 @@ class PairlakeConfig:
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
+    tags: dict[str, TagScorerConfig] = field(default_factory=dict, metadata={"values": TagScorerConfig})
+    curation: CurationConfig = field(default_factory=CurationConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
@@ -121,10 +156,14 @@ class PairlakeConfig:
             ) from None
 
 
+_REPLACED_MAPS = ("conf", "thresholds", "tags", "variants")
+
+
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("conf", "thresholds"):
+        # Maps that a config states whole: a production [tags] must not inherit the demo's heads.
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in _REPLACED_MAPS:
             out[key] = _merge(out[key], value)
         else:
             out[key] = value
@@ -144,6 +183,10 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
             if not isinstance(value, dict):
                 raise ConfigError(f"config section {where}{name} must be a table")
             kwargs[name] = _build(type(default), value, f"{where}{name}.")
+        elif "values" in f.metadata:  # a table of named sections of one type
+            if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+                raise ConfigError(f"config section {where}{name} must be a table of tables")
+            kwargs[name] = {k: _build(f.metadata["values"], v, f"{where}{name}.{k}.") for k, v in value.items()}
         else:
             kwargs[name] = _coerce(value, default, f"{where}{name}")
     return cls(**kwargs)
@@ -224,5 +267,26 @@ def _validate(config: PairlakeConfig) -> None:
     for model, threshold in config.clip.thresholds.items():
         if not isinstance(threshold, (int, float)) or not -1.0 <= threshold <= 1.0:
             raise ConfigError(f"config clip.thresholds.{model} must be a cosine in [-1, 1], got {threshold!r}")
+    for name, scorer in config.tags.items():
+        if bool(scorer.head) == bool(scorer.positive or scorer.negative):
+            raise ConfigError(f"config tags.{name} needs either head or positive+negative prompts, not both")
+        if not scorer.head and not (scorer.positive and scorer.negative):
+            raise ConfigError(f"config tags.{name} needs both positive and negative prompts")
+    cur = config.curation
+    if not -1.0 <= cur.near_duplicate_threshold <= 1.0 or cur.near_duplicate_neighbours < 1:
+        raise ConfigError("config curation.near_duplicate_threshold must be a cosine and near_duplicate_neighbours >= 1")
+    if config.curation.variants and "punsafe" not in config.tags:
+        raise ConfigError("config curation.variants filter on punsafe: configure tags.punsafe")
+    for variant, limit in cur.variants.items():
+        if not isinstance(limit, (int, float)) or not 0.0 <= limit <= 1.0:
+            raise ConfigError(f"config curation.variants.{variant} must be a probability in [0, 1], got {limit!r}")
+    for section in ("index", "shards"):
+        variant = getattr(config, section).variant
+        if variant not in cur.variants:
+            raise ConfigError(
+                f"config {section}.variant {variant!r} is not a curated variant ({', '.join(cur.variants) or 'none'})"
+            )
+    if not 0.0 < config.index.recall_target <= 1.0:
+        raise ConfigError("config index.recall_target must be in (0, 1]")
     if not config.lake.root:
         raise ConfigError("config lake.root must not be empty")

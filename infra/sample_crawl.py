@@ -7,6 +7,8 @@
   tags point at the image server on ``base_url``;
 - ``site/``: what that server serves (``infra.image_server.save_site``): the images, robots.txt and
   the misbehaving resources;
+- ``blocklists/``: hash lists in Re-LAION's style naming some of the crawl's images, by the MD5
+  of their bytes (plain text) and by the SHA256 of their URL (CSV);
 - ``expected.json``: ground truth per image URL, so tests can check every stage of the funnel.
 
     python -m infra.sample_crawl --out build/sample_crawl --base-url http://127.0.0.1:18765 --pages 60
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import html
 import io
 import json
@@ -60,6 +63,14 @@ KINDS: tuple[str, ...] = (
     "non_utf8_page",
     "photo",
     "malformed_record",
+    # Curation (issue B): tags, dedup and hash lists.
+    "watermark",
+    "hazard",
+    "degraded",
+    "exact_duplicate",
+    "near_duplicate",
+    "blocklisted_image",
+    "blocklisted_url",
 )
 
 # Where each kind leaves the funnel under the demo config (3 s timeout, robots and noai honoured).
@@ -71,6 +82,7 @@ _DOWNLOAD = {
     "huge": "failed",
     "noai": "skipped",
     "robots_disallowed": "skipped",
+    "blocklisted_url": "skipped",
 }
 _NOT_EXTRACTED = {"data_url", "no_alt", "malformed_record"}
 
@@ -196,6 +208,16 @@ class _Builder:
         caption = shapes.caption(cap_colour, cap_shape, self.rng, bg)
         return self.add(page, self.base + self.serve(resource), caption, "mismatch", clip="mismatch", wrong=wrong,
                         caption_class=[cap_colour, cap_shape], **{"class": [colour, shape]})
+
+    def overlaid(self, page: _Page, overlay: str) -> str:
+        """A matching caption on an image with an overlay that captions never mention."""
+        colour, shape = self.random_class()
+        bg = shapes.random_background(colour, self.rng)
+        image = shapes.OVERLAYS[overlay](shapes.render(colour, shape, self.rng, background_name=bg), self.rng)
+        body, content_type = served_image(image, self.rng)
+        path = self.serve(Resource(body=body, content_type=content_type))
+        caption = shapes.caption(colour, shape, self.rng, bg)
+        return self.add(page, self.base + path, caption, overlay, clip="match", **{"class": [colour, shape]})
 
     def other(self, options: list[str], exclude: str) -> str:
         rest = [o for o in options if o != exclude]
@@ -324,6 +346,8 @@ def _fill_pages(b: _Builder, pages: list[_Page]) -> None:
     inline = base64.b64encode(_encode(shapes.render("red", "square", rng, 16), "png")).decode()
     b.add(pick(), f"data:image/png;base64,{inline}", "a red square", "data_url")
 
+    _fill_curation(b, pick)
+
     # The bulk: three matches to two mismatches, dealt so that every well-formed page gets some.
     fill = max(len(pages) * IMAGES_PER_PAGE - len(b.images), len(rest))
     for n in range(fill):
@@ -332,6 +356,51 @@ def _fill_pages(b: _Builder, pages: list[_Page]) -> None:
             b.shape(page, "match")
         else:
             b.mismatch(page)
+
+
+def _fill_curation(b: _Builder, pick) -> None:
+    """What issue B's curation must find: overlays for the tag heads, exact duplicates (the same
+    bytes at two URLs), near duplicates (one render encoded twice at different sizes), and images
+    named by the blocklists, by the MD5 of their bytes or the SHA256 of their URL."""
+    rng = b.rng
+    for overlay in shapes.OVERLAYS:
+        for _ in range(3):
+            b.overlaid(pick(), overlay)
+
+    for group in range(2):
+        for kind in ("exact_duplicate", "near_duplicate"):
+            colour, shape = b.random_class()
+            bg = shapes.random_background(colour, rng)
+            image = shapes.render(colour, shape, rng, background_name=bg)
+            if kind == "exact_duplicate":
+                copies = [Resource(body=_encode(image, "jpeg"))] * 2
+            else:
+                smaller = image.resize((image.width * 4 // 5, image.height * 4 // 5), Image.Resampling.LANCZOS)
+                copies = [Resource(body=_encode(image, "png"), content_type="image/png"), Resource(body=_encode(smaller, "jpeg"))]
+            for resource in copies:
+                b.add(pick(), b.base + b.serve(resource), shapes.caption(colour, shape, rng, bg), kind, clip="match",
+                      group=f"{kind}-{group}", **{"class": [colour, shape]})
+
+    for kind in ("blocklisted_image", "blocklisted_image", "blocklisted_url", "blocklisted_url"):
+        colour, shape = b.random_class()
+        resource, bg = b.shape_resource(colour, shape)
+        url = b.add(pick(), b.base + b.serve(resource), shapes.caption(colour, shape, rng, bg), kind, clip="match",
+                    **{"class": [colour, shape]})
+        b.images[url]["md5"] = hashlib.md5(resource.body).hexdigest()
+        b.images[url]["url_sha256"] = hashlib.sha256(url.encode()).hexdigest()
+
+
+def _write_blocklists(images: dict[str, dict[str, Any]], out_dir: Path) -> dict[str, str]:
+    """The demo's hash lists; returns {file name: hash kind} for ``pairlake blocklist import``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    listed = [e for e in images.values() if e["kind"] in ("blocklisted_image", "blocklisted_url")]
+    md5s = [e["md5"] for e in listed if e["kind"] == "blocklisted_image"]
+    (out_dir / "image-md5.txt").write_text(
+        "# demo hash list: MD5 of image bytes\n" + "".join(f"{h}\n" for h in md5s) + f"{'0' * 32}\n"
+    )
+    urls = [e["url_sha256"] for e in listed if e["kind"] == "blocklisted_url"]
+    (out_dir / "url-sha256.csv").write_text("sha256,note\n" + "".join(f"{h},demo\n" for h in urls))
+    return {"image-md5.txt": "image-md5", "url-sha256.csv": "url-sha256"}
 
 
 _FILLER = (
@@ -447,6 +516,7 @@ def generate_sample_crawl(out_dir: Path, base_url: str, pages: int = 60, seed: i
 
     site_dir = out_dir / "site"
     save_site(builder.resources, site_dir)
+    blocklists = _write_blocklists(builder.images, out_dir / "blocklists")
     malformed = next(p for p in planned if p.malformed)
     expected = {
         "seed": seed,
@@ -457,6 +527,7 @@ def generate_sample_crawl(out_dir: Path, base_url: str, pages: int = 60, seed: i
         "malformed_record": {"warc": paths[malformed.warc].name, "url": malformed.url,
                              "how": "last record's gzip member truncated to a third"},
         "non_html_records": [non_html_url],
+        "blocklists": blocklists,
         "kinds": sorted({e["kind"] for e in builder.images.values()}),
         "images": builder.images,
     }

@@ -100,9 +100,9 @@ def read_table(
     if version is not None:
         reader = reader.option("version", str(version))
     if partitions is not None:
-
         reader = reader.option("partitions", json.dumps(sorted(set(partitions))))
     return reader.load()
+
 
 def write_table(
     df: DataFrame,

@@ -100,6 +100,7 @@ IMAGES = TableSpec(
             pa.field("original_height", pa.int32()),
             pa.field("original_bytes", pa.int64()),
             pa.field("sha256", pa.string()),  # of the original bytes
+            pa.field("sha1", pa.string()),  # of the original bytes
             pa.field("md5", pa.string()),  # of the original bytes
         ]
     ),
@@ -142,6 +143,7 @@ KEPT_PAIRS = TableSpec(
             pa.field("original_width", pa.int32()),
             pa.field("original_height", pa.int32()),
             pa.field("sha256", pa.string()),
+            pa.field("sha1", pa.string()),
             pa.field("md5", pa.string()),
         ]
     ),
@@ -149,7 +151,7 @@ KEPT_PAIRS = TableSpec(
 
 SHARDS = TableSpec(
     name="shards",
-    description="Manifest of exported webdataset shards and the kept_pairs version they came from.",
+    description="Manifest of exported webdataset shards and the curated version they came from.",
     partition_by=("export_id",),
     key=("export_id", "shard"),
     schema=pa.schema(
@@ -162,6 +164,105 @@ SHARDS = TableSpec(
             pa.field("sha256", pa.string(), nullable=False),
             pa.field("source_version", pa.int64(), nullable=False),
             pa.field("created_at", _TS, nullable=False),
+        ]
+    ),
+)
+
+BLOCKLIST = TableSpec(
+    name="blocklist",
+    description="Imported hash lists (Re-LAION style): digests of image bytes or of URLs, per source.",
+    partition_by=("source",),
+    key=("source", "kind", "digest"),
+    schema=pa.schema(
+        [
+            pa.field("source", pa.string(), nullable=False),  # the list's name, e.g. "iwf-2024-08"
+            pa.field("kind", pa.string(), nullable=False),  # image-md5, image-sha1, ..., url-sha256
+            pa.field("target", pa.string(), nullable=False),  # "image" or "url"
+            pa.field("digest", pa.string(), nullable=False),  # lowercase hex
+            pa.field("line", pa.int64(), nullable=False),  # where it was in the imported file
+            pa.field("list_date", pa.date32(), nullable=False),
+            pa.field("imported_at", _TS, nullable=False),
+        ]
+    ),
+)
+
+BLOCKLIST_MATCHES = TableSpec(
+    name="blocklist_matches",
+    description="Pairs whose image or URL digest is on an imported hash list, per list.",
+    key=("uid", "source", "kind"),
+    schema=pa.schema(
+        [
+            pa.field("uid", pa.string(), nullable=False),
+            pa.field("warc_file", pa.string(), nullable=False),
+            pa.field("source", pa.string(), nullable=False),
+            pa.field("kind", pa.string(), nullable=False),
+        ]
+    ),
+)
+
+IMAGE_TAGS = TableSpec(
+    name="image_tags",
+    description="Safety and quality tags scored from the stored CLIP image embeddings.",
+    partition_by=("warc_file",),
+    key=("uid", "model_id"),
+    schema=pa.schema(
+        [
+            pa.field("uid", pa.string(), nullable=False),
+            pa.field("warc_file", pa.string(), nullable=False),
+            pa.field("model_id", pa.string(), nullable=False),  # the CLIP model of the embeddings
+            pa.field("punsafe", pa.float32()),
+            pa.field("pwatermark", pa.float32()),
+            pa.field("aesthetic", pa.float32()),
+            pa.field("extra", pa.map_(pa.string(), pa.float32())),  # further named tags
+            pa.field("scorers", pa.string(), nullable=False),  # JSON: tag -> scorer identity
+        ]
+    ),
+)
+
+DEDUP = TableSpec(
+    name="dedup",
+    description="Every kept, unblocked pair with its exact (sha256) and near-duplicate (CLIP) cluster.",
+    key=("uid",),
+    schema=pa.schema(
+        [
+            pa.field("uid", pa.string(), nullable=False),
+            pa.field("warc_file", pa.string(), nullable=False),
+            pa.field("sha256", pa.string(), nullable=False),
+            pa.field("exact_representative", pa.string(), nullable=False),  # uid kept for this sha256
+            pa.field("cluster", pa.string(), nullable=False),  # uid of the near-duplicate representative
+            pa.field("cluster_size", pa.int64(), nullable=False),  # distinct images in the cluster
+            pa.field("max_similarity", pa.float32()),  # best image cosine to another cluster member
+            pa.field("reason", pa.string(), nullable=False),  # unique, exact_duplicate, near_duplicate
+        ]
+    ),
+)
+
+CURATED = TableSpec(
+    name="curated",
+    description="The curated set per safety variant: kept, unblocked, deduplicated and tagged pairs.",
+    partition_by=("variant",),
+    key=("variant", "uid"),
+    schema=pa.schema(
+        [
+            pa.field("variant", pa.string(), nullable=False),
+            pa.field("uid", pa.string(), nullable=False),
+            pa.field("warc_file", pa.string(), nullable=False),
+            pa.field("url", pa.string(), nullable=False),
+            pa.field("caption", pa.string(), nullable=False),
+            pa.field("language", pa.string()),
+            pa.field("similarity", pa.float32(), nullable=False),
+            pa.field("model_id", pa.string(), nullable=False),
+            pa.field("width", pa.int32()),
+            pa.field("height", pa.int32()),
+            pa.field("original_width", pa.int32()),
+            pa.field("original_height", pa.int32()),
+            pa.field("sha256", pa.string()),
+            pa.field("sha1", pa.string()),
+            pa.field("md5", pa.string()),
+            pa.field("punsafe", pa.float32()),
+            pa.field("pwatermark", pa.float32()),
+            pa.field("aesthetic", pa.float32()),
+            pa.field("cluster_size", pa.int64(), nullable=False),
         ]
     ),
 )
@@ -185,7 +286,10 @@ STAGE_STATS = TableSpec(
 
 ALL_TABLES: dict[str, TableSpec] = {
     spec.name: spec
-    for spec in (WARC_FILES, CANDIDATES, WARC_REJECTS, IMAGES, CLIP_SCORES, KEPT_PAIRS, SHARDS, STAGE_STATS)
+    for spec in (
+        WARC_FILES, CANDIDATES, WARC_REJECTS, IMAGES, CLIP_SCORES, KEPT_PAIRS, BLOCKLIST, BLOCKLIST_MATCHES,
+        IMAGE_TAGS, DEDUP, CURATED, SHARDS, STAGE_STATS,
+    )
 }
 
 

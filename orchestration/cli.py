@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from infra.config import ConfigError, PairlakeConfig, load_config
+from infra.config import InputError, PairlakeConfig, load_config
 
 
 def _cmd_parse_warc(args: argparse.Namespace, config: PairlakeConfig) -> None:
@@ -50,6 +50,49 @@ def _cmd_report(args: argparse.Namespace, config: PairlakeConfig) -> None:
     print(f"report: {write_report(funnel, Path(config.lake.root) / 'reports' / 'funnel.html')}")
 
 
+def _cmd_blocklist_import(args: argparse.Namespace, config: PairlakeConfig) -> None:
+    from datetime import date
+
+    from orchestration.blocklist_import import import_hash_list
+
+    try:
+        list_date = date.fromisoformat(args.date) if args.date else None
+    except ValueError:
+        raise InputError(f"--date must be YYYY-MM-DD, got {args.date!r}") from None
+    version, imported = import_hash_list(config, args.file, args.source, args.kind, list_date)
+    print(f"imported {imported} {args.kind} digests as {args.source!r} (blocklist v{version})")
+
+
+def _cmd_search(args: argparse.Namespace, config: PairlakeConfig) -> None:
+    from PIL import Image
+
+    from gpu_jobs.retrieval import VariantSearch
+    from infra.delta_store import Lake
+
+    if bool(args.text) == bool(args.image):
+        raise InputError("search needs a text query or --image FILE (one of them)")
+    search = VariantSearch(Lake(config.lake.root), args.variant or config.index.variant, config.clip)
+    if args.image:
+        with Image.open(args.image) as image:
+            hits = search.by_image(image, args.k)
+    else:
+        hits = search.by_text(args.text, args.k)
+    print(f"{'similarity':>10}  {'uid':<32}  caption / url")
+    for hit in hits:
+        print(f"{hit.similarity:>10.4f}  {hit.uid:<32}  {hit.caption}\n{'':>44}{hit.url}")
+
+
+def _cmd_train_head(args: argparse.Namespace, config: PairlakeConfig) -> None:
+    from gpu_jobs import head_training
+
+    report, path = head_training.train_registered_head(
+        config, args.name, args.labels, layout=args.layout, holdout=args.holdout, seed=args.seed
+    )
+    print(f"trained head {args.name!r} ({report.layout}) on {report.n_train} rows, {report.positives} labelled 1")
+    print(f"held-out accuracy {report.held_out_accuracy:.3f} on {report.n_holdout} rows")
+    print(f"registered as {path}; use it with [tags.<tag>] head = \"{args.name}\"")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pairlake", description="Build and curate image-text datasets.")
     parser.add_argument("--config", help="a TOML config file (default: $PAIRLAKE_CONFIG or the embedded demo config)")
@@ -66,6 +109,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="build the demo model and sample crawl, then materialize everything")
     p.set_defaults(run=_cmd_demo)
+
+    p = sub.add_parser("blocklist", help="hash-list blocklists (Re-LAION style)")
+    block = p.add_subparsers(dest="blocklist_command", required=True)
+    p = block.add_parser("import", help="import a hash list (plain text or CSV); replaces the source's earlier import")
+    p.add_argument("file", type=Path)
+    p.add_argument("--source", required=True, help="the list's name, e.g. iwf-2024-08")
+    p.add_argument("--kind", required=True, help="image-md5, image-sha1, image-sha256, url-md5, url-sha1 or url-sha256")
+    p.add_argument("--date", help="the list's date, YYYY-MM-DD (default: today)")
+    p.set_defaults(run=_cmd_blocklist_import)
+
+    p = sub.add_parser("search", help="text -> image (or --image FILE: image -> image) search of the kNN index")
+    p.add_argument("text", nargs="?", default="")
+    p.add_argument("--image", type=Path, help="search by this image instead of text")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--variant", help="curated variant (default: index.variant)")
+    p.set_defaults(run=_cmd_search)
+
+    p = sub.add_parser("train-head", help="fit a tag head on stored embeddings from labelled uids, and register it")
+    p.add_argument("name")
+    p.add_argument("--labels", required=True, type=Path, help="CSV with columns uid,label (label 0 or 1)")
+    p.add_argument("--layout", default="linear", help="linear or mlp")
+    p.add_argument("--holdout", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_cmd_train_head)
 
     p = sub.add_parser("report", help="print the funnel and write the HTML report")
     p.set_defaults(run=_cmd_report)
@@ -84,15 +151,16 @@ def main(argv: list[str] | None = None) -> int:
             os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
         config = load_config(args.config)
         args.run(args, config)
-    except ConfigError as exc:
+    except InputError as exc:
         print(f"pairlake: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # one clear line for the user; the traceback is in the Dagster run logs
+        from gpu_jobs.knn_index import IndexLoadError
         from infra.crawl_source import CrawlSourceError
         from infra.delta_store import LakeError
         from orchestration.runner import RunFailed
 
-        if isinstance(exc, (CrawlSourceError, LakeError, RunFailed, FileNotFoundError)):
+        if isinstance(exc, (CrawlSourceError, LakeError, RunFailed, IndexLoadError, FileNotFoundError)):
             print(f"pairlake: {exc}", file=sys.stderr)
             return 1
         raise

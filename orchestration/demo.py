@@ -9,12 +9,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import dagster as dg
+
+from gpu_jobs.demo_heads import ensure_demo_heads
 from gpu_jobs.demo_model import ensure_demo_model
 from infra.config import PairlakeConfig
 from infra.delta_store import Lake
 from infra.image_server import ImageServer, load_site
 from infra.sample_crawl import generate_sample_crawl
 from orchestration import report
+from orchestration.blocklist_import import import_hash_list
 from orchestration.runner import ensure_dagster_home, materialize_all
 
 
@@ -35,14 +39,24 @@ def ensure_sample_crawl(config: PairlakeConfig) -> Path:
 def prepare_demo(config: PairlakeConfig) -> Path:
     """Train (or reuse) the demo model and write (or reuse) the sample crawl; returns the crawl dir."""
     checkpoint = ensure_demo_model(Path(config.demo.model_dir), config.demo.seed, progress=True)
+    ensure_demo_heads(Path(config.demo.model_dir), config.demo.seed)
     if config.clip.checkpoint and Path(config.clip.checkpoint).resolve() != checkpoint.resolve():
         print(f"note: clip.checkpoint is {config.clip.checkpoint}, the demo model is at {checkpoint}")
     return ensure_sample_crawl(config)
 
 
+def import_demo_blocklists(config: PairlakeConfig, crawl_dir: Path, instance: dg.DagsterInstance | None = None) -> None:
+    """The sample crawl's hash lists, imported as a user would (before ingestion, so that the URL
+    list stops its images from being requested at all)."""
+    lists = json.loads((crawl_dir / "expected.json").read_text())["blocklists"]
+    for name, kind in sorted(lists.items()):
+        import_hash_list(config, crawl_dir / "blocklists" / name, f"demo-{Path(name).stem}", kind, instance=instance)
+
+
 def run_demo(config: PairlakeConfig) -> report.Funnel:
     ensure_dagster_home()
     crawl_dir = prepare_demo(config)
+    import_demo_blocklists(config, crawl_dir)
     with ImageServer(load_site(crawl_dir / "site"), port=config.demo.server_port) as server:
         print(f"serving the sample crawl's images at {server.url}")
         materialize_all()

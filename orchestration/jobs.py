@@ -1,4 +1,5 @@
-"""Jobs: discovery, per-file ingestion (one partitioned run), and the release (shards + report)."""
+"""Jobs: discovery, per-file ingestion (one partitioned run), and the release: curation over the
+whole lake (hash-list matches, dedup, curated variants, kNN index), then shards and the report."""
 
 import dagster as dg
 
@@ -6,9 +7,12 @@ discover_job = dg.define_asset_job("discover_warc_files", selection=dg.AssetSele
 
 ingest_job = dg.define_asset_job(
     "ingest_warc_files",
-    selection=dg.AssetSelection.assets("candidates", "images", "clip_scores", "kept_pairs"),
+    selection=dg.AssetSelection.assets("candidates", "images", "clip_scores", "image_tags", "kept_pairs"),
 )
 
 release_job = dg.define_asset_job(
-    "export_release", selection=dg.AssetSelection.assets("training_shards", "funnel_report")
+    "export_release",
+    selection=dg.AssetSelection.assets(
+        "blocklist_matches", "dedup", "curated", "knn_index", "training_shards", "funnel_report"
+    ),
 )

@@ -1,4 +1,5 @@
-"""The funnel (pages → candidates → downloaded → kept → shards) and an HTML report with plots."""
+"""The funnel (pages → candidates → downloaded → kept → unblocked → deduplicated → curated variants →
+shards) and an HTML report with plots, curation counts and a tag histogram."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from pathlib import Path
 import pyarrow.compute as pc
 
 from infra.delta_store import Lake
-from infra.tables import CLIP_SCORES, SHARDS, STAGE_STATS
+from infra.tables import BLOCKLIST_MATCHES, CLIP_SCORES, CURATED, DEDUP, IMAGE_TAGS, KEPT_PAIRS, SHARDS, STAGE_STATS
+
+TAGS = ("punsafe", "pwatermark", "aesthetic")
 
 
 @dataclass
@@ -23,6 +26,8 @@ class Funnel:
     similarities: list[float]
     threshold: float
     shards: int
+    curation: dict[str, dict[str, int]]  # "dedup" -> reason -> pairs, "blocklist matches" -> list -> pairs
+    tags: dict[str, list[float]]  # tag -> values over the tagged images
 
     def table(self) -> str:
         """The funnel as a plain-text table."""
@@ -36,6 +41,9 @@ class Funnel:
         if self.failure_reasons:
             lines.append("")
             lines.append("download failures: " + ", ".join(f"{k} {v}" for k, v in sorted(self.failure_reasons.items())))
+        for name, counts in self.curation.items():
+            if counts:
+                lines.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
         return "\n".join(lines)
 
 
@@ -51,16 +59,30 @@ def build_funnel(lake: Lake, threshold: float) -> Funnel:
     if shards.num_rows:
         latest_export = max(shards.to_pylist(), key=lambda r: (r["source_version"], r["created_at"]))["export_id"]
     shard_rows = shards.filter(pc.equal(shards["export_id"], latest_export)) if latest_export else shards
+    kept = set(lake.read(KEPT_PAIRS, columns=["uid"])["uid"].to_pylist())
+    matches = lake.read(BLOCKLIST_MATCHES, columns=["uid", "source", "kind"])
+    dedup = lake.read(DEDUP, columns=["reason"])["reason"].to_pylist()
+    curated = lake.read(CURATED, columns=["variant"])["variant"].to_pylist()
+    variants = sorted(set(curated), key=lambda v: -curated.count(v))  # nested sets, largest first
     steps = [
         ("html pages", cand.get("html_pages", 0)),
         ("candidate pairs", cand.get("candidates", 0)),
         ("downloaded", imgs.get("images_ok", 0)),
         ("kept (CLIP)", counters.get("kept_pairs", {}).get("kept", 0)),
+        ("not on hash lists", len(kept - set(matches["uid"].to_pylist()))),
+        ("after dedup", dedup.count("kept")),
+        *[(f"curated {v}", curated.count(v)) for v in variants],
         ("in shards", int(pc.sum(shard_rows["samples"]).as_py() or 0) if shard_rows.num_rows else 0),
     ]
     failures = {k.removeprefix("failed_"): v for k, v in imgs.items() if k.startswith("failed_")}
     sims = lake.read(CLIP_SCORES, columns=["similarity"]).column("similarity").to_pylist()
-    return Funnel(steps, counters, failures, sims, threshold, shard_rows.num_rows)
+    per_list: dict[str, int] = {}
+    for source, kind in zip(matches["source"].to_pylist(), matches["kind"].to_pylist()):
+        per_list[f"{source}/{kind}"] = per_list.get(f"{source}/{kind}", 0) + 1
+    curation = {"dedup": {r: dedup.count(r) for r in sorted(set(dedup))}, "blocklist matches": per_list}
+    tags = lake.read(IMAGE_TAGS, columns=list(TAGS))
+    tag_values = {t: [v for v in tags[t].to_pylist() if v is not None] for t in TAGS}
+    return Funnel(steps, counters, failures, sims, threshold, shard_rows.num_rows, curation, tag_values)
 
 
 def _png(fig) -> str:
@@ -96,6 +118,14 @@ def _plots(funnel: Funnel) -> list[tuple[str, str]]:
     plots.append(("CLIP similarity, kept vs dropped", _png(fig)))
     plt.close(fig)
 
+    if any(funnel.tags.values()):
+        fig, axes = plt.subplots(1, len(funnel.tags), figsize=(9, 2.6))
+        for ax, (tag, values) in zip(axes, funnel.tags.items()):
+            ax.hist(values, bins=20, color="#8172B2")
+            ax.set_title(tag)
+        plots.append(("Tags over the downloaded images", _png(fig)))
+        plt.close(fig)
+
     if funnel.failure_reasons:
         fig, ax = plt.subplots(figsize=(7, 3))
         reasons = sorted(funnel.failure_reasons.items(), key=lambda kv: kv[1])
@@ -113,7 +143,7 @@ def write_report(funnel: Funnel, path: Path) -> Path:
         f"<h3>{html.escape(stage)}</h3><table>"
         + "".join(f"<tr><td>{html.escape(k)}</td><td>{v:,}</td></tr>" for k, v in sorted(metrics.items()))
         + "</table>"
-        for stage, metrics in sorted(funnel.counters.items())
+        for stage, metrics in [*sorted(funnel.counters.items()), *funnel.curation.items()]
     )
     images = "".join(f"<h2>{html.escape(t)}</h2><img src='data:image/png;base64,{b}'>" for t, b in _plots(funnel))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>pairlake report</title>

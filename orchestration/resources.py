@@ -53,7 +53,7 @@ class PairlakeResource(dg.ConfigurableResource):
         """Lineage of a commit made by this asset step: run, asset, partitions, upstream versions."""
         keys = tuple(context.partition_keys) if context.has_partition_key_range or context.has_partition_key else ()
         return Lineage(
-            run_id=context.run_id,
+            run_id=context.run.run_id,
             asset_key=context.asset_key.to_user_string(),
             partition_keys=keys,
             code_version=version,

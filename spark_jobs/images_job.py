@@ -1,6 +1,7 @@
 """Image download on Spark: every candidate gets exactly one row in ``images``.
 
-A re-run keeps earlier successes and non-retryable failures as they are and fetches only the
+Candidates whose URL digest is on an imported hash list get a ``blocklisted`` row without any
+request. A re-run keeps earlier successes and non-retryable failures as they are and fetches only the
 candidates that have no row yet or whose last attempt failed in a retryable way. Each Spark task
 downloads its share with the async downloader (its own event loop, concurrency and host limits).
 """
@@ -11,13 +12,15 @@ from collections import Counter
 from typing import Iterator
 
 import pyarrow as pa
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from infra.config import DownloadConfig
 from infra.delta_store import Lake, Lineage
 from infra.spark import read_table, write_table
 from infra.tables import CANDIDATES, IMAGES
+from spark_jobs.blocklist import url_matches
 from spark_jobs.download.downloader import download_batch
 
 
@@ -33,6 +36,28 @@ def _download_task(config: DownloadConfig):
     return run
 
 
+def _blocklisted(todo: DataFrame, matches: DataFrame) -> DataFrame:
+    """IMAGES rows, never fetched, for candidates whose URL digest is on a hash list."""
+    sources = matches.groupBy("uid").agg(F.concat_ws(",", F.array_sort(F.collect_set("source"))).alias("sources"))
+    values = {
+        "status": F.lit("failed"),
+        "error": F.lit("blocklisted"),
+        "error_detail": F.concat(F.lit("URL digest on hash list: "), F.col("sources")),
+        "retryable": F.lit(False),
+        "attempts": F.lit(0),
+        "fetched_at": F.current_timestamp(),
+    }
+    rows = todo.join(sources, "uid")
+    return rows.select(
+        [
+            (values.get(f.name, F.col(f.name) if f.name in todo.columns else F.lit(None)))
+            .cast(from_arrow_schema(pa.schema([f]))[0].dataType)
+            .alias(f.name)
+            for f in IMAGES.schema
+        ]
+    )
+
+
 def download_images(
     spark: SparkSession,
     lake: Lake,
@@ -45,9 +70,16 @@ def download_images(
     previous = read_table(spark, lake, IMAGES, partitions=partitions)
     settled = previous.where("status = 'ok' OR NOT retryable").join(candidates.select("uid"), "uid", "left_semi")
     todo = candidates.join(settled.select("uid"), "uid", "left_anti")
+    blocked = _blocklisted(todo, url_matches(spark, lake, todo))
     tasks = config.tasks or spark.sparkContext.defaultParallelism
-    fetched = todo.repartition(tasks, "uid").mapInArrow(_download_task(config), from_arrow_schema(IMAGES.schema))
-    version = write_table(settled.unionByName(fetched), lake, IMAGES, lineage, replace_partitions=partitions)
+    fetched = (
+        todo.join(blocked.select("uid"), "uid", "left_anti")
+        .repartition(tasks, "uid")
+        .mapInArrow(_download_task(config), from_arrow_schema(IMAGES.schema))
+    )
+    version = write_table(
+        settled.unionByName(blocked).unionByName(fetched), lake, IMAGES, lineage, replace_partitions=partitions
+    )
 
     outcome = lake.read(IMAGES, version=version, columns=["warc_file", "status", "error"], partitions=partitions)
     counts: dict[str, Counter[str]] = {p: Counter() for p in partitions}

@@ -13,7 +13,7 @@ def select_kept(candidates: pa.Table, images: pa.Table, scores: pa.Table, thresh
     """Join candidates, successful images and scores; keep similarity > threshold (KEPT_PAIRS rows)."""
     passing = scores.filter(pa.array(kept_mask(scores["similarity"], threshold))).select(["uid", "similarity", "model_id"])
     ok = images.filter(pc.equal(images["status"], "ok")).select(
-        ["uid", "width", "height", "original_width", "original_height", "sha256", "md5"]
+        ["uid", "width", "height", "original_width", "original_height", "sha256", "sha1", "md5"]
     )
     pairs = candidates.select(["uid", "warc_file", "url", "caption", "language"])
     kept = pairs.join(passing, "uid", join_type="inner").join(ok, "uid", join_type="inner")

@@ -23,3 +23,11 @@ def demo_checkpoint():
     from gpu_jobs.demo_model import ensure_demo_model
 
     return ensure_demo_model(Path(__file__).resolve().parent.parent / ".cache" / "demo_model")
+
+
+@pytest.fixture(scope="session")
+def demo_heads(demo_checkpoint):
+    """The demo's tag heads (punsafe, pwatermark, aesthetic) over the demo model, cached beside it."""
+    from gpu_jobs.demo_heads import ensure_demo_heads
+
+    return ensure_demo_heads(demo_checkpoint.parent)

@@ -112,7 +112,7 @@ async def _download_one(fetcher: Fetcher, pool: ThreadPoolExecutor, url: str, co
             assert result.error is not None
             return _failed(result.error, result.detail, result.retryable, **fetched)
         try:
-            image, sha256, md5 = await asyncio.get_running_loop().run_in_executor(pool, _process, result.body, config)
+            image, digests = await asyncio.get_running_loop().run_in_executor(pool, _process, result.body, config)
         except ImageRejected as exc:
             return _failed(exc.reason, exc.detail, False, **fetched)
         return {
@@ -129,16 +129,20 @@ async def _download_one(fetcher: Fetcher, pool: ThreadPoolExecutor, url: str, co
             "original_width": image.original_width,
             "original_height": image.original_height,
             "original_bytes": len(result.body),
-            "sha256": sha256,
-            "md5": md5,
+            **digests,
         }
     except Exception as exc:  # a bug costs one row, not the batch (and a Spark task retry)
         return _failed("internal_error", f"{type(exc).__name__}: {exc}"[:300], False, attempts=1)
 
 
-def _process(body: bytes, config: DownloadConfig) -> tuple[ResizedImage, str, str]:
+# Hash lists (Re-LAION's among them) come as MD5, SHA1 or SHA256 of the original bytes; storing all
+# three lets any list match without fetching an image again.
+DIGESTS = ("sha256", "sha1", "md5")
+
+
+def _process(body: bytes, config: DownloadConfig) -> tuple[ResizedImage, dict[str, str]]:
     """Runs on the decode pool: resize plus the hashes of the original bytes."""
-    return resize_image(body, config), hashlib.sha256(body).hexdigest(), hashlib.md5(body).hexdigest()
+    return resize_image(body, config), {name: hashlib.new(name, body).hexdigest() for name in DIGESTS}
 
 
 def _failed(

@@ -7,8 +7,21 @@ from infra.config import ConfigError, load_config
 
 def test_defaults_load_and_name_the_demo_model():
     config = load_config()
-    assert config.clip.model == "pairlake-demo-tiny" and config.clip_threshold() == 0.6
+    assert config.clip.model == "pairlake-demo-tiny" and config.clip_threshold() == 0.5
     assert config.clip.thresholds["ViT-B-32"] == 0.28
+
+
+def test_tag_scorers_and_variants_are_stated_whole(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[tags.punsafe]\npositive = ['nsfw']\nnegative = ['sfw']\n[curation.variants]\nresearch-safe = 0.3\n"
+                    "[index]\nvariant = 'research-safe'\n")
+    config = load_config(path)
+    # The demo's heads do not leak into a config that names its own tags.
+    assert list(config.tags) == ["punsafe"] and config.tags["punsafe"].positive == ("nsfw",)
+    assert config.curation.variants == {"research-safe": 0.3}
+    production = load_config("infra/configs/production.toml")
+    assert {"punsafe", "pwatermark", "aesthetic"} <= set(production.tags)
+    assert all(not t.head for t in production.tags.values())
 
 
 def test_a_file_overrides_only_its_keys(tmp_path):
@@ -32,6 +45,13 @@ def test_a_file_overrides_only_its_keys(tmp_path):
         ("[clip]\ndevice = 'tpu'\n", "clip.device must be auto, cpu or cuda"),
         ("lake = 3\n", "config section lake must be a table"),
         ("[lake\n", "is not valid TOML"),
+        ("[tags.x]\nhead = 'x.pt'\npositive = ['a']\nnegative = ['b']\n", "tags.x needs either head or"),
+        ("[tags.x]\npositive = ['a']\n", "tags.x needs both positive and negative"),
+        ("[tags.x]\nheads = 'x.pt'\n", "unknown config key tags.x.heads"),
+        ("tags = 3\n", "tags must be a table of tables"),
+        ("[curation.variants]\nresearch = 1.5\n", "curation.variants.research must be a probability"),
+        ("[shards]\nvariant = 'nsfw'\n", "shards.variant 'nsfw' is not a curated variant"),
+        ("[tags.pwatermark]\nhead = 'w.pt'\n", "filter on punsafe: configure tags.punsafe"),
     ],
 )
 def test_bad_values_are_one_clear_line(tmp_path, text, message):

@@ -1,16 +1,11 @@
-"""The whole asset graph through a real Dagster instance, over the sample crawl served on 127.0.0.1.
-
-One module-scoped run (discover → ingest all partitions in one run → release), then a second run
-of the same graph to prove re-runs are idempotent; the tests assert on both against the crawl's
-ground truth (expected.json).
-"""
+"""Ingestion through Dagster, against the sample crawl's ground truth (expected.json): extraction,
+downloads, the CLIP filter, shards, lineage, idempotent re-runs, the funnel. The pipeline run
+itself is in pipeline_run.py (a session fixture shared with test_curation)."""
 
 from __future__ import annotations
 
 import json
-import os
 import tarfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -18,17 +13,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from infra.delta_store import Lake
-from infra.image_server import ImageServer, load_site
-from infra.sample_crawl import generate_sample_crawl
-from infra.tables import CANDIDATES, IMAGES, KEPT_PAIRS, SHARDS, STAGE_STATS, WARC_FILES, WARC_REJECTS
+from infra.tables import CANDIDATES, CURATED, IMAGES, STAGE_STATS, WARC_FILES
 from orchestration.report import build_funnel
-from orchestration.runner import materialize_all
+from tests.orchestration.pipeline_run import THRESHOLD, snapshot
 
 pytestmark = pytest.mark.slow
 
-THRESHOLD = 0.6  # the demo model's threshold in infra/configs/demo.toml
-# The reason code the downloader gives each kind of planted trouble.
 FAILURE_BY_KIND = {
     "http_404": "http_404",
     "timeout": "timeout",
@@ -37,70 +27,8 @@ FAILURE_BY_KIND = {
     "not_image": "not_image",
     "truncated": "decode_error",
     "huge": "decompression_bomb",
+    "blocklisted_url": "blocklisted",
 }
-
-
-@dataclass
-class Pipeline:
-    lake: Lake
-    truth: dict
-    server: ImageServer
-    runs: list[str]
-    rerun: list[str]
-    instance: dg.DagsterInstance
-    first: dict[str, pa.Table]  # table name -> rows after the first pass
-    log_after_first: list[tuple[str, str]]
-
-
-def _snapshot(lake: Lake) -> dict[str, pa.Table]:
-    return {spec.name: lake.read(spec) for spec in (CANDIDATES, IMAGES, KEPT_PAIRS, WARC_REJECTS, SHARDS)}
-
-
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory, demo_checkpoint, spark):
-    root = tmp_path_factory.mktemp("pipeline")
-    server = ImageServer()
-    server.start()
-    crawl = generate_sample_crawl(root / "crawl", server.url, pages=60, seed=0)
-    server.resources.update(load_site(crawl.site_dir))
-    config = root / "pairlake.toml"
-    config.write_text(
-        f"""
-[lake]
-root = "{root / 'lake'}"
-[spark]
-master = "local[2]"
-[crawl]
-source = "{crawl.out_dir / 'warcs'}"
-[download]
-timeout_s = 1.5
-retries = 1
-[clip]
-checkpoint = "{demo_checkpoint}"
-workers = 0
-[clip.thresholds]
-"pairlake-demo-tiny" = {THRESHOLD}
-[shards]
-samples_per_shard = 20
-"""
-    )
-    previous = os.environ.get("PAIRLAKE_CONFIG")
-    os.environ["PAIRLAKE_CONFIG"] = str(config)
-    try:
-        with dg.instance_for_test() as instance:
-            lake = Lake(str(root / "lake"))
-            runs = materialize_all(instance)
-            first = _snapshot(lake)
-            log_after_first = list(server.access_log)
-            rerun = materialize_all(instance)
-            yield Pipeline(lake, json.loads(crawl.expected_path.read_text()), server, runs, rerun, instance,
-                           first, log_after_first)
-    finally:
-        server.stop()
-        if previous is None:
-            os.environ.pop("PAIRLAKE_CONFIG", None)
-        else:
-            os.environ["PAIRLAKE_CONFIG"] = previous
 
 
 def _by_url(table: pa.Table) -> dict[str, dict]:
@@ -113,7 +41,7 @@ def test_runs_succeed_and_materializations_carry_metadata(pipeline):
         assert pipeline.instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.SUCCESS
     warcs = pipeline.truth["warcs"]
     assert sorted(pipeline.instance.get_dynamic_partitions("warc_files")) == sorted(warcs)
-    for asset in ("candidates", "images", "clip_scores", "kept_pairs"):
+    for asset in ("candidates", "images", "clip_scores", "image_tags", "kept_pairs"):
         assert pipeline.instance.get_materialized_partitions(dg.AssetKey(asset)) == set(warcs), asset
         event = pipeline.instance.get_latest_materialization_event(dg.AssetKey(asset))
         assert event.asset_materialization.metadata["delta_version"].value >= 0
@@ -181,18 +109,21 @@ def test_clip_filter_keeps_matching_captions_and_drops_mismatching_ones(pipeline
     assert min(sims) > THRESHOLD
 
 
-def test_shards_hold_the_kept_set_of_a_pinned_version(pipeline):
+def test_shards_hold_the_curated_variant_of_a_pinned_version(pipeline):
     manifest = pipeline.first["shards"]
-    kept = pipeline.first["kept_pairs"]
-    assert manifest.num_rows >= 2 and sum(manifest.column("samples").to_pylist()) == kept.num_rows
+    curated = pipeline.first["curated"]
+    safe = curated.filter(pc.equal(curated["variant"], "research-safe"))
+    assert manifest.num_rows >= 2 and sum(manifest.column("samples").to_pylist()) == safe.num_rows
     source_versions = set(manifest.column("source_version").to_pylist())
     assert len(source_versions) == 1
-    pinned = pipeline.lake.read(KEPT_PAIRS, version=source_versions.pop())
-    assert sorted(pinned.column("uid").to_pylist()) == sorted(kept.column("uid").to_pylist())
+    pinned = pipeline.lake.read(CURATED, version=source_versions.pop(), filter=pc.field("variant") == "research-safe")
+    assert sorted(pinned.column("uid").to_pylist()) == sorted(safe.column("uid").to_pylist())
     first_tar = Path(manifest.sort_by("shard").column("path")[0].as_py())
     with tarfile.open(first_tar) as tar:
         names = tar.getnames()
+        meta = json.loads(tar.extractfile(next(n for n in names if n.endswith(".json"))).read())
     assert any(n.endswith(".jpg") for n in names) and any(n.endswith(".txt") for n in names)
+    assert {"punsafe", "pwatermark", "aesthetic", "similarity", "sha1"} <= set(meta)
     assert first_tar.with_suffix(".parquet").exists() and first_tar.with_name(first_tar.stem + "_stats.json").exists()
 
 
@@ -208,7 +139,7 @@ def test_every_commit_records_lineage(pipeline):
 
 
 def test_rerun_gives_the_same_tables_and_refetches_only_retryable_failures(pipeline):
-    second = _snapshot(pipeline.lake)
+    second = snapshot(pipeline.lake)
     for name in ("candidates", "kept_pairs", "warc_rejects"):
         before, after = pipeline.first[name], second[name]
         assert before.num_rows == after.num_rows, name

@@ -36,6 +36,7 @@ def samples_table(n: int, seed: int = 0) -> pa.Table:
             "original_width": pa.array([96] * n, pa.int32()),
             "original_height": pa.array([64] * n, pa.int32()),
             "sha256": pa.array([f"{i:064x}" for i in range(n)]),
+            "sha1": pa.array([f"{i:040x}" for i in range(n)]),
             "md5": pa.array([f"{i:032x}" for i in range(n)]),
             "image": images["image"],
         }

@@ -1,0 +1,38 @@
+"""The kNN index: faiss over the curated variant's CLIP image embeddings, with its manifest."""
+
+import dagster as dg
+
+from gpu_jobs import knn_index as knn
+from gpu_jobs import retrieval
+from gpu_jobs.clip_model import model_identity
+from infra.tables import CLIP_SCORES, CURATED
+from orchestration.resources import PairlakeResource, code_version
+
+CODE_VERSION = code_version(knn, retrieval)
+
+
+@dg.asset(
+    group_name="curation",
+    kinds={"faiss"},
+    deps=["curated"],
+    code_version=CODE_VERSION,
+    automation_condition=dg.AutomationCondition.eager(),
+    description="faiss index over the curated variant's image embeddings; recall@10 in its manifest.",
+)
+def knn_index(context: dg.AssetExecutionContext, pairlake: PairlakeResource) -> dg.MaterializeResult:
+    settings = pairlake.settings
+    lineage = pairlake.lineage(context, (CURATED, CLIP_SCORES), CODE_VERSION)
+    manifest = retrieval.build_variant_index(
+        pairlake.lake, settings.index, model_identity(settings.clip), lineage, progress=True
+    )
+    context.log.info(f"index {manifest['factory']} over {manifest['vectors']} vectors: recall@10 {manifest['recall_at_10']}")
+    return dg.MaterializeResult(
+        metadata={
+            "vectors": manifest["vectors"],
+            "factory": manifest["factory"],
+            "recall_at_10": manifest["recall_at_10"],
+            "curated_version": manifest["source_version"],
+            "plan": manifest["plan_reason"],
+            "path": dg.MetadataValue.path(str(retrieval.index_dir(pairlake.lake, settings.index.variant))),
+        }
+    )

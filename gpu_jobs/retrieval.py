@@ -1,0 +1,136 @@
+"""kNN search over a curated variant: build its faiss index, answer text and image queries.
+
+The index lives in ``<lake>/indexes/<variant>/``: ``index.faiss`` and ``manifest.json`` (from
+``gpu_jobs.knn_index``) plus ``uids.parquet``, the uid of every faiss id. The manifest names the
+curated Delta version and CLIP model it was built from and the recall@10 measured at build time.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from gpu_jobs import knn_index as knn
+from gpu_jobs.clip_model import ClipModelError, LoadedClip, load_clip, model_identity
+from gpu_jobs.clip_scoring import embeddings_from_column
+from infra.config import ClipConfig, IndexConfig
+from infra.delta_store import Lake, Lineage
+from infra.tables import CLIP_SCORES, CURATED
+
+UIDS_NAME = "uids.parquet"
+RECALL_QUERIES = 1000
+
+
+def index_dir(lake: Lake, variant: str) -> Path:
+    return Path(lake.root) / "indexes" / variant
+
+
+def variant_embeddings(lake: Lake, variant: str, model_id: str, version: int | None = None) -> tuple[list[str], np.ndarray]:
+    """(uids sorted, their float32 image embeddings) of one curated variant at ``version``."""
+    curated = lake.read(CURATED, version=version, columns=["uid"], filter=pc.field("variant") == variant)
+    uids = pc.unique(curated["uid"]).sort() if curated.num_rows else pa.array([], pa.string())
+    scores = lake.read(
+        CLIP_SCORES, columns=["uid", "embedding_dim", "image_embedding"],
+        filter=(pc.field("model_id") == model_id) & pc.field("uid").isin(uids),
+    ).sort_by("uid")
+    if scores.num_rows != len(uids):
+        raise ValueError(f"{len(uids) - scores.num_rows} curated {variant} pairs have no {model_id} embedding")
+    if not scores.num_rows:
+        return [], np.zeros((0, 0), np.float32)
+    dim = scores["embedding_dim"][0].as_py()
+    return scores["uid"].to_pylist(), embeddings_from_column(scores["image_embedding"], dim).astype(np.float32)
+
+
+def build_variant_index(lake: Lake, config: IndexConfig, model_id: str, lineage: Lineage, progress: bool = False) -> dict:
+    """Build and save the index of ``config.variant``; returns its manifest."""
+    version = lake.version(CURATED)
+    if version is None:
+        raise ValueError("curated has never been materialized: nothing to index")
+    uids, embeddings = variant_embeddings(lake, config.variant, model_id, version)
+    if not uids:
+        raise ValueError(f"curated variant {config.variant!r} is empty at version {version}: nothing to index")
+    ids = np.arange(len(uids), dtype=np.int64)
+    plan = knn.plan_index(len(uids), embeddings.shape[1], config.memory_budget_mb << 20)
+    index = knn.build_index(embeddings, ids, plan, progress=progress, recall_target=config.recall_target)
+    recall = knn.measure_recall(index, embeddings, ids, k=10, queries=min(RECALL_QUERIES, len(uids)))
+    manifest = {
+        "variant": config.variant,
+        "source_table": CURATED.name,
+        "source_version": version,
+        "model_id": model_id,
+        "vectors": len(uids),
+        "dim": int(embeddings.shape[1]),
+        "factory": plan.factory,
+        "plan_reason": plan.reason,
+        "recall_at_10": round(float(recall), 4),
+        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run_id": lineage.run_id,
+    }
+    out = index_dir(lake, config.variant)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{UIDS_NAME}.{os.getpid()}.tmp"
+    pq.write_table(pa.table({"id": ids, "uid": uids}), tmp)
+    os.replace(tmp, out / UIDS_NAME)
+    knn.save_index(out, index, manifest)
+    return manifest
+
+
+@dataclass(frozen=True)
+class Hit:
+    uid: str
+    caption: str
+    url: str
+    similarity: float
+
+
+class VariantSearch:
+    """Text → image and image → image search over one curated variant's index."""
+
+    def __init__(self, lake: Lake, variant: str, clip: ClipConfig) -> None:
+        directory = index_dir(lake, variant)
+        self.index, self.manifest = knn.load_index(directory)
+        if model_identity(clip) != self.manifest["model_id"]:
+            raise ClipModelError(
+                f"the {variant} index holds {self.manifest['model_id']} embeddings; clip config gives {model_identity(clip)}"
+            )
+        self.uids = pq.read_table(directory / UIDS_NAME)["uid"].to_pylist()
+        rows = lake.read(
+            CURATED, version=self.manifest["source_version"], columns=["uid", "caption", "url"],
+            filter=pc.field("variant") == variant,
+        )
+        self.pairs = {r["uid"]: (r["caption"], r["url"]) for r in rows.to_pylist()}
+        self._clip_config = clip
+        self._clip: LoadedClip | None = None
+
+    @property
+    def clip(self) -> LoadedClip:
+        self._clip = self._clip or load_clip(self._clip_config)
+        return self._clip
+
+    def by_embedding(self, vector: np.ndarray, k: int) -> list[Hit]:
+        scores, ids = knn.search(self.index, np.asarray(vector, np.float32).reshape(1, -1), k)
+        return [
+            Hit(self.uids[i], *self.pairs[self.uids[i]], float(s))
+            for s, i in zip(scores[0], ids[0])
+            if i >= 0  # fewer than k vectors, or ids removed from the index
+        ]
+
+    @torch.no_grad()
+    def by_text(self, text: str, k: int = 10) -> list[Hit]:
+        tokens = self.clip.tokenizer([text]).to(self.clip.device)
+        return self.by_embedding(F.normalize(self.clip.model.encode_text(tokens).float(), dim=-1).cpu().numpy(), k)
+
+    @torch.no_grad()
+    def by_image(self, image: Image.Image, k: int = 10) -> list[Hit]:
+        pixels = self.clip.preprocess(image.convert("RGB")).unsqueeze(0).to(self.clip.device)
+        return self.by_embedding(F.normalize(self.clip.model.encode_image(pixels).float(), dim=-1).cpu().numpy(), k)
