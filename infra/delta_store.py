@@ -203,6 +203,9 @@ class Lake:
             partition_by=list(spec.partition_by) or None,
             storage_options=self.storage_options,
             commit_properties=self._commit_properties(lineage),
+            # A table written by an older pairlake gains the columns added since (nullable, so
+            # its earlier rows read as null); _conform has already refused anything else.
+            schema_mode="merge" if exists else None,
         )
         return self.version(spec)  # type: ignore[return-value]
 

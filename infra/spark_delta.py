@@ -91,6 +91,8 @@ class _DeltaReader(DataSourceReader):
         data = pq.read_table(path, filesystem=filesystem)
         for col, value in partition.partition_values.items():
             data = data.append_column(col, pa.array([value] * data.num_rows, pa.string()))
+        for missing in set(self.spec.schema.names) - set(data.column_names):  # written before the column existed
+            data = data.append_column(self.spec.schema.field(missing), pa.nulls(data.num_rows, self.spec.schema.field(missing).type))
         yield from data.select(self.spec.schema.names).cast(self.spec.schema).to_batches()
 
 

@@ -18,18 +18,10 @@ from gpu_jobs.knn_index import (
     save_index,
     search,
 )
+from tests.embeddings import clustered
 
 DIM = 64
 GIB = 2**30
-
-
-def clustered(n: int, dim: int = DIM, centres: int = 200, noise: float = 0.5, seed: int = 0) -> np.ndarray:
-    """Gaussian blobs around ``centres`` random unit centres, L2-normalised (cosine ~0.8 within a blob)."""
-    rng = np.random.default_rng(seed)
-    c = rng.standard_normal((centres, dim)).astype(np.float32)
-    c /= np.linalg.norm(c, axis=1, keepdims=True)
-    x = c[rng.integers(0, centres, n)] + noise / np.sqrt(dim) * rng.standard_normal((n, dim)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 @pytest.fixture(scope="module")

@@ -6,18 +6,10 @@ import numpy as np
 import pytest
 
 from gpu_jobs.near_duplicates import EXACT_MAX_ROWS, near_duplicate_clusters
+from tests.embeddings import clustered
 
 DIM = 64
 THRESHOLD = 0.95
-
-
-def clustered(n: int, dim: int = DIM, centres: int = 200, noise: float = 0.5, seed: int = 0) -> np.ndarray:
-    """Gaussian blobs around random unit centres, L2-normalised: cosine ~0.8 within a blob, ~0 across."""
-    rng = np.random.default_rng(seed)
-    c = rng.standard_normal((centres, dim)).astype(np.float32)
-    c /= np.linalg.norm(c, axis=1, keepdims=True)
-    x = c[rng.integers(0, centres, n)] + noise / np.sqrt(dim) * rng.standard_normal((n, dim)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def at_cosine(a: np.ndarray, cosine: float, rng: np.random.Generator) -> np.ndarray:

@@ -91,3 +91,30 @@ def test_tables_are_standard_delta_for_an_independent_reader(tmp_path):
 def test_reading_a_table_never_written_gives_an_empty_table_of_its_schema(tmp_path):
     table = Lake(str(tmp_path)).read(WARC_FILES)
     assert table.num_rows == 0 and table.schema == WARC_FILES.schema
+
+
+def test_a_table_from_an_older_schema_gains_the_new_columns(tmp_path, spark):
+    from dataclasses import replace
+    from datetime import datetime, timezone
+
+    from infra.spark import read_table
+    from infra.tables import IMAGES
+
+    def rows(uids: list[str], schema: pa.Schema) -> pa.Table:
+        now = datetime.now(timezone.utc)
+        return pa.Table.from_pylist(
+            [{"uid": u, "url": f"http://x/{u}", "warc_file": u[0], "status": "ok", "retryable": False, "attempts": 1,
+              "fetched_at": now, "sha1": "f" * 40} for u in uids],
+            schema=schema,
+        )
+
+    # images as an older pairlake wrote it, before the sha1 column existed.
+    older = replace(IMAGES, schema=IMAGES.schema.remove(IMAGES.schema.get_field_index("sha1")))
+    lake = Lake(str(tmp_path))
+    lake.replace_partitions(older, rows(["a1", "a2"], older.schema), ["a"], Lineage(run_id="old"))
+    # Today's code writes another partition of the same table: the column is added, old rows are null.
+    lake.replace_partitions(IMAGES, rows(["b1"], IMAGES.schema), ["b"], Lineage(run_id="new"))
+    read = sorted((r["uid"], r["sha1"]) for r in lake.read(IMAGES, columns=["uid", "sha1"]).to_pylist())
+    assert read == [("a1", None), ("a2", None), ("b1", "f" * 40)]
+    # The Spark data source reads the older files the same way.
+    assert sorted((r["uid"], r["sha1"]) for r in read_table(spark, lake, IMAGES).collect()) == read
