@@ -487,6 +487,12 @@ class _WarcFile:
         self.fh.close()
 
 
+def generator_fingerprint() -> str:
+    """Changes whenever the code that draws the crawl does: a crawl made by older code is stale."""
+    digest = hashlib.sha256(Path(__file__).read_bytes() + Path(shapes.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def generate_sample_crawl(out_dir: Path, base_url: str, pages: int = 60, seed: int = 0, warc_files: int = 3) -> SampleCrawl:
     """Write a sample crawl (WARCs, the image server's site, expected.json) under ``out_dir``."""
     if pages < MIN_PAGES:
@@ -519,6 +525,7 @@ def generate_sample_crawl(out_dir: Path, base_url: str, pages: int = 60, seed: i
     blocklists = _write_blocklists(builder.images, out_dir / "blocklists")
     malformed = next(p for p in planned if p.malformed)
     expected = {
+        "generator": generator_fingerprint(),
         "seed": seed,
         "base_url": builder.base,
         "warcs": [p.name for p in paths],

@@ -37,8 +37,19 @@ def _cmd_demo(args: argparse.Namespace, config: PairlakeConfig) -> None:
     funnel = run_demo(config)
     print()
     print(funnel.table())
-    print(f"\nreport: {report_path(PairlakeResource()).resolve()}")
+    manifest = _index_manifest(config)
+    print(f"\nkNN index ({manifest['variant']}): {manifest['factory']} over {manifest['vectors']} images, "
+          f"recall@10 {manifest['recall_at_10']}; try: .venv/bin/pairlake search \"a red circle\"")
+    print(f"report: {report_path(PairlakeResource()).resolve()}")
     print("see the runs and asset lineage: make ui  (http://127.0.0.1:3000)")
+
+
+def _index_manifest(config: PairlakeConfig) -> dict:
+    from gpu_jobs.knn_index import load_index
+    from gpu_jobs.retrieval import index_dir
+    from infra.delta_store import Lake
+
+    return load_index(index_dir(Lake(config.lake.root), config.index.variant))[1]
 
 
 def _cmd_report(args: argparse.Namespace, config: PairlakeConfig) -> None:

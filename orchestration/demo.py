@@ -1,7 +1,8 @@
 """The demo: build what cannot be downloaded (model, crawl), serve the images, run the graph.
 
 Everything here is cached: the demo model is trained once (rebuilt when its training code
-changes) and the sample crawl is regenerated only when missing or made for another address.
+changes) and the sample crawl is regenerated only when missing, made for another address, or made
+by older generator code.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from gpu_jobs.demo_model import ensure_demo_model
 from infra.config import PairlakeConfig
 from infra.delta_store import Lake
 from infra.image_server import ImageServer, load_site
-from infra.sample_crawl import generate_sample_crawl
+from infra.sample_crawl import generate_sample_crawl, generator_fingerprint
 from orchestration import report
 from orchestration.blocklist_import import import_hash_list
 from orchestration.runner import ensure_dagster_home, materialize_all
@@ -27,11 +28,13 @@ def demo_base_url(config: PairlakeConfig) -> str:
 
 
 def ensure_sample_crawl(config: PairlakeConfig) -> Path:
-    """The sample crawl's folder, generated when missing or made for another server address/seed."""
+    """The sample crawl's folder, generated when missing, or made for another server address or
+    seed, or by older generator code."""
     crawl_dir = Path(config.demo.crawl_dir)
     expected = crawl_dir / "expected.json"
     current = json.loads(expected.read_text()) if expected.exists() else {}
-    if current.get("base_url") != demo_base_url(config) or current.get("seed") != config.demo.seed:
+    wanted = {"base_url": demo_base_url(config), "seed": config.demo.seed, "generator": generator_fingerprint()}
+    if any(current.get(key) != value for key, value in wanted.items()):
         generate_sample_crawl(crawl_dir, demo_base_url(config), config.demo.pages, config.demo.seed)
     return crawl_dir
 
