@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from infra.tables import BLOCKLIST, BLOCKLIST_MATCHES, CANDIDATES, IMAGES
+from infra.tables import BLOCKLIST, CANDIDATES, IMAGES
 from orchestration.resources import PairlakeResource, code_version
 from spark_jobs import blocklist as blocklist_module
 from spark_jobs import curation_job

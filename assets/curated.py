@@ -3,7 +3,6 @@
 import hashlib
 
 import dagster as dg
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from gpu_jobs.clip_model import model_identity
@@ -42,13 +41,9 @@ def curated(context: dg.AssetExecutionContext, pairlake: PairlakeResource) -> dg
     )
 
 
-def _curated(pairlake: PairlakeResource) -> pa.Table:
-    return pairlake.lake.read(CURATED)
-
-
 @dg.asset_check(asset=curated, description="No curated pair's image or URL digest is on a hash list.")
 def no_blocklisted_hash(pairlake: PairlakeResource) -> dg.AssetCheckResult:
-    rows = _curated(pairlake)
+    rows = pairlake.lake.read(CURATED)
     listed = pairlake.lake.read(BLOCKLIST, columns=["kind", "digest"])
     digests = {(k, d) for k, d in zip(listed["kind"].to_pylist(), listed["digest"].to_pylist())}
     found = []
@@ -62,7 +57,7 @@ def no_blocklisted_hash(pairlake: PairlakeResource) -> dg.AssetCheckResult:
 
 @dg.asset_check(asset=curated, description="No uid appears twice within a variant.")
 def unique_uid_per_variant(pairlake: PairlakeResource) -> dg.AssetCheckResult:
-    rows = _curated(pairlake)
+    rows = pairlake.lake.read(CURATED)
     counts = rows.group_by(["variant", "uid"]).aggregate([("uid", "count")])
     repeated = counts.filter(pc.greater(counts["uid_count"], 1))
     return dg.AssetCheckResult(passed=repeated.num_rows == 0, metadata={"repeated": repeated.num_rows})
@@ -70,7 +65,7 @@ def unique_uid_per_variant(pairlake: PairlakeResource) -> dg.AssetCheckResult:
 
 @dg.asset_check(asset=curated, description="Every curated pair has a stored CLIP embedding of the scoring model.")
 def every_row_has_an_embedding(pairlake: PairlakeResource) -> dg.AssetCheckResult:
-    rows = _curated(pairlake)
+    rows = pairlake.lake.read(CURATED)
     scores = pairlake.lake.read(CLIP_SCORES, columns=["uid", "model_id", "embedding_dim"])
     scores = scores.filter(pc.greater(scores["embedding_dim"], 0))
     have = set(zip(scores["uid"].to_pylist(), scores["model_id"].to_pylist()))

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from gpu_jobs import near_duplicates
-from infra.tables import BLOCKLIST_MATCHES, CANDIDATES, CLIP_SCORES, DEDUP, KEPT_PAIRS
+from infra.tables import BLOCKLIST_MATCHES, CANDIDATES, CLIP_SCORES, KEPT_PAIRS
 from orchestration.resources import PairlakeResource, code_version
 from spark_jobs import curation_job
 

@@ -7,7 +7,6 @@ float16 vector per image, so a driver holds tens of millions of them.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 import numpy as np
@@ -145,11 +144,3 @@ def curate(
     counts = Counter(lake.read(CURATED, version=version, columns=["variant"])["variant"].to_pylist())
     return version, {v: counts.get(v, 0) for v in sorted(config.variants)}, dropped
 
-
-def curation_rules(config: CurationConfig, threshold: float) -> str:
-    """The rules of a curated build, as JSON for asset metadata."""
-    return json.dumps(
-        {"clip_threshold": threshold, "near_duplicate_threshold": config.near_duplicate_threshold,
-         "languages": list(config.languages) or "all", "variants_max_punsafe": config.variants},
-        sort_keys=True,
-    )
