@@ -68,15 +68,19 @@ def deduplicate(
     fetched = read_table(spark, lake, CANDIDATES).select("uid", "fetch_date")
     kept = _unblocked_kept(spark, lake).select("uid", "warc_file", "sha256", "similarity", "model_id").join(fetched, "uid")
     preference = [F.col("similarity").desc(), F.col("fetch_date").asc_nulls_last(), F.col("uid").asc()]
+    # Both collections below read the ranking: computed once, not once per action.
     ranked = kept.withColumn(
         "exact_representative", F.first("uid").over(Window.partitionBy("sha256").orderBy(*preference))
-    )
-    members = ranked.select("uid", "warc_file", "sha256", "exact_representative").toArrow()
-    reps = ranked.where("uid = exact_representative").join(
-        read_table(spark, lake, CLIP_SCORES).select("uid", "model_id", "embedding_dim", "image_embedding"),
-        ["uid", "model_id"],
-    )
-    reps_table = reps.orderBy(*preference).select("uid", "embedding_dim", "image_embedding").toArrow()
+    ).persist()
+    try:
+        members = ranked.select("uid", "warc_file", "sha256", "exact_representative").toArrow()
+        reps = ranked.where("uid = exact_representative").join(
+            read_table(spark, lake, CLIP_SCORES).select("uid", "model_id", "embedding_dim", "image_embedding"),
+            ["uid", "model_id"],
+        )
+        reps_table = reps.orderBy(*preference).select("uid", "embedding_dim", "image_embedding").toArrow()
+    finally:
+        ranked.unpersist()
     if members.num_rows == 0:
         return lake.overwrite(DEDUP, DEDUP.schema.empty_table(), lineage), {}
     dims = set(reps_table["embedding_dim"].to_pylist())
@@ -122,25 +126,29 @@ def curate(
     tags = read_table(spark, lake, IMAGE_TAGS).where(F.col("model_id") == model_id).select(
         "uid", "punsafe", "pwatermark", "aesthetic"
     )
-    pool = kept.join(dedup, "uid").join(tags, "uid", "left")
-    dropped: dict[str, int] = {"untagged": pool.where("punsafe IS NULL").count()}
-    pool = pool.where("punsafe IS NOT NULL")
-    if config.languages:
-        in_language = F.col("language").isin(list(config.languages))
-        dropped["language"] = pool.where(~in_language | F.col("language").isNull()).count()
-        pool = pool.where(in_language)
-    variants = [
-        pool.where(F.col("punsafe") <= F.lit(limit)).withColumn("variant", F.lit(name))
-        for name, limit in sorted(config.variants.items())
-    ]
-    curated = variants[0]
-    for more in variants[1:]:
-        curated = curated.unionByName(more)
-    stale = set(lake.read(CURATED, columns=["variant"])["variant"].to_pylist()) if lake.version(CURATED) is not None else set()
-    version = write_table(
-        curated.select(*CURATED.schema.names), lake, CURATED, lineage,
-        replace_partitions=sorted(set(config.variants) | stale),
-    )
+    # The counts and every variant read the same join: computed once, not once per action.
+    joined = kept.join(dedup, "uid").join(tags, "uid", "left").persist()
+    try:
+        dropped: dict[str, int] = {"untagged": joined.where("punsafe IS NULL").count()}
+        pool = joined.where("punsafe IS NOT NULL")
+        if config.languages:
+            in_language = F.col("language").isin(list(config.languages))
+            dropped["language"] = pool.where(~in_language | F.col("language").isNull()).count()
+            pool = pool.where(in_language)
+        variants = [
+            pool.where(F.col("punsafe") <= F.lit(limit)).withColumn("variant", F.lit(name))
+            for name, limit in sorted(config.variants.items())
+        ]
+        curated = variants[0]
+        for more in variants[1:]:
+            curated = curated.unionByName(more)
+        stale = set(lake.read(CURATED, columns=["variant"])["variant"].to_pylist()) if lake.version(CURATED) is not None else set()
+        version = write_table(
+            curated.select(*CURATED.schema.names), lake, CURATED, lineage,
+            replace_partitions=sorted(set(config.variants) | stale),
+        )
+    finally:
+        joined.unpersist()
     counts = Counter(lake.read(CURATED, version=version, columns=["variant"])["variant"].to_pylist())
     return version, {v: counts.get(v, 0) for v in sorted(config.variants)}, dropped
 
