@@ -17,7 +17,7 @@ def report_path(pairlake: PairlakeResource) -> Path:
 @dg.asset(
     group_name="release",
     kinds={"html"},
-    deps=["training_shards"],
+    deps=["release"],
     code_version=CODE_VERSION,
     automation_condition=dg.AutomationCondition.eager(),
     description="Funnel table and HTML report (funnel, CLIP similarity histogram, failure reasons).",

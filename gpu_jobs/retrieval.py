@@ -103,7 +103,8 @@ class VariantSearch:
             raise ClipModelError(
                 f"the {variant} index holds {self.manifest['model_id']} embeddings; clip config gives {model_identity(clip)}"
             )
-        self.uids = pq.read_table(directory / UIDS_NAME)["uid"].to_pylist()
+        ids = pq.read_table(directory / UIDS_NAME)
+        self.uids = dict(zip(ids["id"].to_pylist(), ids["uid"].to_pylist()))
         rows = lake.read(
             CURATED, version=self.manifest["source_version"], columns=["uid", "caption", "url"],
             filter=pc.field("variant") == variant,
@@ -130,7 +131,55 @@ class VariantSearch:
         tokens = self.clip.tokenizer([text]).to(self.clip.device)
         return self.by_embedding(F.normalize(self.clip.model.encode_text(tokens).float(), dim=-1).cpu().numpy(), k)
 
-    @torch.no_grad()
     def by_image(self, image: Image.Image, k: int = 10) -> list[Hit]:
-        pixels = self.clip.preprocess(image.convert("RGB")).unsqueeze(0).to(self.clip.device)
-        return self.by_embedding(F.normalize(self.clip.model.encode_image(pixels).float(), dim=-1).cpu().numpy(), k)
+        return self.by_embedding(encode_image(self.clip, image), k)
+
+
+@torch.no_grad()
+def encode_image(clip: LoadedClip, image: Image.Image) -> np.ndarray:
+    """The L2-normalised float32 CLIP embedding of one image."""
+    pixels = clip.preprocess(image.convert("RGB")).unsqueeze(0).to(clip.device)
+    return F.normalize(clip.model.encode_image(pixels).float(), dim=-1).cpu().numpy()[0]
+
+
+def similar_stored_images(lake: Lake, vector: np.ndarray, model_id: str, min_similarity: float) -> dict[str, float]:
+    """uid -> cosine of every stored image embedding (table clip_scores, every pair, curated or
+    not) at least ``min_similarity`` to ``vector``: an exact scan, batch by batch."""
+    table = lake.table(CLIP_SCORES)
+    if table is None:
+        return {}
+    found: dict[str, float] = {}
+    batches = table.to_pyarrow_dataset().to_batches(
+        columns=["uid", "embedding_dim", "image_embedding"],
+        filter=(pc.field("model_id") == model_id) & (pc.field("embedding_dim") == len(vector)),
+    )
+    query = np.asarray(vector, np.float32)
+    for batch in batches:
+        if not batch.num_rows:
+            continue
+        sims = embeddings_from_column(batch.column("image_embedding"), len(query)) @ query
+        for i in np.flatnonzero(sims >= min_similarity):
+            found[batch.column("uid")[int(i)].as_py()] = float(sims[i])
+    return found
+
+
+def remove_from_indexes(lake: Lake, uids: set[str], curated_version: int | None) -> dict[str, int]:
+    """Remove ``uids`` from every variant's index on disk; returns vectors removed per variant.
+
+    The manifest then names ``curated_version`` (the version without them): the index matches it.
+    """
+    removed: dict[str, int] = {}
+    for directory in sorted(path.parent for path in (Path(lake.root) / "indexes").glob(f"*/{UIDS_NAME}")):
+        ids = pq.read_table(directory / UIDS_NAME)
+        gone = pc.is_in(ids["uid"], pa.array(sorted(uids), pa.string()))
+        if not pc.any(gone).as_py():
+            continue
+        index, manifest = knn.load_index(directory)
+        removed[directory.name] = knn.remove_ids(index, ids.filter(gone)["id"].to_numpy())
+        manifest.pop(knn.MANIFEST_INDEX_KEY, None)
+        manifest.update(vectors=int(index.ntotal), source_version=curated_version)
+        tmp = directory / f".{UIDS_NAME}.{os.getpid()}.tmp"
+        pq.write_table(ids.filter(pc.invert(gone)), tmp)
+        knn.save_index(directory, index, manifest)
+        os.replace(tmp, directory / UIDS_NAME)
+    return removed

@@ -117,10 +117,22 @@ class IndexConfig:
 
 
 @dataclass(frozen=True)
-class ShardsConfig:
+class ReleaseConfig:
+    """The named, versioned release: webdataset shards of one curated variant."""
+
+    name: str = "demo-en-research"
+    variant: str = "research-safe"  # the curated variant released
     samples_per_shard: int = 1000
-    output: str = "shards"  # relative to the lake root unless absolute
-    variant: str = "research-safe"  # the curated variant exported
+    # After removals land (opt-outs, new hash lists), the re-release sensor waits this long for
+    # more before making the next version, so a burst of requests gives one re-release.
+    rerelease_debounce_s: int = 600
+
+
+@dataclass(frozen=True)
+class OptOutConfig:
+    inbox: str = "optout/inbox"  # request files; relative to the lake root unless absolute
+    # Example-image requests remove stored images at least this similar (CLIP image cosine).
+    min_similarity: float = 0.95
 
 
 @dataclass(frozen=True)
@@ -143,7 +155,8 @@ class PairlakeConfig:
     tags: dict[str, TagScorerConfig] = field(default_factory=dict, metadata={"values": TagScorerConfig})
     curation: CurationConfig = field(default_factory=CurationConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
-    shards: ShardsConfig = field(default_factory=ShardsConfig)
+    release: ReleaseConfig = field(default_factory=ReleaseConfig)
+    optout: OptOutConfig = field(default_factory=OptOutConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
     def clip_threshold(self) -> float:
@@ -262,8 +275,12 @@ def _validate(config: PairlakeConfig) -> None:
         raise ConfigError("config download.timeout_s, concurrency and per_host_concurrency must be positive")
     if config.clip.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"config clip.device must be auto, cpu or cuda, got {config.clip.device!r}")
-    if config.shards.samples_per_shard < 1:
-        raise ConfigError("config shards.samples_per_shard must be at least 1")
+    if config.release.samples_per_shard < 1:
+        raise ConfigError("config release.samples_per_shard must be at least 1")
+    if not config.release.name or "/" in config.release.name:
+        raise ConfigError(f"config release.name must be a non-empty name without '/', got {config.release.name!r}")
+    if not 0.0 < config.optout.min_similarity <= 1.0:
+        raise ConfigError("config optout.min_similarity must be a cosine in (0, 1]")
     for model, threshold in config.clip.thresholds.items():
         if not isinstance(threshold, (int, float)) or not -1.0 <= threshold <= 1.0:
             raise ConfigError(f"config clip.thresholds.{model} must be a cosine in [-1, 1], got {threshold!r}")
@@ -280,7 +297,7 @@ def _validate(config: PairlakeConfig) -> None:
     for variant, limit in cur.variants.items():
         if not isinstance(limit, (int, float)) or not 0.0 <= limit <= 1.0:
             raise ConfigError(f"config curation.variants.{variant} must be a probability in [0, 1], got {limit!r}")
-    for section in ("index", "shards"):
+    for section in ("index", "release"):
         variant = getattr(config, section).variant
         if variant not in cur.variants:
             raise ConfigError(

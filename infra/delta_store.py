@@ -105,6 +105,9 @@ class Lake:
         try:
             return DeltaTable(self.uri(spec), version=version, storage_options=self.storage_options)
         except TableNotFoundError:
+            if version is not None and self.table(spec) is not None:
+                # The table exists, that version does not: a removal purged the history before it.
+                raise LakeError(f"version {version} of table {self.uri(spec)} is gone (purged by a removal)") from None
             return None
 
     def version(self, spec: TableSpec | str) -> int | None:

@@ -151,12 +151,12 @@ KEPT_PAIRS = TableSpec(
 
 SHARDS = TableSpec(
     name="shards",
-    description="Manifest of exported webdataset shards and the curated version they came from.",
+    description="Every shard of every release version on disk now: path, samples and checksum.",
     partition_by=("export_id",),
     key=("export_id", "shard"),
     schema=pa.schema(
         [
-            pa.field("export_id", pa.string(), nullable=False),
+            pa.field("export_id", pa.string(), nullable=False),  # "<release>/v<version>"
             pa.field("shard", pa.string(), nullable=False),  # "00000"
             pa.field("path", pa.string(), nullable=False),
             pa.field("samples", pa.int64(), nullable=False),
@@ -255,6 +255,71 @@ CURATED = TableSpec(
     ),
 )
 
+RELEASES = TableSpec(
+    name="releases",
+    description="Release versions: what each pinned, the rules it applied, its counts and its diff.",
+    partition_by=("release",),
+    key=("release", "version"),
+    schema=pa.schema(
+        [
+            pa.field("release", pa.string(), nullable=False),  # e.g. "demo-en-research"
+            pa.field("version", pa.int64(), nullable=False),  # 1, 2, ...
+            pa.field("kind", pa.string(), nullable=False),  # "snapshot" or "rerelease"
+            pa.field("previous_version", pa.int64()),
+            pa.field("variant", pa.string(), nullable=False),
+            pa.field("samples", pa.int64(), nullable=False),
+            pa.field("shards", pa.int64(), nullable=False),
+            pa.field("removed", pa.int64(), nullable=False),  # against the previous version
+            pa.field("added", pa.int64(), nullable=False),
+            pa.field("source_versions", pa.string(), nullable=False),  # JSON: table -> Delta version
+            pa.field("rules", pa.string(), nullable=False),  # JSON: thresholds, variant, hash lists
+            pa.field("path", pa.string(), nullable=False),
+            pa.field("created_at", _TS, nullable=False),
+            pa.field("run_id", pa.string(), nullable=False),
+        ]
+    ),
+)
+
+OPTOUT_REQUESTS = TableSpec(
+    name="optout_requests",
+    description="Opt-out requests and what became of them. Exact URLs and hashes are kept as digests only.",
+    key=("request_id",),
+    schema=pa.schema(
+        [
+            pa.field("request_id", pa.string(), nullable=False),
+            pa.field("status", pa.string(), nullable=False),  # received, applied, rejected
+            pa.field("kind", pa.string()),  # url, url_prefix, domain, sha256, md5, image
+            pa.field("target", pa.string()),  # a prefix or domain as given; null for exact URLs and hashes
+            pa.field("target_sha256", pa.string()),  # sha256 of the URL, hash or example image bytes
+            pa.field("requester", pa.string()),
+            pa.field("reason", pa.string()),
+            pa.field("rejection", pa.string()),  # why a request was rejected
+            pa.field("matched", pa.int64()),  # uids removed
+            pa.field("rows_deleted", pa.string()),  # JSON: table -> rows
+            pa.field("shards_rewritten", pa.int64()),
+            pa.field("file_name", pa.string(), nullable=False),
+            pa.field("received_at", _TS, nullable=False),
+            pa.field("applied_at", _TS),
+            pa.field("run_id", pa.string(), nullable=False),
+        ]
+    ),
+)
+
+REMOVALS = TableSpec(
+    name="removals",
+    description="Every uid removed from the lake, by which request: what re-releases and lineage read.",
+    key=("uid",),
+    schema=pa.schema(
+        [
+            pa.field("uid", pa.string(), nullable=False),
+            pa.field("request_id", pa.string(), nullable=False),
+            pa.field("matched_by", pa.string(), nullable=False),  # url, domain, sha256, image, same_bytes...
+            pa.field("removed_at", _TS, nullable=False),
+            pa.field("run_id", pa.string(), nullable=False),
+        ]
+    ),
+)
+
 # Per-stage counters (funnel, skip reasons), one row per (stage, partition, metric). Partitioned by
 # the WARC partition; a stage replaces its own rows for its partitions (see Lake.replace_partitions).
 STAGE_STATS = TableSpec(
@@ -276,9 +341,15 @@ ALL_TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
         WARC_FILES, CANDIDATES, WARC_REJECTS, IMAGES, CLIP_SCORES, KEPT_PAIRS, BLOCKLIST, BLOCKLIST_MATCHES,
-        IMAGE_TAGS, DEDUP, CURATED, SHARDS, STAGE_STATS,
+        IMAGE_TAGS, DEDUP, CURATED, SHARDS, RELEASES, OPTOUT_REQUESTS, REMOVALS, STAGE_STATS,
     )
 }
+
+# Tables whose rows are samples (they carry a uid): a removal deletes its uids from each of them.
+# The removals table itself keeps the uids it removed, the audit trail; uids are opaque digests.
+SAMPLE_TABLES: tuple[TableSpec, ...] = tuple(
+    spec for spec in ALL_TABLES.values() if "uid" in spec.schema.names and spec is not REMOVALS
+)
 
 
 def table_spec(name: str) -> TableSpec:

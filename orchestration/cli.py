@@ -40,8 +40,21 @@ def _cmd_demo(args: argparse.Namespace, config: PairlakeConfig) -> None:
     manifest = _index_manifest(config)
     print(f"\nkNN index ({manifest['variant']}): {manifest['factory']} over {manifest['vectors']} images, "
           f"recall@10 {manifest['recall_at_10']}; try: .venv/bin/pairlake search \"a red circle\"")
+    last = _latest_release(config)
+    if last is not None:
+        print(f"release {last['release']} v{last['version']} ({last['kind']}): {last['samples']} samples in "
+              f"{last['shards']} shards at {last['path']}")
+    print("opt out an image: .venv/bin/pairlake optout submit --url URL --requester WHO --reason WHY; "
+          "then make ui (the sensor applies it) or .venv/bin/pairlake optout apply")
     print(f"report: {report_path(PairlakeResource()).resolve()}")
     print("see the runs and asset lineage: make ui  (http://127.0.0.1:3000)")
+
+
+def _latest_release(config: PairlakeConfig) -> dict | None:
+    from infra.delta_store import Lake
+    from spark_jobs.release import latest
+
+    return latest(Lake(config.lake.root), config.release.name)
 
 
 def _index_manifest(config: PairlakeConfig) -> dict:
@@ -104,6 +117,94 @@ def _cmd_train_head(args: argparse.Namespace, config: PairlakeConfig) -> None:
     print(f"registered as {path}; use it with [tags.<tag>] head = \"{args.name}\"")
 
 
+def _cmd_lineage(args: argparse.Namespace, config: PairlakeConfig) -> None:
+    import json
+
+    from infra.delta_store import Lake
+    from orchestration.lineage import describe, format_lineage
+
+    info = describe(Lake(config.lake.root), args.uid)
+    print(json.dumps(info, indent=2, default=str) if args.json else format_lineage(info))
+
+
+def _cmd_optout_submit(args: argparse.Namespace, config: PairlakeConfig) -> None:
+    from orchestration.optout_requests import submit_request
+
+    given = {kind: value for kind, value in (("url", args.url), ("url_prefix", args.url_prefix), ("domain", args.domain),
+                                             ("sha256", args.sha256), ("md5", args.md5), ("image", args.image)) if value}
+    if len(given) != 1:
+        raise InputError("name exactly one of --url, --url-prefix, --domain, --sha256, --md5, --image")
+    (kind, value), = given.items()
+    data = {"kind": kind, "requester": args.requester, "reason": args.reason}
+    if args.id:
+        data["request_id"] = args.id
+    if kind != "image":
+        data["value"] = value
+    if args.min_similarity is not None:
+        data["min_similarity"] = args.min_similarity
+    path = submit_request(config, data, Path(value) if kind == "image" else None)
+    print(f"request {path.stem} written to {path}")
+    print("the optout_inbox_sensor applies it (make ui); or now: .venv/bin/pairlake optout apply")
+
+
+def _cmd_optout_apply(args: argparse.Namespace, config: PairlakeConfig) -> None:
+    from orchestration.runner import ensure_dagster_home, tick_sensor
+
+    ensure_dagster_home()
+    runs = tick_sensor("optout_inbox_sensor")
+    print(f"{len(runs)} request runs: {', '.join(runs) or 'none pending'}")
+    _cmd_optout_status(argparse.Namespace(request_id=None, limit=len(runs) or 5), config)
+
+
+def _cmd_optout_status(args: argparse.Namespace, config: PairlakeConfig) -> None:
+    import json
+
+    from orchestration.optout_requests import request_status
+
+    rows = request_status(config, args.request_id)[: args.limit]
+    if not rows:
+        raise InputError(f"no request {args.request_id!r}" if args.request_id else "no opt-out requests yet")
+    print(f"{'request':<28} {'status':<9} {'kind':<10} {'removed':>7}  {'applied / received':<25} rows deleted / why")
+    for row in rows:
+        when = row["applied_at"] or row["received_at"]
+        detail = row["rejection"] or ", ".join(f"{k} {v}" for k, v in json.loads(row["rows_deleted"] or "{}").items())
+        print(f"{row['request_id']:<28} {row['status']:<9} {row['kind'] or '-':<10} {row['matched'] or 0:>7}  "
+              f"{when:%Y-%m-%d %H:%M:%S %Z}   {detail}")
+
+
+def _cmd_release_run(args: argparse.Namespace, config: PairlakeConfig) -> None:
+    from orchestration.runner import ensure_dagster_home, execute_job
+
+    ensure_dagster_home()
+    run = execute_job("rerelease" if args.release_command == "rerelease" else "export_release")
+    last = _latest_release(config)
+    if last is None:
+        raise InputError(f"release {config.release.name} has no version (is curated empty?)")
+    print(f"run {run}: {config.release.name} v{last['version']} ({last['kind']}), {last['samples']} samples in "
+          f"{last['shards']} shards, {last['removed']} removed / {last['added']} added since the previous version")
+    print(f"  {last['path']}")
+
+
+def _cmd_release_list(args: argparse.Namespace, config: PairlakeConfig) -> None:
+    from infra.delta_store import Lake
+    from infra.tables import RELEASES
+
+    rows = sorted(Lake(config.lake.root).read(RELEASES).to_pylist(), key=lambda r: (r["release"], r["version"]))
+    if not rows:
+        raise InputError("no releases yet: .venv/bin/pairlake release create")
+    print(f"{'release':<24} {'version':>7} {'kind':<10} {'samples':>8} {'shards':>6} {'removed':>7} {'added':>6}  created")
+    for r in rows:
+        print(f"{r['release']:<24} {r['version']:>7} {r['kind']:<10} {r['samples']:>8} {r['shards']:>6} "
+              f"{r['removed']:>7} {r['added']:>6}  {r['created_at']:%Y-%m-%d %H:%M:%S}")
+
+
+def _cmd_release_apply_diff(args: argparse.Namespace, config: PairlakeConfig) -> None:
+    from spark_jobs.release import apply_diff
+
+    done = apply_diff(args.diff, args.shards, args.out)
+    print(f"rewrote {len(done)} shards ({', '.join(done) or 'none'}); every checksum matches the new version")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pairlake", description="Build and curate image-text datasets.")
     parser.add_argument("--config", help="a TOML config file (default: $PAIRLAKE_CONFIG or the embedded demo config)")
@@ -144,6 +245,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_cmd_train_head)
+
+    p = sub.add_parser("lineage", help="where a sample came from and where it went: tables, releases, removal")
+    p.add_argument("uid")
+    p.add_argument("--json", action="store_true", help="print the answer as JSON")
+    p.set_defaults(run=_cmd_lineage)
+
+    p = sub.add_parser("optout", help="opt-out requests: submit, apply, status")
+    opt = p.add_subparsers(dest="optout_command", required=True)
+    p = opt.add_parser("submit", help="validate a removal request and put it in the inbox")
+    p.add_argument("--url", help="an exact image URL")
+    p.add_argument("--url-prefix", help="every image URL starting with this")
+    p.add_argument("--domain", help="every image on this host and its subdomains")
+    p.add_argument("--sha256", help="sha256 of the original image bytes")
+    p.add_argument("--md5", help="md5 of the original image bytes")
+    p.add_argument("--image", help="an example image file: removes its near-duplicates too")
+    p.add_argument("--min-similarity", type=float, help="for --image (default: optout.min_similarity)")
+    p.add_argument("--requester", required=True, help="who asked (a ticket or contact reference)")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--id", help="request id (default: generated)")
+    p.set_defaults(run=_cmd_optout_submit)
+    p = opt.add_parser("apply", help="apply the inbox now, as the sensor would (one Dagster run per request)")
+    p.set_defaults(run=_cmd_optout_apply)
+    p = opt.add_parser("status", help="requests with their status and what was removed")
+    p.add_argument("request_id", nargs="?")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(run=_cmd_optout_status)
+
+    p = sub.add_parser("release", help="versioned releases and Re-LAION-style re-releases")
+    rel = p.add_subparsers(dest="release_command", required=True)
+    p = rel.add_parser("create", help="curate and make the next version (a snapshot, or a re-release if samples only left)")
+    p.set_defaults(run=_cmd_release_run)
+    p = rel.add_parser("rerelease", help="the previous version minus every removal since, with a diff")
+    p.set_defaults(run=_cmd_release_run)
+    p = rel.add_parser("list", help="every version with its counts")
+    p.set_defaults(run=_cmd_release_list)
+    p = rel.add_parser("apply-diff", help="clean a copy of the previous version's shards with a published diff")
+    p.add_argument("diff", type=Path, help="diff.json (or the new version's folder)")
+    p.add_argument("shards", type=Path, help="folder holding the previous version's shards")
+    p.add_argument("--out", type=Path, help="write cleaned shards here instead of in place")
+    p.set_defaults(run=_cmd_release_apply_diff)
 
     p = sub.add_parser("report", help="print the funnel and write the HTML report")
     p.set_defaults(run=_cmd_report)

@@ -13,20 +13,23 @@ from assets import (
     images,
     kept_pairs,
     knn_index,
-    training_shards,
+    optout_requests,
+    release,
     warc_files,
 )
-from orchestration.jobs import discover_job, ingest_job, release_job
+from orchestration.jobs import apply_optout_job, discover_job, ingest_job, release_job, rerelease_job
 from orchestration.resources import PairlakeResource
 from orchestration.schedules import crawl_discovery_schedule
+from orchestration.sensors import optout_inbox_sensor, rerelease_sensor
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules(
         [warc_files, candidates, images, clip_scores, image_tags, kept_pairs, blocklist, dedup, curated, knn_index,
-         training_shards, funnel_report]
+         release, funnel_report, optout_requests]
     ),
     asset_checks=dg.load_asset_checks_from_modules([curated]),
-    jobs=[discover_job, ingest_job, release_job],
+    jobs=[discover_job, ingest_job, release_job, apply_optout_job, rerelease_job],
     schedules=[crawl_discovery_schedule],
+    sensors=[optout_inbox_sensor, rerelease_sensor],
     resources={"pairlake": PairlakeResource()},
 )

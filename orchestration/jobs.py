@@ -1,5 +1,5 @@
-"""Jobs: discovery, per-file ingestion (one partitioned run), and the release: curation over the
-whole lake (hash-list matches, dedup, curated variants, kNN index), then shards and the report."""
+"""Jobs: discovery, per-file ingestion (one partitioned run), the release (curation over the whole
+lake, then the next release version and the report), opt-out removal and re-release."""
 
 import dagster as dg
 
@@ -12,7 +12,15 @@ ingest_job = dg.define_asset_job(
 
 release_job = dg.define_asset_job(
     "export_release",
-    selection=dg.AssetSelection.assets(
-        "blocklist_matches", "dedup", "curated", "knn_index", "training_shards", "funnel_report"
-    ),
+    selection=dg.AssetSelection.assets("blocklist_matches", "dedup", "curated", "knn_index", "release", "funnel_report"),
+)
+
+# One run per request file (run config names it); launched by the inbox sensor.
+apply_optout_job = dg.define_asset_job("apply_optout", selection=dg.AssetSelection.assets("optout_requests"))
+
+# The previous version minus what was removed or hash-listed since: matches are refreshed first.
+rerelease_job = dg.define_asset_job(
+    "rerelease",
+    selection=dg.AssetSelection.assets("blocklist_matches", "release"),
+    config={"ops": {"release": {"config": {"mode": "rerelease"}}}},
 )

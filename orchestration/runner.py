@@ -34,11 +34,12 @@ class RunFailed(RuntimeError):
     pass
 
 
-def _execute(job_name: str, instance: dg.DagsterInstance, tags: dict[str, str] | None = None) -> dg.ExecuteInProcessResult:
+def _execute(job_name: str, instance: dg.DagsterInstance, tags: dict[str, str] | None = None,
+             run_config: dict | None = None) -> dg.ExecuteInProcessResult:
     from orchestration.definitions import defs
 
     job = defs.resolve_job_def(job_name)
-    result = job.execute_in_process(instance=instance, tags=tags or {}, raise_on_error=False)
+    result = job.execute_in_process(instance=instance, tags=tags or {}, run_config=run_config, raise_on_error=False)
     if not result.success:
         failures = [e for e in result.all_events if e.is_step_failure]
         detail = "see the Dagster UI"
@@ -100,3 +101,30 @@ def _ranges(ordered: list[str], wanted: list[str]) -> list[tuple[str, str]]:
     if start is not None:
         ranges.append((start, prev))  # type: ignore[arg-type]
     return ranges
+
+
+def tick_sensor(sensor_name: str, instance: dg.DagsterInstance | None = None) -> list[str]:
+    """Evaluate a sensor once and run what it requests in this process, as the daemon would
+    (a run key that already has a successful run is skipped). Returns the run ids."""
+    from orchestration.definitions import defs
+    from orchestration.resources import PairlakeResource
+
+    instance = instance or dg.DagsterInstance.get()
+    sensor = defs.get_sensor_def(sensor_name)
+    with dg.build_sensor_context(instance=instance, resources={"pairlake": PairlakeResource()}) as context:
+        result = sensor.evaluate_tick(context)
+    runs = []
+    for request in result.run_requests or []:
+        done = instance.get_runs(filters=dg.RunsFilter(
+            tags={"dagster/run_key": request.run_key, "dagster/sensor_name": sensor_name},
+            statuses=[dg.DagsterRunStatus.SUCCESS]))
+        if done:
+            continue
+        tags = {**request.tags, "dagster/run_key": request.run_key, "dagster/sensor_name": sensor_name}
+        runs.append(_execute(sensor.job_name, instance, tags, request.run_config).run_id)
+    return runs
+
+
+def execute_job(job_name: str, instance: dg.DagsterInstance | None = None) -> str:
+    """Run one job of the code location in this process; returns its run id."""
+    return _execute(job_name, instance or dg.DagsterInstance.get()).run_id

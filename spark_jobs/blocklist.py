@@ -41,6 +41,10 @@ KINDS: dict[str, HashKind] = {
     for target in ("image", "url")
     for algorithm, length in (("md5", 32), ("sha1", 40), ("sha256", 64))
 }
+# Opt-out removals add to this list; besides digests it holds URL rules, kind url-prefix (the
+# digest column holds the prefix) and url-domain (the host; subdomains match too).
+REMOVAL_SOURCE = "optout"
+URL_RULE_KINDS = ("url-prefix", "url-domain")
 _HEX = re.compile(r"[0-9a-f]+")
 _SHOWN_ERRORS = 10
 
@@ -131,14 +135,24 @@ def _digest_column(column: str, algorithm: str):
     return {"md5": F.md5, "sha1": F.sha1, "sha256": lambda c: F.sha2(c, 256)}[algorithm](F.col(column))
 
 
-def url_matches(spark: SparkSession, lake: Lake, pairs: DataFrame) -> DataFrame:
-    """(uid, source, kind) for each pair whose URL digest is on a URL list; computed from the URL
-    string, so no request is made."""
+def url_matches(spark: SparkSession, lake: Lake, pairs: DataFrame, source: str | None = None) -> DataFrame:
+    """(uid, source, kind) for each pair whose URL digest is on a URL list, or whose URL an opt-out
+    prefix or domain rule covers; computed from the URL string, so no request is made. ``source``
+    narrows to one list."""
     lists = read_table(spark, lake, BLOCKLIST).where("target = 'url'").select("source", "kind", "digest")
+    if source is not None:
+        lists = lists.where(F.col("source") == source)
     digests = pairs.select(
         "uid", *[_digest_column("url", algorithm).alias(f"url-{algorithm}") for algorithm in ("md5", "sha1", "sha256")]
     )
-    return _matches(digests, lists, "url")
+    rules = F.broadcast(lists.where(F.col("kind").isin(*URL_RULE_KINDS)))
+    host = F.lower(F.regexp_extract("url", r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^/?#@]*@)?([^/?#@:]*)", 1))
+    covered = (
+        ((F.col("kind") == "url-prefix") & F.col("url").startswith(F.col("digest")))
+        | ((F.col("kind") == "url-domain") & ((host == F.col("digest")) | host.endswith(F.concat(F.lit("."), F.col("digest")))))
+    )
+    by_rule = pairs.select("uid", "url").join(rules, covered).select("uid", "source", "kind")
+    return _matches(digests, lists, "url").unionByName(by_rule).distinct()
 
 
 def image_matches(spark: SparkSession, lake: Lake, images: DataFrame) -> DataFrame:

@@ -22,6 +22,7 @@ from infra.crawl_source import WarcFile
 from infra.delta_store import Lake, Lineage
 from infra.spark import read_table, write_table
 from infra.tables import CANDIDATES, WARC_REJECTS
+from spark_jobs.blocklist import REMOVAL_SOURCE, url_matches
 from spark_jobs.warc_pairs import extract_pairs
 
 # Side rows travel in the same Arrow stream as the pairs: kind "pair", "reject" or "counts". Side
@@ -85,10 +86,16 @@ def build_candidates(
         first = Window.partitionBy("uid").orderBy("warc_file", "record_offset")
         unique = pairs.withColumn("_n", F.row_number().over(first)).where("_n = 1").drop("_n")
         elsewhere = read_table(spark, lake, CANDIDATES).where(~F.col("warc_file").isin(names)).select("uid")
-        kept = unique.join(elsewhere, "uid", "left_anti").persist()
+        # Pairs whose image URL an opt-out removed are never ingested again (counted per file).
+        opted_out = url_matches(spark, lake, unique, source=REMOVAL_SOURCE).select("uid").distinct()
+        kept = unique.join(elsewhere, "uid", "left_anti").join(opted_out, "uid", "left_anti").persist()
         try:
             per_file = {r["warc_file"]: r["count"] for r in pairs.groupBy("warc_file").count().collect()}
             kept_per_file = {r["warc_file"]: r["count"] for r in kept.groupBy("warc_file").count().collect()}
+            opted_per_file = {
+                r["warc_file"]: r["count"]
+                for r in unique.join(opted_out, "uid", "left_semi").groupBy("warc_file").count().collect()
+            }
             version = write_table(kept, lake, CANDIDATES, lineage, replace_partitions=names)
         finally:
             kept.unpersist()
@@ -103,7 +110,10 @@ def build_candidates(
         else:
             rejects.append(json.loads(row["payload"]))
     for name in names:
-        counts[name]["duplicate_uid_across_files"] = per_file.get(name, 0) - kept_per_file.get(name, 0)
+        counts[name]["removed_by_request"] = opted_per_file.get(name, 0)
+        counts[name]["duplicate_uid_across_files"] = (
+            per_file.get(name, 0) - kept_per_file.get(name, 0) - opted_per_file.get(name, 0)
+        )
         counts[name]["candidates"] = kept_per_file.get(name, 0)
     reject_table = pa.Table.from_pylist(rejects, schema=WARC_REJECTS.schema) if rejects else WARC_REJECTS.schema.empty_table()
     lake.replace_partitions(WARC_REJECTS, reject_table, names, lineage)

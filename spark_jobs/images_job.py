@@ -1,7 +1,8 @@
 """Image download on Spark: every candidate gets exactly one row in ``images``.
 
 Candidates whose URL digest is on an imported hash list get a ``blocklisted`` row without any
-request. A re-run keeps earlier successes and non-retryable failures as they are and fetches only the
+request; a downloaded image whose digest an opt-out removed is recorded ``removed_by_request``,
+without its bytes. A re-run keeps earlier successes and non-retryable failures as they are and fetches only the
 candidates that have no row yet or whose last attempt failed in a retryable way. Each Spark task
 downloads its share with the async downloader (its own event loop, concurrency and host limits).
 """
@@ -12,6 +13,7 @@ from collections import Counter
 from typing import Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
@@ -19,21 +21,53 @@ from pyspark.sql.pandas.types import from_arrow_schema
 from infra.config import DownloadConfig
 from infra.delta_store import Lake, Lineage
 from infra.spark import read_table, write_table
-from infra.tables import CANDIDATES, IMAGES
-from spark_jobs.blocklist import url_matches
+from infra.tables import BLOCKLIST, CANDIDATES, IMAGES
+from spark_jobs.blocklist import REMOVAL_SOURCE, url_matches
 from spark_jobs.download.downloader import download_batch
 
 
-def _download_task(config: DownloadConfig):
+def _download_task(config: DownloadConfig, removed: dict[str, set[str]]):
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         # One downloader call per Arrow batch (up to spark.sql.execution.arrow.maxRecordsPerBatch
         # rows): concurrency spans the batch, and results are held for one batch only.
         for batch in batches:
             if batch.num_rows:
                 rows = pa.Table.from_batches([batch]).select(["uid", "url", "warc_file"])
-                yield from download_batch(rows, config).cast(IMAGES.schema).to_batches()
+                yield from _drop_removed(download_batch(rows, config), removed).cast(IMAGES.schema).to_batches()
 
     return run
+
+
+def _drop_removed(images: pa.Table, removed: dict[str, set[str]]) -> pa.Table:
+    """Images whose bytes an opt-out removed before (same digest, new URL) are not kept: the row
+    records ``removed_by_request`` without the bytes. Known only after the download, hence here."""
+    if not images.num_rows or not any(removed.values()):
+        return images
+    hit = pa.array([False] * images.num_rows)
+    for algorithm, digests in removed.items():
+        hit = pc.or_(hit, pc.fill_null(pc.is_in(images[algorithm], pa.array(sorted(digests), pa.string())), False))
+    if not pc.any(hit).as_py():
+        return images
+    cleared = {"image": None, "image_format": None, "width": None, "height": None}
+    columns = {name: pc.if_else(hit, pa.scalar(cleared[name], images.schema.field(name).type), images[name])
+               for name in cleared}
+    columns["status"] = pc.if_else(hit, "failed", images["status"])
+    columns["error"] = pc.if_else(hit, "removed_by_request", images["error"])
+    columns["error_detail"] = pc.if_else(hit, "image digest on the opt-out removal list", images["error_detail"])
+    columns["retryable"] = pc.if_else(hit, False, images["retryable"])
+    for name, values in columns.items():
+        images = images.set_column(images.schema.get_field_index(name), name, values)
+    return images
+
+
+def _removed_digests(lake: Lake) -> dict[str, set[str]]:
+    """Image digests on the opt-out removal list, per algorithm (small: shipped to every task)."""
+    rows = lake.read(BLOCKLIST, columns=["kind", "target", "digest"], partitions=[REMOVAL_SOURCE])
+    digests: dict[str, set[str]] = {}
+    for kind, target, digest in zip(rows["kind"].to_pylist(), rows["target"].to_pylist(), rows["digest"].to_pylist()):
+        if target == "image":
+            digests.setdefault(kind.removeprefix("image-"), set()).add(digest)
+    return digests
 
 
 def _blocklisted(todo: DataFrame, matches: DataFrame) -> DataFrame:
@@ -75,7 +109,7 @@ def download_images(
     fetched = (
         todo.join(blocked.select("uid"), "uid", "left_anti")
         .repartition(tasks, "uid")
-        .mapInArrow(_download_task(config), from_arrow_schema(IMAGES.schema))
+        .mapInArrow(_download_task(config, _removed_digests(lake)), from_arrow_schema(IMAGES.schema))
     )
     version = write_table(
         settled.unionByName(blocked).unionByName(fetched), lake, IMAGES, lineage, replace_partitions=partitions

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from infra.tables import SHARDS
@@ -219,40 +220,85 @@ class _ShardWriter:
         self.image_bytes += len(image)
 
     def _add_member(self, name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        # Fixed header fields: the same samples must give the same bytes on any machine, any day.
-        info.mtime = 0
-        info.mode = 0o444
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        self._tar.addfile(info, io.BytesIO(data))
+        _add_member(self._tar, name, data)
 
     def finish(self) -> ShardInfo:
         self._tar.close()  # writes the end-of-archive blocks
         _commit(self._fh, _tmp_path(self.tar_path), self.tar_path)
-        sha256 = self._hashing.sha256.hexdigest()
-        with _atomic_file(self.out / f"{self.name}.parquet") as fh:
-            pq.write_table(pa.Table.from_pylist(self.rows, schema=self.parquet_schema), fh)
-        stats = {
-            "count": self.count,
-            "successes": self.count,
-            "failed_to_download": 0,
-            "failed_to_resize": 0,
-            "status_dict": {"success": self.count},
-            "bytes": self._hashing.size,
-            "image_bytes": self.image_bytes,
-            "sha256": sha256,
-        }
-        with _atomic_file(self.out / f"{self.name}_stats.json") as fh:
-            fh.write(json.dumps(stats, indent=2, sort_keys=True).encode())
-        _fsync_dir(self.out)
-        return ShardInfo(self.name, str(self.tar_path), self.count, self._hashing.size, sha256)
+        rows = pa.Table.from_pylist(self.rows, schema=self.parquet_schema)
+        return _finish_shard(self.out, self.name, rows, self._hashing, self.image_bytes)
 
     def abort(self) -> None:
         """Drop the unfinished tar (an error is already propagating)."""
         self._fh.close()
         _tmp_path(self.tar_path).unlink(missing_ok=True)
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    # Fixed header fields: the same samples must give the same bytes on any machine, any day.
+    info.mtime = 0
+    info.mode = 0o444
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _finish_shard(out: Path, name: str, rows: pa.Table, tar: _HashingWriter, image_bytes: int) -> ShardInfo:
+    """Write the shard's parquet and _stats.json after its tar (already renamed into place)."""
+    sha256 = tar.sha256.hexdigest()
+    with _atomic_file(out / f"{name}.parquet") as fh:
+        pq.write_table(rows, fh)
+    stats = {
+        "count": rows.num_rows,
+        "successes": rows.num_rows,
+        "failed_to_download": 0,
+        "failed_to_resize": 0,
+        "status_dict": {"success": rows.num_rows},
+        "bytes": tar.size,
+        "image_bytes": image_bytes,
+        "sha256": sha256,
+    }
+    with _atomic_file(out / f"{name}_stats.json") as fh:
+        fh.write(json.dumps(stats, indent=2, sort_keys=True).encode())
+    _fsync_dir(out)
+    return ShardInfo(name, str(out / f"{name}.tar"), rows.num_rows, tar.size, sha256)
+
+
+def sample_key(member_name: str) -> str:
+    """The sample key of a tar member: ``000030012.jpg`` -> ``000030012``."""
+    return member_name.split(".", 1)[0]
+
+
+def rewrite_shard(tar_path: str | Path, drop_keys: set[str], out_dir: str | Path | None = None) -> ShardInfo:
+    """Rewrite one shard without the samples ``drop_keys``: its tar, parquet and _stats.json.
+
+    The kept members are copied in order with the same fixed headers, and keys are not renumbered,
+    so anyone holding the same shard who drops the same keys gets a byte-identical tar (what
+    ``pairlake release apply-diff`` relies on). Writes into ``out_dir`` (default: in place), each
+    file atomically.
+    """
+    src = Path(tar_path)
+    out = Path(out_dir) if out_dir is not None else src.parent
+    out.mkdir(parents=True, exist_ok=True)
+    name = src.stem
+    rows = pq.read_table(src.with_suffix(".parquet"))
+    rows = rows.filter(pc.invert(pc.is_in(rows["key"], pa.array(sorted(drop_keys), pa.string()))))
+    image_bytes = 0
+    target = out / f"{name}.tar"
+    with src.open("rb") as source, tarfile.open(fileobj=source, mode="r:") as old:
+        with _atomic_file(target) as fh:
+            hashing = _HashingWriter(fh)
+            with tarfile.open(fileobj=hashing, mode="w", format=tarfile.USTAR_FORMAT) as new:
+                for member in old:
+                    if sample_key(member.name) in drop_keys:
+                        continue
+                    data = old.extractfile(member).read()  # type: ignore[union-attr]
+                    if not member.name.endswith((".txt", ".json")):
+                        image_bytes += len(data)
+                    _add_member(new, member.name, data)
+    return _finish_shard(out, name, rows, hashing, image_bytes)
 
 
 def _fsync_dir(path: Path) -> None:

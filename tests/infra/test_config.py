@@ -50,7 +50,9 @@ def test_a_file_overrides_only_its_keys(tmp_path):
         ("[tags.x]\nheads = 'x.pt'\n", "unknown config key tags.x.heads"),
         ("tags = 3\n", "tags must be a table of tables"),
         ("[curation.variants]\nresearch = 1.5\n", "curation.variants.research must be a probability"),
-        ("[shards]\nvariant = 'nsfw'\n", "shards.variant 'nsfw' is not a curated variant"),
+        ("[release]\nvariant = 'nsfw'\n", "release.variant 'nsfw' is not a curated variant"),
+        ("[release]\nname = 'a/b'\n", "release.name must be a non-empty name"),
+        ("[optout]\nmin_similarity = 1.5\n", "optout.min_similarity must be a cosine"),
         ("[tags.pwatermark]\nhead = 'w.pt'\n", "filter on punsafe: configure tags.punsafe"),
     ],
 )

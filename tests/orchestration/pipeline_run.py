@@ -87,7 +87,7 @@ head = "{demo_heads / 'aesthetic.pt'}"
 [tags.pround]
 positive = ["a circle", "a ring"]
 negative = ["a square", "a triangle", "a star", "a cross"]
-[shards]
+[release]
 samples_per_shard = 20
 """
     )

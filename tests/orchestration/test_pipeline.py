@@ -45,8 +45,8 @@ def test_runs_succeed_and_materializations_carry_metadata(pipeline):
         assert pipeline.instance.get_materialized_partitions(dg.AssetKey(asset)) == set(warcs), asset
         event = pipeline.instance.get_latest_materialization_event(dg.AssetKey(asset))
         assert event.asset_materialization.metadata["delta_version"].value >= 0
-    shards = pipeline.instance.get_latest_materialization_event(dg.AssetKey("training_shards"))
-    assert shards.asset_materialization.metadata["samples"].value > 0
+    release = pipeline.instance.get_latest_materialization_event(dg.AssetKey("release"))
+    assert release.asset_materialization.metadata["samples"].value > 0
 
 
 def test_candidates_match_the_crawl_ground_truth(pipeline):

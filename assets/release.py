@@ -1,0 +1,80 @@
+"""The release: a named, versioned export of a curated variant (webdataset shards + manifest), and
+its Re-LAION-style re-releases after removals. Materializing it is "make the next release"."""
+
+import dagster as dg
+
+from gpu_jobs.clip_model import model_identity
+from infra.tables import BLOCKLIST, BLOCKLIST_MATCHES, CLIP_SCORES, CURATED, DEDUP, IMAGE_TAGS, IMAGES, KEPT_PAIRS, REMOVALS
+from orchestration.resources import PairlakeResource, code_version
+from spark_jobs import release as release_module
+from spark_jobs import shard_export
+
+CODE_VERSION = code_version(release_module, shard_export)
+PINNED = (CURATED, KEPT_PAIRS, IMAGES, CLIP_SCORES, IMAGE_TAGS, DEDUP, BLOCKLIST, BLOCKLIST_MATCHES, REMOVALS)
+
+
+class ReleaseRunConfig(dg.Config):
+    # auto: a snapshot when samples were added, a re-release when they only left.
+    # rerelease: the previous version minus what was removed or hash-listed since.
+    mode: str = "auto"
+
+
+def release_rules(pairlake: PairlakeResource) -> dict:
+    """What decided membership, recorded with every version."""
+    settings = pairlake.settings
+    lists: dict[str, dict] = {}
+    for row in pairlake.lake.read(BLOCKLIST, columns=["source", "kind", "list_date"]).to_pylist():
+        entry = lists.setdefault(f"{row['source']}/{row['kind']}", {"digests": 0, "list_date": str(row["list_date"])})
+        entry["digests"] += 1
+    return {
+        "clip_model": model_identity(settings.clip),
+        "clip_threshold": settings.clip_threshold(),
+        "variant": settings.release.variant,
+        "variant_max_punsafe": settings.curation.variants[settings.release.variant],
+        "near_duplicate_threshold": settings.curation.near_duplicate_threshold,
+        "languages": list(settings.curation.languages) or "all",
+        "hash_lists": dict(sorted(lists.items())),
+        "opt_outs_applied": pairlake.lake.read(REMOVALS, columns=["uid"]).num_rows,
+    }
+
+
+@dg.asset(
+    group_name="release",
+    kinds={"webdataset", "delta"},
+    deps=["curated"],
+    code_version=CODE_VERSION,
+    automation_condition=dg.AutomationCondition.eager(),
+    description="Versioned release of a curated variant: shards, per-shard parquet, manifest, diff (table releases).",
+)
+def release(context: dg.AssetExecutionContext, config: ReleaseRunConfig, pairlake: PairlakeResource) -> dg.MaterializeResult:
+    lake, settings = pairlake.lake, pairlake.settings
+    if lake.version(CURATED) is None:
+        raise dg.Failure("curated has never been materialized: nothing to release")
+    source_versions = {spec.name: v for spec in PINNED if (v := lake.version(spec)) is not None}
+    made = release_module.make_release(
+        lake, settings.release, release_rules(pairlake), source_versions,
+        pairlake.lineage(context, PINNED, CODE_VERSION), image_ext=settings.download.encode_format, mode=config.mode,
+    )
+    last = release_module.latest(lake, settings.release.name)
+    if made is None:
+        context.log.info(f"{settings.release.name} v{last['version']} is current: nothing to release")
+        return dg.MaterializeResult(metadata={"release": settings.release.name, "version": last["version"],
+                                              "new_version": False, "samples": last["samples"]})
+    context.log.info(f"{made.kind} {made.release} v{made.version}: {made.samples} samples in {made.shards} shards, "
+                     f"{made.removed} removed / {made.added} added since the previous version")
+    last_shard = f"{made.shards - 1:05d}" if made.shards else "00000"
+    return dg.MaterializeResult(
+        metadata={
+            "release": made.release,
+            "version": made.version,
+            "new_version": True,
+            "kind": made.kind,
+            "samples": made.samples,
+            "shards": made.shards,
+            "removed_since_previous": made.removed,
+            "added_since_previous": made.added,
+            "source_versions": dg.MetadataValue.json(source_versions),
+            "train_data": f"{made.path}/{{00000..{last_shard}}}.tar",
+            "path": dg.MetadataValue.path(made.path),
+        }
+    )

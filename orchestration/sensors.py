@@ -1,0 +1,58 @@
+"""Sensors: the opt-out inbox (one run per request file) and the re-release after removals."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import dagster as dg
+
+from infra.tables import BLOCKLIST, REMOVALS
+from orchestration.jobs import apply_optout_job, rerelease_job
+from orchestration.optout_requests import pending_requests
+from orchestration.resources import PairlakeResource
+from spark_jobs import release
+
+
+@dg.sensor(job=apply_optout_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
+def optout_inbox_sensor(context: dg.SensorEvaluationContext, pairlake: PairlakeResource):
+    """One run per request file. The run key holds the file's mtime: a request is applied once,
+    and a file replaced under the same name (new mtime) is seen again."""
+    requests = []
+    for path in pending_requests(pairlake.settings):
+        key = f"{path.name}:{path.stat().st_mtime_ns}"
+        requests.append(dg.RunRequest(
+            run_key=key,
+            run_config={"ops": {"optout_requests": {"config": {"request_file": str(path.resolve())}}}},
+            tags={"pairlake/request_file": path.name},
+        ))
+    return requests or dg.SkipReason("no opt-out requests in the inbox")
+
+
+def _changed_since(pairlake: PairlakeResource, pinned: dict[str, int]) -> dt.datetime | None:
+    """When the newest removal or hash-list import that the pinned versions predate landed."""
+    lake, newest = pairlake.lake, None
+    for spec, column in ((REMOVALS, "removed_at"), (BLOCKLIST, "imported_at")):
+        version = lake.version(spec)
+        if version is not None and version != pinned.get(spec.name):
+            times = [t for t in lake.read(spec, columns=[column])[column].to_pylist() if t is not None]
+            if times:
+                newest = max([newest, max(times)] if newest else [max(times)])
+    return newest
+
+
+@dg.sensor(job=rerelease_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+def rerelease_sensor(context: dg.SensorEvaluationContext, pairlake: PairlakeResource):
+    """Re-release once removals have landed and none came for ``release.rerelease_debounce_s``."""
+    settings = pairlake.settings.release
+    last = release.latest(pairlake.lake, settings.name)
+    if last is None:
+        return dg.SkipReason(f"release {settings.name} has no version yet")
+    pinned = json.loads(last["source_versions"])
+    changed = _changed_since(pairlake, pinned)
+    if changed is None or changed <= last["created_at"]:
+        return dg.SkipReason(f"no removals since {settings.name} v{last['version']}")
+    quiet = (dt.datetime.now(dt.timezone.utc) - changed).total_seconds()
+    if quiet < settings.rerelease_debounce_s:
+        return dg.SkipReason(f"removals landed {quiet:.0f} s ago; waiting {settings.rerelease_debounce_s} s for more")
+    return dg.RunRequest(run_key=f"rerelease:{settings.name}:v{last['version']}:{changed.isoformat()}")

@@ -1,0 +1,207 @@
+"""Opt-out removal end to end on a copy of the session's demo lake: requests through the inbox
+sensor, a byte scan of every file under the lake root, the re-release and its diff, and a later
+crawl that never fetches or ingests the removed images again."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import pyarrow.compute as pc
+import pytest
+from PIL import Image
+
+from infra.config import load_config
+from infra.delta_store import Lake
+from infra.tables import CANDIDATES, CURATED, IMAGES, OPTOUT_REQUESTS, REMOVALS, SAMPLE_TABLES, STAGE_STATS
+from orchestration.optout_requests import inbox_dir, rejected_dir, submit_request
+from orchestration.resources import PairlakeResource
+from orchestration.runner import materialize_all, tick_sensor
+from orchestration.sensors import optout_inbox_sensor
+from spark_jobs import release
+from tests.lake_scan import files_holding
+
+
+@dataclass
+class Removal:
+    lake: Lake
+    root: Path
+    config_path: Path
+    instance: dg.DagsterInstance
+    before: dict  # uid -> {"url", "image", "original"} of every uid the requests should remove
+    targets: dict  # request id -> uid(s) it names
+    holder: Path  # a downstream copy of the release taken before the removal
+    release_before: dict
+    sensor_keys: list[str]
+    runs: list[str]
+
+
+def _row(table, uid):
+    return table.filter(pc.equal(table["uid"], uid)).to_pylist()[0]
+
+
+@pytest.fixture(scope="module")
+def removal(pipeline, tmp_path_factory):
+    root = tmp_path_factory.mktemp("removal")
+    shutil.copytree(pipeline.lake_root, root / "lake")
+    config_path = root / "pairlake.toml"
+    config_path.write_text(
+        pipeline.config_path.read_text().replace(str(pipeline.lake_root), str(root / "lake"))
+        + "\n[optout]\nmin_similarity = 0.998\n"
+    )
+    previous = os.environ.get("PAIRLAKE_CONFIG")
+    os.environ["PAIRLAKE_CONFIG"] = str(config_path)
+    config = load_config(config_path)
+    lake = Lake(str(root / "lake"))
+    images = lake.read(IMAGES)
+    last = release.latest(lake, config.release.name)
+    members = release.current_members(Path(last["path"]))["uid"].to_pylist()
+    truth = pipeline.truth["images"]
+    plain = [u for u in sorted(members) if truth[_row(images, u)["url"]]["kind"] in ("match", "relative")]
+    by_url, by_md5 = plain[0], plain[1]
+    group = sorted(u for u, e in truth.items() if e.get("group") == "near_duplicate-0" and e["download"] == "ok")
+    group_uids = sorted(images.filter(pc.is_in(images["url"], pc.array(group)))["uid"].to_pylist())
+    example = root / "example.png"  # the first member re-encoded: other bytes, same picture
+    original = pipeline.server.resources["/" + group[0].split("/", 3)[3]].body
+    Image.open(io.BytesIO(original)).convert("RGB").save(example)
+
+    removed = {by_url, by_md5, *group_uids}
+    before = {}
+    for uid in removed:
+        row = _row(images, uid)
+        before[uid] = {"url": row["url"].encode(), "image": row["image"],
+                       "original": pipeline.server.resources["/" + row["url"].split("/", 3)[3]].body}
+    holder = root / "holder"
+    shutil.copytree(last["path"], holder)
+
+    submit_request(config, {"request_id": "by-url", "kind": "url", "value": _row(images, by_url)["url"],
+                            "requester": "ticket-1", "reason": "my photo"})
+    submit_request(config, {"request_id": "by-md5", "kind": "md5", "value": _row(images, by_md5)["md5"],
+                            "requester": "ticket-2", "reason": "hash from a takedown notice"})
+    submit_request(config, {"request_id": "by-image", "kind": "image", "requester": "ticket-3",
+                            "reason": "this picture and its copies"}, image=example)
+    (inbox_dir(config) / "broken.json").write_text(json.dumps({"kind": "phone", "value": "x", "requester": "a",
+                                                               "reason": "b"}))
+    try:
+        with dg.instance_for_test() as instance:
+            with dg.build_sensor_context(instance=instance, resources={"pairlake": PairlakeResource()}) as context:
+                keys = [r.run_key for r in optout_inbox_sensor.evaluate_tick(context).run_requests]
+            runs = tick_sensor("optout_inbox_sensor", instance)
+            yield Removal(lake, root, config_path, instance, before,
+                          {"by-url": by_url, "by-md5": by_md5, "by-image": group_uids},
+                          holder, last, keys, runs)
+    finally:
+        if previous is None:
+            os.environ.pop("PAIRLAKE_CONFIG", None)
+        else:
+            os.environ["PAIRLAKE_CONFIG"] = previous
+
+
+def test_the_sensor_launches_one_run_per_request_file(removal):
+    assert sorted(k.split(":")[0] for k in removal.sensor_keys) == ["broken.json", "by-image.json", "by-md5.json",
+                                                                    "by-url.json"]
+    assert all(k.split(":")[1].isdigit() for k in removal.sensor_keys)  # name + mtime
+    assert len(removal.runs) == 4
+    for run_id in removal.runs:
+        assert removal.instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.SUCCESS
+    event = removal.instance.get_latest_materialization_event(dg.AssetKey("optout_requests"))
+    assert event.asset_materialization.metadata["status"].value in ("applied", "rejected")
+    config = load_config(removal.config_path)
+    assert list(inbox_dir(config).glob("*.json")) == []  # applied requests leave the inbox
+    assert tick_sensor("optout_inbox_sensor", removal.instance) == []
+
+
+def test_a_malformed_request_is_moved_aside_with_its_reason(removal):
+    config = load_config(removal.config_path)
+    assert (rejected_dir(config) / "broken.json").exists()
+    assert "kind must be one of" in (rejected_dir(config) / "broken.json.reason.txt").read_text()
+    rows = {r["request_id"]: r for r in removal.lake.read(OPTOUT_REQUESTS).to_pylist()}
+    assert rows["broken"]["status"] == "rejected" and "kind must be one of" in rows["broken"]["rejection"]
+
+
+def test_every_named_sample_and_every_copy_is_removed_from_every_table(removal):
+    rows = {r["request_id"]: r for r in removal.lake.read(OPTOUT_REQUESTS).to_pylist()}
+    for request_id in ("by-url", "by-md5", "by-image"):
+        assert rows[request_id]["status"] == "applied" and rows[request_id]["matched"] >= 1, request_id
+        assert rows[request_id]["target"] is None  # exact URLs and hashes are kept as digests only
+    removed = set(removal.lake.read(REMOVALS)["uid"].to_pylist())
+    assert set(removal.before) <= removed
+    assert set(removal.targets["by-image"]) and len(removal.targets["by-image"]) >= 2  # the near-duplicate group
+    for spec in SAMPLE_TABLES:
+        left = set(removal.lake.read(spec, columns=["uid"])["uid"].to_pylist())
+        assert not left & removed, spec.name
+    curated = removal.lake.read(CURATED)
+    assert curated.num_rows > 0  # the rest of the lake is intact
+
+
+def test_a_byte_scan_of_the_lake_finds_neither_the_images_nor_the_urls(removal):
+    leftovers = {}
+    for uid, needles in removal.before.items():
+        for what, needle in needles.items():
+            found = files_holding(removal.root / "lake", needle)
+            if found:
+                leftovers[f"{uid}/{what}"] = found
+    assert leftovers == {}
+    # The scan does find them where they still are: the downstream copy taken before the removal.
+    assert any(files_holding(removal.holder, n["image"]) for n in removal.before.values())
+
+
+def test_the_index_and_search_still_work_without_the_removed_images(removal):
+    from gpu_jobs.retrieval import VariantSearch
+
+    config = load_config(removal.config_path)
+    search = VariantSearch(removal.lake, config.index.variant, config.clip)
+    assert not set(search.uids.values()) & set(removal.before)
+    assert search.by_text("a red circle", 5)
+
+
+def test_rerelease_publishes_a_diff_that_cleans_an_old_copy(removal):
+    config = load_config(removal.config_path)
+    runs = removal.instance.get_runs()
+    with dg.build_sensor_context(instance=removal.instance, resources={"pairlake": PairlakeResource()}) as context:
+        from orchestration.sensors import rerelease_sensor
+
+        waiting = rerelease_sensor.evaluate_tick(context)
+    assert waiting.skip_message and "waiting" in waiting.skip_message  # the debounce holds it back
+    impatient = removal.root / "no-debounce.toml"  # the same config with no debounce
+    impatient.write_text(removal.config_path.read_text().replace("[release]\n", "[release]\nrerelease_debounce_s = 0\n"))
+    os.environ["PAIRLAKE_CONFIG"] = str(impatient)
+    try:
+        tick_sensor("rerelease_sensor", removal.instance)
+    finally:
+        os.environ["PAIRLAKE_CONFIG"] = str(removal.config_path)
+    assert len(removal.instance.get_runs()) == len(runs) + 1
+    last = release.latest(removal.lake, config.release.name)
+    assert (last["version"], last["kind"]) == (removal.release_before["version"] + 1, "rerelease")
+    new_dir = Path(last["path"])
+    diff = json.loads((new_dir / "diff.json").read_text())
+    in_release = set(release.current_members(removal.holder)["uid"].to_pylist()) & set(removal.before)
+    assert diff["applicable"] and diff["removed"] == len(in_release) > 0
+    assert diff["removed_by_reason"] == {"opt-out": len(in_release)}
+    for needle in removal.before.values():
+        assert needle["url"] not in (new_dir / "diff.json").read_bytes() + (new_dir / "diff.parquet").read_bytes()
+    release.apply_diff(new_dir / "diff.json", removal.holder)
+    for tar in sorted(new_dir.glob("*.tar")):
+        assert (removal.holder / tar.name).read_bytes() == tar.read_bytes()
+
+
+def test_a_later_crawl_never_fetches_or_ingests_the_removed_images(removal, pipeline):
+    seen = len(pipeline.server.access_log)
+    materialize_all(removal.instance)
+    requested = {path for _, path in pipeline.server.access_log[seen:]}
+    removed_paths = {"/" + n["url"].decode().split("/", 3)[3] for n in removal.before.values()}
+    url_removed = {"/" + removal.before[removal.targets["by-url"]]["url"].decode().split("/", 3)[3]}
+    assert not requested & url_removed
+    urls = set(removal.lake.read(CANDIDATES, columns=["url"])["url"].to_pylist())
+    assert not {n["url"].decode() for n in removal.before.values()} & urls
+    stats = removal.lake.read(STAGE_STATS)
+    opted = stats.filter(pc.equal(stats["metric"], "removed_by_request"))
+    assert sum(opted["value"].to_pylist()) >= len(removed_paths)
+    for uid, needles in removal.before.items():
+        assert files_holding(removal.root / "lake", needles["url"]) == [], uid
+        assert files_holding(removal.root / "lake", needles["image"]) == [], uid

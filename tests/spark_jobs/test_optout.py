@@ -1,0 +1,105 @@
+"""Opt-out requests: validation refuses malformed requests whole; matching finds every named pair
+and every copy of its bytes or URL."""
+
+import datetime as dt
+import hashlib
+import json
+
+import pyarrow as pa
+import pytest
+
+from infra.delta_store import Lake, Lineage
+from infra.tables import CANDIDATES, IMAGES
+from spark_jobs import optout
+
+NOW = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+
+
+def _request(**fields):
+    return {"requester": "ticket-9", "reason": "site owner", **fields}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ([], "must be a JSON object"),
+        (_request(kind="phone", value="x"), "kind must be one of"),
+        (_request(kind="url", value="ftp://a.example/x.jpg"), "http(s) URL with a host"),
+        (_request(kind="url", value=""), "needs a 'value'"),
+        (_request(kind="domain", value="not a host!"), "is not a host name"),
+        (_request(kind="sha256", value="abc"), "64 hex digits"),
+        (_request(kind="md5", value="z" * 32), "32 hex digits"),
+        (_request(kind="url", value="http://a.example/x", image="x.png"), "belong to image requests only"),
+        (_request(kind="image"), "names its example file"),
+        (_request(kind="image", image="../etc/passwd"), "a file next to the request"),
+        (_request(kind="image", image="missing.png"), "is not in the inbox"),
+        (_request(kind="url", value="http://a.example/x", extra=1), "unknown field 'extra'"),
+        ({"kind": "url", "value": "http://a.example/x", "reason": "r"}, "non-empty 'requester'"),
+        (_request(kind="url", value="http://a.example/x", request_id="a b"), "request_id"),
+    ],
+)
+def test_malformed_requests_are_refused_with_the_reason(tmp_path, data, message):
+    with pytest.raises(optout.RequestError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        optout.validate(data, "req-1", tmp_path)
+
+
+def test_an_undecodable_example_image_is_refused(tmp_path):
+    (tmp_path / "x.png").write_bytes(b"not an image")
+    with pytest.raises(optout.RequestError, match="cannot be decoded"):
+        optout.validate(_request(kind="image", image="x.png"), "req-1", tmp_path)
+
+
+def test_a_valid_request_keeps_digests_not_links(tmp_path):
+    url = "https://Photos.example/me.jpg"
+    request = optout.validate(_request(kind="url", value=url), "req-7", tmp_path)
+    assert request.request_id == "req-7" and request.cleartext_target is None
+    assert request.target_sha256 == hashlib.sha256(url.encode()).hexdigest()
+    domain = optout.validate(_request(kind="domain", value="Photos.Example."), "req-8", tmp_path)
+    assert domain.value == "photos.example" and domain.cleartext_target == "photos.example"
+    path = tmp_path / "req-9.json"
+    path.write_text(json.dumps(_request(kind="md5", value="A" * 32)))
+    assert optout.parse_request_file(path).value == "a" * 32
+
+
+def _lake(tmp_path) -> Lake:
+    lake = Lake(str(tmp_path))
+    pairs = [
+        ("u1", "http://photos.example/me.jpg", b"ME"),
+        ("u2", "http://photos.example/me.jpg", b"ME"),  # same URL, other caption
+        ("u3", "http://mirror.example/copy.jpg", b"ME"),  # same bytes elsewhere
+        ("u4", "http://cdn.photos.example/a/b.jpg", b"B"),
+        ("u5", "http://notphotos.example/c.jpg", b"C"),
+        ("u6", "https://user@photos.example:8443/d.jpg", b"D"),
+        ("u7", "http://other.example/photos.example.jpg", b"E"),
+    ]
+    lake.replace_partitions(CANDIDATES, pa.Table.from_pylist(
+        [{"uid": u, "url": url, "caption": u, "page_url": "http://p.example/", "crawl_id": "c", "warc_file": "w",
+          "record_offset": 0} for u, url, _ in pairs], schema=CANDIDATES.schema), ["w"], Lineage())
+    lake.replace_partitions(IMAGES, pa.Table.from_pylist(
+        [{"uid": u, "url": url, "final_url": url, "warc_file": "w", "status": "ok", "retryable": False, "attempts": 1,
+          "fetched_at": NOW, "image": data, "sha256": hashlib.sha256(data).hexdigest(),
+          "md5": hashlib.md5(data).hexdigest()} for u, url, data in pairs], schema=IMAGES.schema), ["w"], Lineage())
+    return lake
+
+
+def _match(tmp_path, kind, value):
+    lake = _lake(tmp_path)
+    return optout.find_matches(lake, optout.validate(_request(kind=kind, value=value), "r", tmp_path))
+
+
+def test_a_url_takes_its_other_captions_and_every_copy_of_its_bytes(tmp_path):
+    found = _match(tmp_path, "url", "http://photos.example/me.jpg")
+    assert found.uids == {"u1": "url", "u2": "url", "u3": "same_bytes"}
+    assert found.partitions == {"u1": "w", "u2": "w", "u3": "w"}
+    assert found.urls == {"http://photos.example/me.jpg", "http://mirror.example/copy.jpg"}
+
+
+def test_a_domain_covers_its_subdomains_only(tmp_path):
+    found = _match(tmp_path, "domain", "photos.example")
+    assert set(found.uids) == {"u1", "u2", "u3", "u4", "u6"}
+
+
+def test_a_prefix_and_a_hash(tmp_path):
+    assert set(_match(tmp_path, "url_prefix", "http://cdn.photos.example/a/").uids) == {"u4"}
+    assert set(_match(tmp_path, "md5", hashlib.md5(b"ME").hexdigest()).uids) == {"u1", "u2", "u3"}
+    assert _match(tmp_path, "sha256", "0" * 64).uids == {}

@@ -1,0 +1,91 @@
+"""Releases on a small real lake: snapshot, in-place withdrawal, re-release with a diff that turns
+an old copy into the new version byte for byte, and snapshots whose diffs cannot do that."""
+
+import datetime as dt
+import json
+import shutil
+
+import pyarrow as pa
+import pytest
+
+from infra.config import ReleaseConfig
+from infra.delta_store import Lake, Lineage
+from infra.tables import BLOCKLIST_MATCHES, CURATED, IMAGES, REMOVALS, SHARDS
+from spark_jobs import release
+
+CONFIG = ReleaseConfig(name="test-release", variant="safe", samples_per_shard=3)
+NOW = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+
+
+def _lake(tmp_path, uids: list[str]) -> Lake:
+    lake = Lake(str(tmp_path / "lake"))
+    curated = [{"variant": "safe", "uid": u, "warc_file": "w", "url": f"http://x.example/{u}.jpg", "caption": f"cap {u}",
+                "similarity": 0.5, "model_id": "m", "cluster_size": 1} for u in uids]
+    lake.overwrite(CURATED, pa.Table.from_pylist(curated, schema=CURATED.schema), Lineage())
+    images = [{"uid": u, "url": f"http://x.example/{u}.jpg", "warc_file": "w", "status": "ok", "retryable": False,
+               "attempts": 1, "fetched_at": NOW, "image": f"jpeg-{u}".encode() * 10} for u in uids]
+    lake.replace_partitions(IMAGES, pa.Table.from_pylist(images, schema=IMAGES.schema), ["w"], Lineage())
+    return lake
+
+
+def _make(lake: Lake, mode: str = "auto"):
+    return release.make_release(lake, CONFIG, {"rule": 1}, {"curated": lake.version(CURATED)}, Lineage(run_id="r"),
+                                mode=mode)
+
+
+def _tars(directory) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.glob("[0-9]*.tar"))}
+
+
+def test_rerelease_diff_turns_an_old_copy_into_the_new_version(tmp_path):
+    uids = [f"u{i:02d}" for i in range(8)]
+    lake = _lake(tmp_path, uids)
+    v1 = _make(lake)
+    assert (v1.version, v1.kind, v1.samples, v1.shards) == (1, "snapshot", 8, 3)
+    assert _make(lake) is None  # nothing changed: no new version
+    holder = tmp_path / "holder-v1"
+    shutil.copytree(v1.path, holder)
+
+    # An opt-out: the uid is withdrawn from the shard on disk at once; the release follows.
+    lake.append(REMOVALS, pa.Table.from_pylist([{"uid": "u04", "request_id": "q1", "matched_by": "url",
+                                                 "removed_at": NOW, "run_id": "r"}], schema=REMOVALS.schema), Lineage())
+    assert release.withdraw(lake, {"u04"}, Lineage()) == ["test-release/v1:00001"]
+    assert "u04" not in release.current_members(tmp_path / "lake/releases/test-release/v1")["uid"].to_pylist()
+    # A hash list names another sample.
+    lake.overwrite(BLOCKLIST_MATCHES, pa.Table.from_pylist([{"uid": "u07", "warc_file": "w", "source": "list-a",
+                                                            "kind": "image-md5"}], schema=BLOCKLIST_MATCHES.schema), Lineage())
+    v2 = _make(lake, mode="rerelease")
+    assert (v2.version, v2.kind, v2.samples, v2.removed, v2.added) == (2, "rerelease", 6, 2, 0)
+
+    diff = json.loads((tmp_path / "lake/releases/test-release/v2/diff.json").read_text())
+    assert diff["applicable"] and diff["removed_by_reason"] == {"hash-list:list-a": 1, "opt-out": 1}
+    assert [c["shard"] for c in diff["shards_changed"]] == ["00001", "00002"]
+    assert "u04" not in (tmp_path / "lake/releases/test-release/v2/diff.parquet").read_bytes().decode("latin-1")
+
+    assert release.apply_diff(tmp_path / "lake/releases/test-release/v2", holder) == ["00001", "00002"]
+    assert _tars(holder) == _tars(tmp_path / "lake/releases/test-release/v2")
+    with pytest.raises(release.ReleaseError, match="checksum differs"):
+        release.apply_diff(tmp_path / "lake/releases/test-release/v2", holder)  # already applied
+
+    # The superseded version keeps its record, not its shards; table shards lists what is on disk.
+    assert sorted(p.name for p in (tmp_path / "lake/releases/test-release/v1").iterdir()) == [
+        "manifest.json", "members.parquet"]
+    assert set(lake.read(SHARDS)["export_id"].to_pylist()) == {"test-release/v2"}
+
+
+def test_a_snapshot_that_adds_samples_has_a_diff_that_cannot_be_applied(tmp_path):
+    lake = _lake(tmp_path, ["a", "b", "c"])
+    _make(lake)
+    holder = tmp_path / "holder"
+    shutil.copytree(tmp_path / "lake/releases/test-release/v1", holder)
+    lake = _lake(tmp_path, ["a", "c", "d", "e"])
+    v2 = _make(lake)
+    assert (v2.kind, v2.removed, v2.added) == ("snapshot", 1, 2)
+    with pytest.raises(release.ReleaseError, match="snapshot"):
+        release.apply_diff(tmp_path / "lake/releases/test-release/v2/diff.json", holder)
+
+
+def test_rerelease_needs_a_previous_version(tmp_path):
+    lake = _lake(tmp_path, ["a"])
+    with pytest.raises(release.ReleaseError, match="no previous version"):
+        _make(lake, mode="rerelease")
