@@ -4,7 +4,7 @@ import dagster as dg
 import pyarrow.compute as pc
 
 from infra.crawl_source import WarcFile
-from infra.tables import CANDIDATES, WARC_FILES
+from infra.tables import WARC_FILES
 from orchestration.partitions import per_warc_file_asset
 from orchestration.resources import PairlakeResource, code_version, summed
 from spark_jobs import (

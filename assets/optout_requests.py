@@ -5,11 +5,11 @@ from pathlib import Path
 import dagster as dg
 
 from infra import purge
-from orchestration import optout_requests
+from orchestration import optout_requests as request_handling
 from orchestration.resources import PairlakeResource, code_version
 from spark_jobs import optout, release
 
-CODE_VERSION = code_version(optout_requests, optout, purge, release)
+CODE_VERSION = code_version(request_handling, optout, purge, release)
 
 
 class OptOutRunConfig(dg.Config):
@@ -29,7 +29,7 @@ def optout_requests(
     if not path.exists():
         raise dg.Failure(f"request file {path} is gone (applied by an earlier run, or moved)")
     lineage = pairlake.lineage(context, (), CODE_VERSION)
-    outcome = optout_requests.apply_request_file(pairlake.settings, path, lineage)
+    outcome = request_handling.apply_request_file(pairlake.settings, path, lineage)
     # Each purged table gets an observation: the UI shows the removal on that table's timeline.
     for result in outcome.purges:
         context.log_event(dg.AssetObservation(

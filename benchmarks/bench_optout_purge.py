@@ -1,19 +1,23 @@
 """Opt-out request → purged on a synthetic lake of ``--rows`` pairs: seconds in total and per phase.
 
-Builds a lake (setup, timed per step but not part of the goal): candidates, images (a few hundred
-random bytes per row behind a JPEG marker, with their sha256/sha1/md5), clip_scores (64-d float16
-embeddings, L2-normalised), kept_pairs, image_tags, dedup and curated (one variant, research-safe,
-~98% of the rows), spread over ``--partitions`` WARC partitions and written in ``--commits``
-commits per table (one Parquet file per partition per commit), then the kNN index of the variant
-(``build_variant_index``) and release v1 (``make_release``, ``--samples-per-shard`` samples a shard).
+Builds a lake (setup, timed per step but not part of the goal): candidates, images (200-600
+random bytes per row in a JPEG frame, with their sha256/sha1/md5), clip_scores (64-d float16
+embeddings, L2-normalised), kept_pairs, image_tags and dedup, one row per pair each, spread over
+``--partitions`` WARC partitions and written in ``--commits`` commits per table (one Parquet file
+per partition per commit); curated holds the two default variants, research (98% of the pairs)
+and research-safe (``--safe-fraction`` of them). Then the kNN index of research
+(``build_variant_index``) and release v1 of ``--release-variant`` (``make_release``,
+``--samples-per-shard`` samples a shard). ``make_release`` reads the whole images table once per
+2,000 samples (``release.UIDS_PER_READ``), so a release of research at 1M takes ~20 minutes of
+setup; ``--release-variant research-safe`` releases the smaller variant instead.
 
 Planted: one image URL shared by 3 pairs (different captions), 5 more pairs with the same image
 bytes under other URLs, and a 9th pair that shares one of those other URLs with different bytes,
 so a single ``url`` request must close over same_url → same_bytes → same_url (9 uids).
 
 Timed: ``submit_request`` + ``apply_request_file`` (match, record, purge every sample table, kNN
-indexes, release shards, audit), with the outcome's per-phase seconds and the peak RSS of the
-purge. Checked after: no removed uid in any sample table, the index or the shards, and no file under
+indexes, release shards, audit) in a fresh process, as a pipeline run would, with the outcome's
+per-phase seconds and that process's peak RSS. Checked after: no removed uid in any sample table, the index or the shards, and no file under
 the lake root holds a removed URL or removed image bytes, raw or in decoded Parquet columns.
 Goal: 1,000,000 rows, request → purged in <= 300 s on a 2-core machine. Prints a table and writes
 ``benchmarks/results/optout_purge.json``; the machine is shared, so the load average is recorded.
@@ -27,11 +31,14 @@ import argparse
 import datetime as dt
 import hashlib
 import json
+import multiprocessing
 import os
 import resource
 import shutil
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -52,8 +59,10 @@ from spark_jobs import release
 from spark_jobs.warc_pairs import pair_uid
 
 RESULTS = Path(__file__).parent / "results" / "optout_purge.json"
-VARIANT = "research-safe"
-PUNSAFE_LIMIT = 0.45  # research-safe keeps punsafe <= this (CurationConfig default)
+# The curated variants and their punsafe limits (CurationConfig defaults): the index covers
+# research (IndexConfig default), the release is research-safe (ReleaseConfig default).
+VARIANTS = {"research": 0.95, "research-safe": 0.45}
+INDEXED = "research"
 MODEL_ID = "bench-synthetic/64d"
 DIM = 64
 CRAWL = "CC-MAIN-2024-10"
@@ -72,7 +81,7 @@ def _binary(sizes: np.ndarray, data: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(pa.binary(), len(sizes), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
-def _jpeg_like(rng: np.random.Generator, n: int) -> tuple[pa.Array, np.ndarray]:
+def _jpeg_like(rng: np.random.Generator, n: int) -> pa.Array:
     """``n`` distinct JPEG-framed random payloads (200-600 bytes): SOI/APP0 marker, noise, EOI."""
     sizes = rng.integers(200, 601, n).astype(np.int32)
     data = rng.integers(0, 256, int(sizes.sum()), dtype=np.uint8)
@@ -81,7 +90,7 @@ def _jpeg_like(rng: np.random.Generator, n: int) -> tuple[pa.Array, np.ndarray]:
         data[starts + k] = byte
     ends = starts + sizes
     data[ends - 2], data[ends - 1] = 0xFF, 0xD9
-    return _binary(sizes, data), sizes
+    return _binary(sizes, data)
 
 
 def _embedding_column(x: np.ndarray) -> pa.Array:
@@ -92,7 +101,7 @@ def _embedding_column(x: np.ndarray) -> pa.Array:
 class Pairs:
     """Every column the sample tables are made of, one row per pair, with the planted target."""
 
-    def __init__(self, n: int, partitions: int, seed: int) -> None:
+    def __init__(self, n: int, partitions: int, seed: int, safe_fraction: float) -> None:
         rng = np.random.default_rng(seed)
         self.n = n
         names = [f"{CRAWL}-{20240301000000 + 3 * k:014d}-{k:05d}.warc.gz" for k in range(partitions)]
@@ -101,10 +110,10 @@ class Pairs:
         hosts = rng.integers(0, max(1, n // 200), n)
         urls = [f"https://img{h}.example.com/photos/{i:08d}.jpg" for i, h in enumerate(hosts.tolist())]
         captions = [f"a photo of a {WORDS[i % 10]} seen from the {WORDS[(i // 10) % 10]}, number {i}" for i in range(n)]
-        images, _ = _jpeg_like(rng, n)
+        images = _jpeg_like(rng, n)
 
         # The target: SAME_URL pairs of one URL (distinct captions) and SAME_BYTES pairs of the same
-        # bytes under their own URLs, all in different partitions where possible; one more pair
+        # bytes under their own URLs, in random partitions; one more pair
         # shares the first same-bytes pair's URL with bytes of its own (a second closure round).
         planted = rng.choice(n, SAME_URL + SAME_BYTES + 1, replace=False)
         self.same_url, self.same_bytes, self.chained = planted[:SAME_URL], planted[SAME_URL:-1], planted[-1]
@@ -147,8 +156,13 @@ class Pairs:
         self.similarity = pa.array((x * t).sum(axis=1).astype(np.float32) * 0.4)  # CLIP-like cosine scale
         del x, t
         self.language_score = pa.array(rng.uniform(0.5, 1.0, n).astype(np.float32))
-        punsafe = rng.uniform(0, PUNSAFE_LIMIT / 0.98, n).astype(np.float32)  # ~2% above the limit
-        punsafe[planted] = 0.05
+        # safe_fraction of the rows at or below research-safe's limit, 2% above research's.
+        band = rng.choice(3, n, p=[safe_fraction, 0.98 - safe_fraction, 0.02])
+        lo, hi = np.array([0.0, 0.45, 0.95])[band], np.array([0.45, 0.95, 1.0])[band]
+        punsafe = rng.uniform(lo, hi).astype(np.float32)
+        punsafe[band > 0] = np.maximum(punsafe[band > 0], np.nextafter(np.float32(0.45), np.float32(1)))
+        punsafe[band > 1] = np.maximum(punsafe[band > 1], np.nextafter(np.float32(0.95), np.float32(1)))
+        punsafe[planted] = 0.05  # the target is in both variants, so in the index and the release
         self.punsafe = pa.array(punsafe)
         self.pwatermark = pa.array(rng.uniform(0, 1, n).astype(np.float32))
         self.aesthetic = pa.array(rng.uniform(3, 7, n).astype(np.float32))
@@ -223,8 +237,11 @@ class Pairs:
             table = kept.append_column("punsafe", s(self.punsafe)).append_column("pwatermark", s(self.pwatermark))
             table = table.append_column("aesthetic", s(self.aesthetic))
             table = table.append_column("cluster_size", const(1, pa.int64()))
-            table = table.add_column(0, "variant", const(VARIANT, pa.string()))
-            return table.filter(pc.less_equal(table["punsafe"], PUNSAFE_LIMIT))
+            parts = []
+            for variant, limit in VARIANTS.items():
+                rows_in = table.filter(pc.less_equal(table["punsafe"], limit))
+                parts.append(rows_in.add_column(0, "variant", pa.repeat(pa.scalar(variant), rows_in.num_rows)))
+            return pa.concat_tables(parts)
         else:
             raise ValueError(spec.name)
         return pa.table(cols)
@@ -288,7 +305,7 @@ def leftover_uids(lake: Lake, uids: list[str]) -> dict[str, int]:
     for spec in SAMPLE_TABLES:
         held = lake.read(spec, columns=["uid"])["uid"]
         left[spec.name] = pc.sum(pc.is_in(held, wanted)).as_py() or 0
-    ids = pq.read_table(index_dir(lake, VARIANT) / UIDS_NAME)
+    ids = pq.read_table(index_dir(lake, INDEXED) / UIDS_NAME)
     left["index uids"] = pc.sum(pc.is_in(ids["uid"], wanted)).as_py() or 0
     shards = 0
     for path in sorted((Path(lake.root) / "releases").rglob("[0-9]*.parquet")):
@@ -298,23 +315,81 @@ def leftover_uids(lake: Lake, uids: list[str]) -> dict[str, int]:
     return left
 
 
-def _vm_hwm_mb() -> float | None:
-    """Peak resident set size of this process since the last reset (Linux), in MiB."""
+def _rss_mb(field: str = "VmRSS") -> float | None:
+    """Resident set size of this process now (VmRSS) or at its peak (VmHWM), in MiB (Linux).
+    (getrusage's ru_maxrss is no use in a spawned child: it counts the parent's peak from before
+    the exec.)"""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
     return None
 
 
-def _reset_hwm() -> bool:
+class _Stopwatch:
+    """Wraps module functions for the duration of a request and records seconds per call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, float]] = []  # (function, first argument's name, seconds)
+        self._undo: list[tuple[object, str, object]] = []
+
+    def wrap(self, module: object, name: str, label) -> None:  # noqa: ANN001
+        original = getattr(module, name)
+
+        def timed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.calls.append((name, label(*args), time.perf_counter() - start))
+
+        setattr(module, name, timed)
+        self._undo.append((module, name, original))
+
+    def restore(self) -> None:
+        for module, name, original in reversed(self._undo):
+            setattr(module, name, original)
+
+
+def timed_request(root: str) -> dict:
+    """Submit the url request and apply it (in a fresh process); seconds, peak RSS and outcome.
+
+    Benchmark-only instrumentation splits the purge per table (delete vs vacuum + checkpoint +
+    log truncation) and times each shard rewrite; the library code is unchanged."""
+    from infra import purge as purge_module
+    from spark_jobs import shard_export
+
+    rss_after_imports = _rss_mb()
+    watch = _Stopwatch()
+    watch.wrap(purge_module, "delete_uids", lambda lake, spec, *a, **k: spec.name)
+    watch.wrap(purge_module, "purge_history", lambda lake, spec, *a, **k: spec.name)
+    watch.wrap(shard_export, "rewrite_shard", lambda tar, *a, **k: Path(tar).stem)
+    config = load_config(overrides={"lake": {"root": root}})
+    cpu0 = time.process_time()
+    start = time.perf_counter()
     try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
+        path = submit_request(config, {"request_id": REQUEST_ID, "requester": "bench", "reason": "benchmark",
+                                       "kind": "url", "value": TARGET_URL})
+        submitted = time.perf_counter()
+        outcome = apply_request_file(config, path, Lineage(run_id="bench"))
+        total = time.perf_counter() - start
+    finally:
+        watch.restore()
+    table_s: dict[str, dict[str, float]] = {}
+    for name, table, seconds in watch.calls:
+        if name in ("delete_uids", "purge_history"):
+            key = "delete_s" if name == "delete_uids" else "vacuum_checkpoint_s"
+            table_s.setdefault(table, {})[key] = round(seconds, 2)
+    return {
+        "request_to_purged_s": round(total, 2), "submit_s": round(submitted - start, 3),
+        "cpu_s": round(time.process_time() - cpu0, 2),
+        "peak_rss_mb": round(_rss_mb("VmHWM") or 0),
+        "rss_after_imports_mb": None if rss_after_imports is None else round(rss_after_imports),
+        "outcome": asdict(outcome), "table_s": table_s,
+        "shard_rewrite_s": {shard: round(seconds, 2) for name, shard, seconds in watch.calls if name == "rewrite_shard"},
+    }
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -328,6 +403,9 @@ def main() -> None:
     parser.add_argument("--lake-dir", type=Path, default=None, help="where to build the lake (must not exist; "
                         "default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the lake directory afterwards")
+    parser.add_argument("--safe-fraction", type=float, default=0.2, help="share of the pairs in curated research-safe")
+    parser.add_argument("--release-variant", choices=sorted(VARIANTS), default=INDEXED,
+                        help="curated variant released (research: 98%% of the pairs; research-safe: --safe-fraction)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -355,7 +433,7 @@ def main() -> None:
 def run(root: Path, args: argparse.Namespace, load_before: float) -> dict:
     setup: dict[str, float] = {}
     start = time.perf_counter()
-    pairs = Pairs(args.rows, args.partitions, args.seed)
+    pairs = Pairs(args.rows, args.partitions, args.seed, args.safe_fraction)
     setup["generate"] = time.perf_counter() - start
     print(f"  generated in {setup['generate']:.1f}s", flush=True)
 
@@ -368,14 +446,14 @@ def run(root: Path, args: argparse.Namespace, load_before: float) -> dict:
     del pairs
 
     start = time.perf_counter()
-    manifest = build_variant_index(lake, IndexConfig(variant=VARIANT), MODEL_ID, Lineage(run_id="bench-setup"))
+    manifest = build_variant_index(lake, IndexConfig(variant=INDEXED), MODEL_ID, Lineage(run_id="bench-setup"))
     setup["kNN index"] = time.perf_counter() - start
     print(f"  index {manifest['factory']} over {manifest['vectors']:,} vectors in {setup['kNN index']:.1f}s "
           f"(recall@10 {manifest['recall_at_10']})", flush=True)
 
     start = time.perf_counter()
     rel = release.make_release(
-        lake, ReleaseConfig(name="bench-release", variant=VARIANT, samples_per_shard=args.samples_per_shard),
+        lake, ReleaseConfig(name="bench-release", variant=args.release_variant, samples_per_shard=args.samples_per_shard),
         rules={"benchmark": "bench_optout_purge"}, source_versions={"curated": lake.version(CURATED)},
         lineage=Lineage(run_id="bench-setup"),
     )
@@ -391,19 +469,13 @@ def run(root: Path, args: argparse.Namespace, load_before: float) -> dict:
           f"lake {lake_bytes / 2**30:.2f} GiB", flush=True)
     setup_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    config = load_config(overrides={"lake": {"root": str(root)}})
-    hwm_reset = _reset_hwm()
+    # The request runs in a fresh process, as a pipeline run would: its peak RSS is the request's.
     load_at_request = os.getloadavg()[0]
-    cpu0 = time.process_time()
-    start = time.perf_counter()
-    path = submit_request(config, {"request_id": REQUEST_ID, "requester": "bench", "reason": "benchmark",
-                                   "kind": "url", "value": TARGET_URL})
-    submitted = time.perf_counter()
-    outcome = apply_request_file(config, path, Lineage(run_id="bench"))
-    total_s = time.perf_counter() - start
-    cpu_s = time.process_time() - cpu0
-    purge_peak_mb = _vm_hwm_mb() if hwm_reset else None
-    print(f"request → purged in {total_s:.1f}s ({outcome.status}, {outcome.matched} uids)", flush=True)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        timed = pool.submit(timed_request, str(root)).result()
+    outcome = timed["outcome"]
+    total_s = timed["request_to_purged_s"]
+    print(f"request → purged in {total_s:.1f}s ({outcome['status']}, {outcome['matched']} uids)", flush=True)
 
     start = time.perf_counter()
     rows_after = table_rows(lake)
@@ -415,34 +487,39 @@ def run(root: Path, args: argparse.Namespace, load_before: float) -> dict:
         "removed_uids_are_the_planted_ones": sorted(removed) == planted_uids,
         "no_removed_uid_left": not any(left.values()),
         "rows_gone_match_rows_deleted": all(
-            rows_before.get(p.table, 0) - rows_after.get(p.table, 0) == p.rows_deleted for p in outcome.purges),
+            rows_before.get(p["table"], 0) - rows_after.get(p["table"], 0) == p["rows_deleted"]
+            for p in outcome["purges"]),
         "scan_found_needles_before": len(before_hits) > 0,
         "no_file_holds_removed_url_or_bytes": not after_hits,
     }
     ok = all(verified.values())
 
-    purges = {p.table: {"rows_before": rows_before.get(p.table, 0), "rows_deleted": p.rows_deleted,
-                        "files_vacuumed": p.files_vacuumed, "log_entries_removed": p.log_entries_removed}
-              for p in outcome.purges}
+    purges = {p["table"]: {"rows_before": rows_before.get(p["table"], 0), "rows_deleted": p["rows_deleted"],
+                           "files_vacuumed": p["files_vacuumed"], "log_entries_removed": p["log_entries_removed"],
+                           **timed["table_s"].get(p["table"], {})}
+              for p in outcome["purges"]}
     results = {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {**machine(), "load_average_1m_at_start": load_before, "load_average_1m_at_request": load_at_request},
         "rows": args.rows, "partitions": args.partitions, "commits_per_table": args.commits,
         "samples_per_shard": args.samples_per_shard, "lake_gib": round(lake_bytes / 2**30, 3),
-        "index": {k: manifest[k] for k in ("factory", "vectors", "dim", "recall_at_10", "plan_reason")},
-        "release": {"samples": rel.samples, "shards": rel.shards},
+        "safe_fraction": args.safe_fraction,
+        "index": {k: manifest[k] for k in ("variant", "factory", "vectors", "dim", "recall_at_10", "plan_reason")},
+        "release": {"variant": args.release_variant, "samples": rel.samples, "shards": rel.shards},
         "setup_s": {k: round(v, 2) for k, v in setup.items()},
         "setup_peak_rss_mb": round(setup_peak_mb),
         "request_to_purged_s": round(total_s, 2),
-        "submit_s": round(submitted - start, 3),
-        "phases_s": outcome.seconds,
-        "purge_cpu_s": round(cpu_s, 2),
-        "purge_peak_rss_mb": None if purge_peak_mb is None else round(purge_peak_mb),
-        "uids_removed": outcome.matched,
+        "submit_s": timed["submit_s"],
+        "phases_s": outcome["seconds"],
+        "purge_cpu_s": timed["cpu_s"],
+        "purge_peak_rss_mb": timed["peak_rss_mb"],
+        "purge_rss_after_imports_mb": timed["rss_after_imports_mb"],
+        "uids_removed": outcome["matched"],
         "planted_uids": len(planted_uids),
         "tables": purges,
-        "index_vectors_removed": outcome.index_vectors_removed,
-        "shards_rewritten": outcome.shards_rewritten,
+        "index_vectors_removed": outcome["index_vectors_removed"],
+        "shards_rewritten": outcome["shards_rewritten"],
+        "shard_rewrite_s": timed["shard_rewrite_s"],
         "verification": verified,
         "verification_leftovers": left,
         "files_with_needles_before": len(before_hits),
@@ -459,20 +536,22 @@ def print_table(r: dict) -> None:
     print(f"\nopt-out purge on {r['rows']:,} pairs, {r['partitions']} partitions x {r['commits_per_table']} commits; "
           f"lake {r['lake_gib']:.2f} GiB; load average {r['machine']['load_average_1m_at_request']:.1f} at the request "
           f"on {r['machine']['cpus']} cpus")
-    print(f"  {'table':<12} {'rows':>10} {'deleted':>8} {'vacuumed':>9} {'log removed':>11}")
+    print(f"  {'table':<17} {'rows':>10} {'deleted':>8} {'vacuumed':>9} {'log removed':>11} {'delete s':>9} "
+          f"{'vacuum+ckpt s':>13}")
     for name, t in r["tables"].items():
-        print(f"  {name:<12} {t['rows_before']:>10,} {t['rows_deleted']:>8} {t['files_vacuumed']:>9} "
-              f"{t['log_entries_removed']:>11}")
-    print(f"  index {r['index']['factory']} ({r['index']['vectors']:,} vectors): removed {r['index_vectors_removed']}; "
-          f"release {r['release']['samples']:,} samples / {r['release']['shards']} shards: "
-          f"{len(r['shards_rewritten'])} rewritten")
+        print(f"  {name:<17} {t['rows_before']:>10,} {t['rows_deleted']:>8} {t['files_vacuumed']:>9} "
+              f"{t['log_entries_removed']:>11} {t.get('delete_s', 0):>9.2f} {t.get('vacuum_checkpoint_s', 0):>13.2f}")
+    print(f"  index of {r['index']['variant']}, {r['index']['factory']} ({r['index']['vectors']:,} vectors): "
+          f"removed {r['index_vectors_removed']}; release of {r['release']['variant']}, {r['release']['samples']:,} "
+          f"samples / {r['release']['shards']} shards: "
+          f"{len(r['shards_rewritten'])} rewritten ({sum(r['shard_rewrite_s'].values()):.1f}s in rewrite_shard)")
     print("  setup (not timed in the goal): " + ", ".join(f"{k} {v:.1f}s" for k, v in r["setup_s"].items())
           + f"; peak RSS {r['setup_peak_rss_mb']:,} MiB")
     print(f"  {'phase':<14} {'seconds':>8}")
     for name, s in r["phases_s"].items():
         print(f"  {name:<14} {s:>8.1f}")
-    peak = "n/a" if r["purge_peak_rss_mb"] is None else f"{r['purge_peak_rss_mb']:,} MiB"
-    print(f"  {'request→purged':<14} {r['request_to_purged_s']:>8.1f}  (CPU {r['purge_cpu_s']:.1f}s, peak RSS {peak}); "
+    print(f"  {'request→purged':<14} {r['request_to_purged_s']:>8.1f}  (CPU {r['purge_cpu_s']:.1f}s; peak RSS "
+          f"{r['purge_peak_rss_mb']:,} MiB, {r['purge_rss_after_imports_mb']} MiB of it after imports); "
           f"{r['uids_removed']} uids removed ({r['planted_uids']} planted)")
     print("verification: " + ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in r["verification"].items()))
     if r["files_with_needles_after"]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import torch
 from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from open_clip.transform import PreprocessCfg, image_transform_v2
 
+from infra.checksums import file_sha256
 from infra.config import ClipConfig, ConfigError
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def model_identity(config: ClipConfig) -> str:
         path = Path(config.checkpoint).expanduser()
         if not path.is_file():
             raise ClipModelError(f"clip.checkpoint file not found: {path}")
-        return f"{config.model}/sha256:{_file_sha256(path)[:12]}"
+        return f"{config.model}/sha256:{file_sha256(path)[:12]}"
     if config.pretrained:
         return f"{config.model}/{_pretrained_tag(config)}"
     return f"{config.model}/random-init"
@@ -151,14 +151,6 @@ def _hf_hub_offline() -> Iterator[None]:
         yield
     finally:
         huggingface_hub.constants.HF_HUB_OFFLINE = before
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _cached_pretrained_file(name: str, tag: str, model_cfg: dict) -> tuple[str, dict]:

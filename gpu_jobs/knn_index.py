@@ -325,6 +325,15 @@ def save_index(directory: Path, index: faiss.Index, manifest: dict) -> None:
         manifest_tmp.unlink(missing_ok=True)
 
 
+def update_manifest(directory: Path, **entries) -> None:
+    """Change manifest entries of a saved index whose index file stays as it is (atomically)."""
+    path = Path(directory) / MANIFEST_FILE
+    manifest = {**json.loads(path.read_text()), **entries}
+    tmp = path.with_name(f".{MANIFEST_FILE}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
 def load_index(directory: Path) -> tuple[faiss.Index, dict]:
     """Read what ``save_index`` wrote; raises ``IndexLoadError`` naming the path if it is unusable."""
     directory = Path(directory)

@@ -7,6 +7,7 @@ curated Delta version and CLIP model it was built from and the recall@10 measure
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -23,9 +24,10 @@ from PIL import Image
 from gpu_jobs import knn_index as knn
 from gpu_jobs.clip_model import ClipModelError, LoadedClip, load_clip, model_identity
 from gpu_jobs.clip_scoring import embeddings_from_column
-from infra.config import ClipConfig, IndexConfig
+from infra.config import ClipConfig, DownloadConfig, IndexConfig
 from infra.delta_store import Lake, Lineage
 from infra.tables import CLIP_SCORES, CURATED
+from spark_jobs.download.resizer import resize_image
 
 UIDS_NAME = "uids.parquet"
 RECALL_QUERIES = 1000
@@ -96,7 +98,7 @@ class Hit:
 class VariantSearch:
     """Text → image and image → image search over one curated variant's index."""
 
-    def __init__(self, lake: Lake, variant: str, clip: ClipConfig) -> None:
+    def __init__(self, lake: Lake, variant: str, clip: ClipConfig, download: DownloadConfig) -> None:
         directory = index_dir(lake, variant)
         self.index, self.manifest = knn.load_index(directory)
         if model_identity(clip) != self.manifest["model_id"]:
@@ -111,6 +113,7 @@ class VariantSearch:
         )
         self.pairs = {r["uid"]: (r["caption"], r["url"]) for r in rows.to_pylist()}
         self._clip_config = clip
+        self._download = download
         self._clip: LoadedClip | None = None
 
     @property
@@ -131,14 +134,20 @@ class VariantSearch:
         tokens = self.clip.tokenizer([text]).to(self.clip.device)
         return self.by_embedding(F.normalize(self.clip.model.encode_text(tokens).float(), dim=-1).cpu().numpy(), k)
 
-    def by_image(self, image: Image.Image, k: int = 10) -> list[Hit]:
-        return self.by_embedding(encode_image(self.clip, image), k)
+    def by_image(self, data: bytes, k: int = 10) -> list[Hit]:
+        """Images like the one in ``data`` (encoded image bytes, e.g. a file's content)."""
+        return self.by_embedding(embed_as_stored(self.clip, data, self._download), k)
 
 
 @torch.no_grad()
-def encode_image(clip: LoadedClip, image: Image.Image) -> np.ndarray:
-    """The L2-normalised float32 CLIP embedding of one image."""
-    pixels = clip.preprocess(image.convert("RGB")).unsqueeze(0).to(clip.device)
+def embed_as_stored(clip: LoadedClip, data: bytes, download: DownloadConfig) -> np.ndarray:
+    """The L2-normalised float32 CLIP embedding of an image given as bytes, resized and re-encoded
+    first exactly as the downloader stores images: stored embeddings were taken from those bytes,
+    and a raw image (other size, no border) would not compare like for like.
+    Raises ``ImageRejected`` for what the downloader would refuse."""
+    resized = resize_image(data, download)
+    with Image.open(io.BytesIO(resized.data)) as image:
+        pixels = clip.preprocess(image.convert("RGB")).unsqueeze(0).to(clip.device)
     return F.normalize(clip.model.encode_image(pixels).float(), dim=-1).cpu().numpy()[0]
 
 
@@ -166,13 +175,16 @@ def similar_stored_images(lake: Lake, vector: np.ndarray, model_id: str, min_sim
 def remove_from_indexes(lake: Lake, uids: set[str], curated_version: int | None) -> dict[str, int]:
     """Remove ``uids`` from every variant's index on disk; returns vectors removed per variant.
 
-    The manifest then names ``curated_version`` (the version without them): the index matches it.
+    Every manifest then names ``curated_version``: the removal purged the history of curated, so
+    the version an index was built from can no longer be read, and the index (without the removed
+    vectors) matches the new one.
     """
     removed: dict[str, int] = {}
     for directory in sorted(path.parent for path in (Path(lake.root) / "indexes").glob(f"*/{UIDS_NAME}")):
         ids = pq.read_table(directory / UIDS_NAME)
         gone = pc.is_in(ids["uid"], pa.array(sorted(uids), pa.string()))
         if not pc.any(gone).as_py():
+            knn.update_manifest(directory, source_version=curated_version)
             continue
         index, manifest = knn.load_index(directory)
         removed[directory.name] = knn.remove_ids(index, ids.filter(gone)["id"].to_numpy())

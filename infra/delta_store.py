@@ -81,6 +81,10 @@ class Lake:
     def is_local(self) -> bool:
         return "://" not in self.root
 
+    def path(self, relative: str) -> Path:
+        """A path stored relative to the lake root (release folders, shards), for a local lake."""
+        return Path(self.root) / relative
+
     def uri(self, spec: TableSpec | str) -> str:
         name = spec if isinstance(spec, str) else spec.name
         return f"{self.root.rstrip('/')}/{name}"

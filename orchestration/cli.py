@@ -43,7 +43,7 @@ def _cmd_demo(args: argparse.Namespace, config: PairlakeConfig) -> None:
     last = _latest_release(config)
     if last is not None:
         print(f"release {last['release']} v{last['version']} ({last['kind']}): {last['samples']} samples in "
-              f"{last['shards']} shards at {last['path']}")
+              f"{last['shards']} shards at {Path(config.lake.root) / last['path']}")
     print("opt out an image: .venv/bin/pairlake optout submit --url URL --requester WHO --reason WHY; "
           "then make ui (the sensor applies it) or .venv/bin/pairlake optout apply")
     print(f"report: {report_path(PairlakeResource()).resolve()}")
@@ -88,17 +88,18 @@ def _cmd_blocklist_import(args: argparse.Namespace, config: PairlakeConfig) -> N
 
 
 def _cmd_search(args: argparse.Namespace, config: PairlakeConfig) -> None:
-    from PIL import Image
-
     from gpu_jobs.retrieval import VariantSearch
+    from spark_jobs.download.resizer import ImageRejected
     from infra.delta_store import Lake
 
     if bool(args.text) == bool(args.image):
         raise InputError("search needs a text query or --image FILE (one of them)")
-    search = VariantSearch(Lake(config.lake.root), args.variant or config.index.variant, config.clip)
+    search = VariantSearch(Lake(config.lake.root), args.variant or config.index.variant, config.clip, config.download)
     if args.image:
-        with Image.open(args.image) as image:
-            hits = search.by_image(image, args.k)
+        try:
+            hits = search.by_image(args.image.read_bytes(), args.k)
+        except ImageRejected as exc:
+            raise InputError(f"cannot search by {args.image}: {exc}") from None
     else:
         hits = search.by_text(args.text, args.k)
     print(f"{'similarity':>10}  {'uid':<32}  caption / url")
@@ -173,6 +174,7 @@ def _cmd_optout_status(args: argparse.Namespace, config: PairlakeConfig) -> None
 
 
 def _cmd_release_run(args: argparse.Namespace, config: PairlakeConfig) -> None:
+    from infra.delta_store import Lake
     from orchestration.runner import ensure_dagster_home, execute_job
 
     ensure_dagster_home()
@@ -182,7 +184,7 @@ def _cmd_release_run(args: argparse.Namespace, config: PairlakeConfig) -> None:
         raise InputError(f"release {config.release.name} has no version (is curated empty?)")
     print(f"run {run}: {config.release.name} v{last['version']} ({last['kind']}), {last['samples']} samples in "
           f"{last['shards']} shards, {last['removed']} removed / {last['added']} added since the previous version")
-    print(f"  {last['path']}")
+    print(f"  {Lake(config.lake.root).path(last['path'])}")
 
 
 def _cmd_release_list(args: argparse.Namespace, config: PairlakeConfig) -> None:

@@ -10,7 +10,6 @@ A malformed request is moved to ``<inbox>/../rejected/`` with a ``.reason.txt`` 
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import logging
 import shutil
@@ -71,14 +70,17 @@ def _reject(config: PairlakeConfig, path: Path, reason: str) -> None:
 
 
 def _similar_images(config: PairlakeConfig, lake: Lake, request: optout.OptOutRequest) -> dict[str, float]:
-    from PIL import Image
-
+    """uid -> cosine of the stored images like the example; RequestError if the example is one the
+    downloader would refuse (too small, too elongated...)."""
     from gpu_jobs.clip_model import load_clip, model_identity
-    from gpu_jobs.retrieval import encode_image, similar_stored_images
+    from gpu_jobs.retrieval import embed_as_stored, similar_stored_images
+    from spark_jobs.download.resizer import ImageRejected
 
     threshold = request.min_similarity or config.optout.min_similarity
-    with Image.open(io.BytesIO(request.image_bytes)) as image:
-        vector = encode_image(load_clip(config.clip), image)
+    try:
+        vector = embed_as_stored(load_clip(config.clip), request.image_bytes, config.download)
+    except ImageRejected as exc:
+        raise optout.RequestError(f"the example image cannot be used: {exc}") from None
     return similar_stored_images(lake, vector, model_identity(config.clip), threshold)
 
 
@@ -90,6 +92,7 @@ def apply_request_file(config: PairlakeConfig, path: Path, lineage: Lineage) -> 
     received = dt.datetime.now(dt.timezone.utc)
     try:
         request = optout.parse_request_file(path)
+        similar = _similar_images(config, lake, request) if request.kind == "image" else None
     except optout.RequestError as exc:
         outcome = optout.RemovalOutcome(path.stem, "rejected", rejection=str(exc))
         _reject(config, path, str(exc))
@@ -105,7 +108,6 @@ def apply_request_file(config: PairlakeConfig, path: Path, lineage: Lineage) -> 
         outcome.seconds[name] = round(now - clock, 3)
         clock = now
 
-    similar = _similar_images(config, lake, request) if request.kind == "image" else None
     found = optout.find_matches(lake, request, similar)
     for uid, how in optout.recorded_uids(lake, request.request_id).items():
         found.uids.setdefault(uid, how)

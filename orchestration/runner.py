@@ -110,7 +110,7 @@ def tick_sensor(sensor_name: str, instance: dg.DagsterInstance | None = None) ->
     from orchestration.resources import PairlakeResource
 
     instance = instance or dg.DagsterInstance.get()
-    sensor = defs.get_sensor_def(sensor_name)
+    sensor = defs.resolve_sensor_def(sensor_name)
     with dg.build_sensor_context(instance=instance, resources={"pairlake": PairlakeResource()}) as context:
         result = sensor.evaluate_tick(context)
     runs = []

@@ -293,7 +293,7 @@ def record_removals(lake: Lake, request: OptOutRequest, found: Matches, lineage:
         schema=REMOVALS.schema,
     )
     known = lake.read(REMOVALS, columns=["uid"], filter=pc.field("uid").isin(pa.array(uids, pa.string())))
-    fresh = rows.filter(pc.invert(pc.is_in(rows["uid"], known["uid"])))
+    fresh = rows.filter(pc.invert(pc.is_in(rows["uid"], known["uid"].combine_chunks())))
     if fresh.num_rows:  # a retried request appends only what it had not recorded
         lake.append(REMOVALS, fresh, lineage)
 

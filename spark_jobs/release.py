@@ -14,6 +14,7 @@ Only the newest version keeps shard files; older versions keep their manifest, m
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -27,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from infra.checksums import file_sha256
 from infra.config import InputError, ReleaseConfig
 from infra.delta_store import Lake, Lineage
 from infra.tables import BLOCKLIST_MATCHES, CURATED, IMAGES, RELEASES, REMOVALS, SHARDS
@@ -71,7 +73,7 @@ def export_id(release: str, version: int) -> str:
 
 
 def latest(lake: Lake, release: str) -> dict | None:
-    """The newest RELEASES row of ``release``, or None."""
+    """The newest RELEASES row of ``release`` (its ``path`` relative to the lake root), or None."""
     rows = lake.read(RELEASES, partitions=[release]).to_pylist()
     return max(rows, key=lambda r: r["version"]) if rows else None
 
@@ -188,19 +190,25 @@ def _write_version(lake: Lake, config: ReleaseConfig, version: int, kind: str, s
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     ident = export_id(config.name, version)
-    lake.replace_partitions(SHARDS, shard_export.manifest_table(shards, ident, source_versions.get("curated", -1), now),
+    # Paths relative to the lake root: a lake copied or moved elsewhere still finds its shards.
+    relative = [dataclasses.replace(s, path=_relative(lake, s.path)) for s in shards]
+    lake.replace_partitions(SHARDS, shard_export.manifest_table(relative, ident, source_versions.get("curated", -1), now),
                             [ident], lineage)
     row = {
         "release": config.name, "version": version, "kind": kind,
         "previous_version": manifest["previous_version"], "variant": config.variant,
         "samples": members.num_rows, "shards": len(shards), "removed": removed, "added": added,
         "source_versions": json.dumps(source_versions, sort_keys=True), "rules": json.dumps(rules, sort_keys=True),
-        "path": str(out), "created_at": now, "run_id": lineage.run_id,
+        "path": _relative(lake, out), "created_at": now, "run_id": lineage.run_id,
     }
     lake.append(RELEASES, pa.Table.from_pylist([row], schema=RELEASES.schema), lineage)
     if previous is not None:
         _retire(lake, config.name, previous, lineage)
     return ReleaseVersion(config.name, version, kind, str(out), members.num_rows, len(shards), removed, added)
+
+
+def _relative(lake: Lake, path: str | Path) -> str:
+    return Path(path).relative_to(lake.root).as_posix()
 
 
 def _retire(lake: Lake, release: str, directory: Path, lineage: Lineage) -> None:
@@ -301,7 +309,7 @@ def withdraw(lake: Lake, uids: set[str], lineage: Lineage) -> list[str]:
         rows = shards.filter(pc.equal(shards["export_id"], ident)).to_pylist()
         changed = False
         for row in rows:
-            tar = Path(row["path"])
+            tar = Path(lake.root) / row["path"]  # relative to the lake root (absolute in older lakes)
             parquet = tar.with_suffix(".parquet")
             if not parquet.exists():
                 continue
@@ -315,14 +323,6 @@ def withdraw(lake: Lake, uids: set[str], lineage: Lineage) -> list[str]:
         if changed:
             lake.replace_partitions(SHARDS, pa.Table.from_pylist(rows, schema=SHARDS.schema), [ident], lineage)
     return rewritten
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def apply_diff(diff_path: str | Path, shards_dir: str | Path, out_dir: str | Path | None = None) -> list[str]:
@@ -351,7 +351,7 @@ def apply_diff(diff_path: str | Path, shards_dir: str | Path, out_dir: str | Pat
         tar = source / f"{change['shard']}.tar"
         if not tar.exists():
             raise ReleaseError(f"{tar} is missing: the diff changes shard {change['shard']}")
-        if _sha256_file(tar) != change["from_sha256"]:
+        if file_sha256(tar) != change["from_sha256"]:
             raise ReleaseError(f"{tar} is not shard {change['shard']} of v{diff['from_version']} (checksum differs)")
     for change in diff["shards_changed"]:
         info = shard_export.rewrite_shard(source / f"{change['shard']}.tar", keys.get(change["shard"], set()), out)

@@ -3,13 +3,11 @@ and search, against the planted ground truth in expected.json."""
 
 from __future__ import annotations
 
-import io
 import statistics
 
 import dagster as dg
 import pyarrow.compute as pc
 import pytest
-from PIL import Image
 
 from gpu_jobs.retrieval import VariantSearch, index_dir
 from infra.config import load_config
@@ -170,7 +168,7 @@ def _commonest_class(pipeline) -> tuple[str, str, int]:
 
 def test_index_manifest_and_search(pipeline):
     config = load_config(pipeline.config_path)
-    search = VariantSearch(pipeline.lake, "research", config.clip)
+    search = VariantSearch(pipeline.lake, "research", config.clip, config.download)
     manifest = search.manifest
     research_now = pipeline.lake.read(CURATED, filter=pc.field("variant") == "research")
     assert manifest["recall_at_10"] >= 0.95 and manifest["vectors"] == research_now.num_rows
@@ -187,8 +185,7 @@ def test_index_manifest_and_search(pipeline):
     dropped = [u for u in _kinds(pipeline, "near_duplicate") if dedup.get(uids[u], {}).get("reason") == "near_duplicate"]
     assert dropped
     image = pipeline.first["images"].filter(pc.equal(pipeline.first["images"]["url"], dropped[0]))["image"][0].as_py()
-    with Image.open(io.BytesIO(image)) as img:
-        top = search.by_image(img, k=3)[0]
+    top = search.by_image(image, k=3)[0]
     assert top.uid == dedup[uids[dropped[0]]]["cluster"] and top.similarity > 0.94
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from PIL import Image
@@ -60,15 +61,15 @@ def removal(pipeline, tmp_path_factory):
     lake = Lake(str(root / "lake"))
     images = lake.read(IMAGES)
     last = release.latest(lake, config.release.name)
-    members = release.current_members(Path(last["path"]))["uid"].to_pylist()
+    members = release.current_members(lake.path(last["path"]))["uid"].to_pylist()
     truth = pipeline.truth["images"]
     plain = [u for u in sorted(members) if truth[_row(images, u)["url"]]["kind"] in ("match", "relative")]
     by_url, by_md5 = plain[0], plain[1]
     group = sorted(u for u, e in truth.items() if e.get("group") == "near_duplicate-0" and e["download"] == "ok")
-    group_uids = sorted(images.filter(pc.is_in(images["url"], pc.array(group)))["uid"].to_pylist())
-    example = root / "example.png"  # the first member re-encoded: other bytes, same picture
+    group_uids = sorted(images.filter(pc.is_in(images["url"], pa.array(group)))["uid"].to_pylist())
+    example = root / "example.jpg"  # the first member re-encoded: other bytes, same picture
     original = pipeline.server.resources["/" + group[0].split("/", 3)[3]].body
-    Image.open(io.BytesIO(original)).convert("RGB").save(example)
+    Image.open(io.BytesIO(original)).convert("RGB").save(example, quality=90)
 
     removed = {by_url, by_md5, *group_uids}
     before = {}
@@ -77,7 +78,7 @@ def removal(pipeline, tmp_path_factory):
         before[uid] = {"url": row["url"].encode(), "image": row["image"],
                        "original": pipeline.server.resources["/" + row["url"].split("/", 3)[3]].body}
     holder = root / "holder"
-    shutil.copytree(last["path"], holder)
+    shutil.copytree(lake.path(last["path"]), holder)
 
     submit_request(config, {"request_id": "by-url", "kind": "url", "value": _row(images, by_url)["url"],
                             "requester": "ticket-1", "reason": "my photo"})
@@ -131,7 +132,9 @@ def test_every_named_sample_and_every_copy_is_removed_from_every_table(removal):
         assert rows[request_id]["target"] is None  # exact URLs and hashes are kept as digests only
     removed = set(removal.lake.read(REMOVALS)["uid"].to_pylist())
     assert set(removal.before) <= removed
-    assert set(removal.targets["by-image"]) and len(removal.targets["by-image"]) >= 2  # the near-duplicate group
+    assert len(removal.targets["by-image"]) >= 2  # the near-duplicate group, found by similarity
+    matched_by = dict(zip(removal.lake.read(REMOVALS)["uid"].to_pylist(), removal.lake.read(REMOVALS)["matched_by"].to_pylist()))
+    assert {matched_by[u] for u in removal.targets["by-image"]} == {"image_similarity"}
     for spec in SAMPLE_TABLES:
         left = set(removal.lake.read(spec, columns=["uid"])["uid"].to_pylist())
         assert not left & removed, spec.name
@@ -155,7 +158,7 @@ def test_the_index_and_search_still_work_without_the_removed_images(removal):
     from gpu_jobs.retrieval import VariantSearch
 
     config = load_config(removal.config_path)
-    search = VariantSearch(removal.lake, config.index.variant, config.clip)
+    search = VariantSearch(removal.lake, config.index.variant, config.clip, config.download)
     assert not set(search.uids.values()) & set(removal.before)
     assert search.by_text("a red circle", 5)
 
@@ -178,7 +181,7 @@ def test_rerelease_publishes_a_diff_that_cleans_an_old_copy(removal):
     assert len(removal.instance.get_runs()) == len(runs) + 1
     last = release.latest(removal.lake, config.release.name)
     assert (last["version"], last["kind"]) == (removal.release_before["version"] + 1, "rerelease")
-    new_dir = Path(last["path"])
+    new_dir = removal.lake.path(last["path"])
     diff = json.loads((new_dir / "diff.json").read_text())
     in_release = set(release.current_members(removal.holder)["uid"].to_pylist()) & set(removal.before)
     assert diff["applicable"] and diff["removed"] == len(in_release) > 0
@@ -188,6 +191,22 @@ def test_rerelease_publishes_a_diff_that_cleans_an_old_copy(removal):
     release.apply_diff(new_dir / "diff.json", removal.holder)
     for tar in sorted(new_dir.glob("*.tar")):
         assert (removal.holder / tar.name).read_bytes() == tar.read_bytes()
+
+
+def test_cli_status_release_list_and_lineage_of_a_removed_uid(removal, capsys):
+    from orchestration.cli import main
+
+    config = ["--config", str(removal.config_path)]
+    assert main([*config, "optout", "status"]) == 0
+    out = capsys.readouterr().out
+    assert "by-url" in out and "applied" in out and "rejected" in out
+    assert main([*config, "release", "list"]) == 0
+    assert "demo-en-research" in capsys.readouterr().out
+    assert main([*config, "lineage", removal.targets["by-url"]]) == 0
+    out = capsys.readouterr().out
+    assert "by-url" in out and "ticket-1" in out and "://" not in out
+    assert main([*config, "optout", "submit", "--url", "ftp://x.example/a.jpg", "--requester", "a", "--reason", "b"]) == 2
+    assert "http(s) URL" in capsys.readouterr().err
 
 
 def test_a_later_crawl_never_fetches_or_ingests_the_removed_images(removal, pipeline):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import tarfile
-from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
@@ -118,7 +117,7 @@ def test_shards_hold_the_curated_variant_of_a_pinned_version(pipeline):
     assert len(source_versions) == 1
     pinned = pipeline.lake.read(CURATED, version=source_versions.pop(), filter=pc.field("variant") == "research-safe")
     assert sorted(pinned.column("uid").to_pylist()) == sorted(safe.column("uid").to_pylist())
-    first_tar = Path(manifest.sort_by("shard").column("path")[0].as_py())
+    first_tar = pipeline.lake.path(manifest.sort_by("shard").column("path")[0].as_py())
     with tarfile.open(first_tar) as tar:
         names = tar.getnames()
         meta = json.loads(tar.extractfile(next(n for n in names if n.endswith(".json"))).read())
