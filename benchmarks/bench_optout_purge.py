@@ -17,8 +17,9 @@ so a single ``url`` request must close over same_url → same_bytes → same_url
 
 Timed: ``submit_request`` + ``apply_request_file`` (match, record, purge every sample table, kNN
 indexes, release shards, audit) in a fresh process, as a pipeline run would, with the outcome's
-per-phase seconds and that process's peak RSS. Checked after: no removed uid in any sample table, the index or the shards, and no file under
-the lake root holds a removed URL or removed image bytes, raw or in decoded Parquet columns.
+per-phase seconds and that process's peak RSS. Checked after: no removed uid in any sample table,
+the index or the shards, and no file under the lake root holds a removed URL or removed image
+bytes, raw or in decoded Parquet columns.
 Goal: 1,000,000 rows, request → purged in <= 300 s on a 2-core machine. Prints a table and writes
 ``benchmarks/results/optout_purge.json``; the machine is shared, so the load average is recorded.
 
@@ -192,16 +193,18 @@ class Pairs:
         """Rows ``rows`` of table ``spec``."""
         n = rows.stop - rows.start
         s = lambda a: a.slice(rows.start, n)  # noqa: E731
-        const = lambda v, t: pa.array([v] * n, t) if n else pa.array([], t)  # noqa: E731
+        const = lambda v, t: pa.repeat(pa.scalar(v, t), n)  # noqa: E731
         if spec is CANDIDATES:
-            cols = {"uid": s(self.uid), "url": s(self.url), "caption": s(self.caption), "language": const("en", pa.string()),
-                    "language_score": s(self.language_score), "page_url": s(self.page_url),
+            cols = {"uid": s(self.uid), "url": s(self.url), "caption": s(self.caption),
+                    "language": const("en", pa.string()), "language_score": s(self.language_score),
+                    "page_url": s(self.page_url),
                     "crawl_id": const(CRAWL, pa.string()), "warc_file": s(self.warc_file),
                     "record_offset": pa.array(np.arange(rows.start, rows.stop, dtype=np.int64) * 4096),
                     "fetch_date": const(FETCHED, pa.timestamp("us", tz="UTC"))}
         elif spec is IMAGES:
-            cols = {"uid": s(self.uid), "url": s(self.url), "warc_file": s(self.warc_file), "status": const("ok", pa.string()),
-                    "error": const(None, pa.string()), "error_detail": const(None, pa.string()),
+            cols = {"uid": s(self.uid), "url": s(self.url), "warc_file": s(self.warc_file),
+                    "status": const("ok", pa.string()), "error": const(None, pa.string()),
+                    "error_detail": const(None, pa.string()),
                     "retryable": const(False, pa.bool_()), "http_status": const(200, pa.int32()),
                     "attempts": const(1, pa.int32()), "final_url": s(self.url),
                     "fetched_at": const(FETCHED, pa.timestamp("us", tz="UTC")), "image": s(self.image),
@@ -268,11 +271,10 @@ def _buffers(array: pa.Array) -> list[pa.Buffer]:
     return out
 
 
-def files_holding(root: Path, needles: list[bytes]) -> dict[str, list[str]]:
-    """file -> which needles it holds, raw or inside any decoded Parquet column (every buffer of
-    every column, nested ones included, so compression and encoding cannot hide a value).
-    A needle found this way is reported by its index in ``needles``."""
-    found: dict[str, list[str]] = {}
+def files_holding(root: Path, needles: list[bytes]) -> dict[str, list[int]]:
+    """file -> indexes of the ``needles`` it holds, raw or inside any decoded Parquet column (every
+    buffer of every column, nested ones included, so compression and encoding cannot hide a value)."""
+    found: dict[str, list[int]] = {}
     for path in sorted(root.rglob("*")):
         if not path.is_file():
             continue
@@ -288,7 +290,7 @@ def files_holding(root: Path, needles: list[bytes]) -> dict[str, list[str]]:
                         hits |= {k for k, needle in enumerate(needles) if k not in hits and needle in raw}
             del table
         if hits:
-            found[str(path.relative_to(root))] = [f"needle {k}" for k in sorted(hits)]
+            found[str(path.relative_to(root))] = sorted(hits)
     return found
 
 
@@ -388,7 +390,8 @@ def timed_request(root: str) -> dict:
         "peak_rss_mb": round(_rss_mb("VmHWM") or 0),
         "rss_after_imports_mb": None if rss_after_imports is None else round(rss_after_imports),
         "outcome": asdict(outcome), "table_s": table_s,
-        "shard_rewrite_s": {shard: round(seconds, 2) for name, shard, seconds in watch.calls if name == "rewrite_shard"},
+        "shard_rewrite_s": {shard: round(seconds, 2) for name, shard, seconds in watch.calls
+                            if name == "rewrite_shard"},
     }
 
 
@@ -441,8 +444,8 @@ def run(root: Path, args: argparse.Namespace, load_before: float) -> dict:
     build_lake(lake, pairs, args.commits, setup)
     planted_uids = sorted(pairs.uid.take(pa.array(pairs.planted)).to_pylist())
     needles = [u.encode() for u in pairs.removed_urls] + pairs.removed_images
-    needle_names = [f"url {u}" for u in pairs.removed_urls] + [f"image bytes sha256 {hashlib.sha256(b).hexdigest()[:12]}"
-                                                               for b in pairs.removed_images]
+    needle_names = [f"url {u}" for u in pairs.removed_urls]
+    needle_names += [f"image bytes sha256 {hashlib.sha256(b).hexdigest()[:12]}" for b in pairs.removed_images]
     del pairs
 
     start = time.perf_counter()
@@ -453,7 +456,8 @@ def run(root: Path, args: argparse.Namespace, load_before: float) -> dict:
 
     start = time.perf_counter()
     rel = release.make_release(
-        lake, ReleaseConfig(name="bench-release", variant=args.release_variant, samples_per_shard=args.samples_per_shard),
+        lake,
+        ReleaseConfig(name="bench-release", variant=args.release_variant, samples_per_shard=args.samples_per_shard),
         rules={"benchmark": "bench_optout_purge"}, source_versions={"curated": lake.version(CURATED)},
         lineage=Lineage(run_id="bench-setup"),
     )
@@ -481,7 +485,7 @@ def run(root: Path, args: argparse.Namespace, load_before: float) -> dict:
     rows_after = table_rows(lake)
     removed = lake.read(REMOVALS, columns=["uid"], filter=pc.field("request_id") == REQUEST_ID)["uid"].to_pylist()
     left = leftover_uids(lake, planted_uids)
-    after_hits = files_holding(root, needles)
+    after_hits = {f: [needle_names[k] for k in ks] for f, ks in files_holding(root, needles).items()}
     verify_s = time.perf_counter() - start
     verified = {
         "removed_uids_are_the_planted_ones": sorted(removed) == planted_uids,
@@ -500,7 +504,8 @@ def run(root: Path, args: argparse.Namespace, load_before: float) -> dict:
               for p in outcome["purges"]}
     results = {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {**machine(), "load_average_1m_at_start": load_before, "load_average_1m_at_request": load_at_request},
+        "machine": {**machine(), "load_average_1m_at_start": load_before,
+                    "load_average_1m_at_request": load_at_request},
         "rows": args.rows, "partitions": args.partitions, "commits_per_table": args.commits,
         "samples_per_shard": args.samples_per_shard, "lake_gib": round(lake_bytes / 2**30, 3),
         "safe_fraction": args.safe_fraction,

@@ -15,13 +15,14 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from infra.delta_store import Lake, Lineage, partition_predicate
+from infra.delta_store import Lake, Lineage
 from infra.tables import TableSpec
 
 _LOG_ENTRY = re.compile(r"^(\d{20})\.(json|crc|checkpoint\.parquet|checkpoint\.\d+\.\d+\.parquet)$")
-_IN_LIST_CHUNK = 50_000  # uids per IN list term; one delete commit either way
 
 
 @dataclass(frozen=True)
@@ -37,21 +38,28 @@ def delete_uids(lake: Lake, spec: TableSpec, uids: Sequence[str], lineage: Linea
                 partitions: Sequence[str] = ()) -> int:
     """Delete every row of ``spec`` whose uid is in ``uids``, in one commit; returns rows deleted.
 
-    ``partitions`` (values of the table's first partition column) narrows the files read and
-    rewritten to those partitions; it must cover every partition holding one of the uids.
+    The partitions holding them are rewritten through the ordinary writer (an unpartitioned table
+    whole): delta-rs's own DELETE writes string_view Parquet that pyarrow then cannot filter on.
+    ``partitions`` (values of the first partition column) narrows the search for them.
     """
-    table = lake.table(spec)
-    if table is None or not uids:
+    if lake.table(spec) is None or not uids:
         return 0
-    unique = sorted(set(uids))
-    terms = [
-        partition_predicate("uid", unique[i:i + _IN_LIST_CHUNK]) for i in range(0, len(unique), _IN_LIST_CHUNK)
-    ]
-    predicate = terms[0] if len(terms) == 1 else "(" + " OR ".join(terms) + ")"
-    if partitions and spec.partition_by:
-        predicate = f"{partition_predicate(spec.partition_by[0], partitions)} AND {predicate}"
-    metrics = table.delete(predicate, commit_properties=lake._commit_properties(lineage))
-    return int(metrics.get("num_deleted_rows", 0))
+    wanted = pa.array(sorted(set(uids)), pa.string())
+    if not spec.partition_by:
+        data = lake.read(spec)
+        kept = data.filter(pc.invert(pc.is_in(data["uid"], wanted)))
+        if kept.num_rows != data.num_rows:
+            lake.overwrite(spec, kept, lineage)
+        return data.num_rows - kept.num_rows
+    column = spec.partition_by[0]
+    holding = lake.read(spec, columns=[column], filter=pc.field("uid").isin(wanted), partitions=partitions or None)
+    touched = sorted(set(holding[column].to_pylist()))
+    if not touched:
+        return 0
+    data = lake.read(spec, partitions=touched)
+    kept = data.filter(pc.invert(pc.is_in(data["uid"], wanted)))
+    lake.replace_partitions(spec, kept, touched, lineage)
+    return data.num_rows - kept.num_rows
 
 
 def purge_history(lake: Lake, spec: TableSpec) -> tuple[int, int]:
