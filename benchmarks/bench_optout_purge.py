@@ -8,7 +8,7 @@ per partition per commit); curated holds the two default variants, research (98%
 and research-safe (``--safe-fraction`` of them). Then the kNN index of research
 (``build_variant_index``) and release v1 of ``--release-variant`` (``make_release``,
 ``--samples-per-shard`` samples a shard). ``make_release`` reads the whole images table once per
-2,000 samples (``release.UIDS_PER_READ``), so a release of research at 1M takes ~20 minutes of
+2,000 samples (``release.UIDS_PER_READ``), so a release of research at 1M takes 15-20 minutes of
 setup; ``--release-variant research-safe`` releases the smaller variant instead.
 
 Planted: one image URL shared by 3 pairs (different captions), 5 more pairs with the same image
@@ -301,8 +301,8 @@ def table_rows(lake: Lake) -> dict[str, int]:
 def leftover_uids(lake: Lake, uids: list[str]) -> dict[str, int]:
     """Rows still holding one of ``uids``: per sample table, the kNN index and the release shards."""
     wanted = pa.array(sorted(uids), pa.string())
-    # Filtered in memory, not pushed down: files rewritten by a delta-rs delete store string_view
-    # columns, on which a pyarrow dataset filter fails (ArrowNotImplementedError; see the report).
+    # Filtered in memory rather than pushed down: the check does not lean on the read path it checks
+    # (and lakes purged through delta-rs's DELETE hold string_view files pyarrow cannot filter on).
     left = {}
     for spec in SAMPLE_TABLES:
         held = lake.read(spec, columns=["uid"])["uid"]

@@ -190,6 +190,15 @@ class Lake:
             raise LakeError(f"rows for {spec.name} fall outside the partitions being replaced: {sorted(stray)[:3]}")
         return self._write(spec, data, "overwrite", lineage, predicate=predicate)
 
+    def rewrite(self, spec: TableSpec, rows: pa.RecordBatchReader, lineage: Lineage, partitions: Iterable[str] = ()) -> int:
+        """Replace ``partitions`` (none named: the whole table) with the streamed ``rows`` (already
+        of the table's schema) in one commit, without holding them all in memory."""
+        values = sorted(set(partitions))
+        if values and not spec.partition_by:
+            raise LakeError(f"table {spec.name} is not partitioned")
+        predicate = partition_predicate(spec.partition_by[0], values) if values else None
+        return self._write(spec, rows, "overwrite", lineage, predicate=predicate)
+
     def overwrite(self, spec: TableSpec, data: pa.Table, lineage: Lineage) -> int:
         """Replace the whole table in one commit."""
         return self._write(spec, self._conform(spec, data), "overwrite", lineage)
@@ -197,7 +206,8 @@ class Lake:
     def append(self, spec: TableSpec, data: pa.Table, lineage: Lineage) -> int:
         return self._write(spec, self._conform(spec, data), "append", lineage)
 
-    def _write(self, spec: TableSpec, data: pa.Table, mode: str, lineage: Lineage, predicate: str | None = None) -> int:
+    def _write(self, spec: TableSpec, data: pa.Table | pa.RecordBatchReader, mode: str, lineage: Lineage,
+               predicate: str | None = None) -> int:
         if self.is_local:
             self.ensure_writable()
         exists = self.table(spec) is not None

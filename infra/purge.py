@@ -38,28 +38,35 @@ def delete_uids(lake: Lake, spec: TableSpec, uids: Sequence[str], lineage: Linea
                 partitions: Sequence[str] = ()) -> int:
     """Delete every row of ``spec`` whose uid is in ``uids``, in one commit; returns rows deleted.
 
-    The partitions holding them are rewritten through the ordinary writer (an unpartitioned table
-    whole): delta-rs's own DELETE writes string_view Parquet that pyarrow then cannot filter on.
-    ``partitions`` (values of the first partition column) narrows the search for them.
+    The partitions holding them (an unpartitioned table: all of it) are rewritten through the
+    ordinary writer, streamed batch by batch so memory stays flat however many partitions a
+    request touches. (delta-rs's own DELETE writes string_view Parquet that pyarrow then cannot
+    filter on, and overflows the stack on large IN lists.) ``partitions`` (values of the first
+    partition column) narrows the search for them.
     """
     if lake.table(spec) is None or not uids:
         return 0
     wanted = pa.array(sorted(set(uids)), pa.string())
-    if not spec.partition_by:
-        data = lake.read(spec)
-        kept = data.filter(pc.invert(pc.is_in(data["uid"], wanted)))
-        if kept.num_rows != data.num_rows:
-            lake.overwrite(spec, kept, lineage)
-        return data.num_rows - kept.num_rows
-    column = spec.partition_by[0]
-    holding = lake.read(spec, columns=[column], filter=pc.field("uid").isin(wanted), partitions=partitions or None)
-    touched = sorted(set(holding[column].to_pylist()))
-    if not touched:
-        return 0
-    data = lake.read(spec, partitions=touched)
-    kept = data.filter(pc.invert(pc.is_in(data["uid"], wanted)))
-    lake.replace_partitions(spec, kept, touched, lineage)
-    return data.num_rows - kept.num_rows
+    matching = pc.field("uid").isin(wanted)
+    touched: list[str] = []
+    if spec.partition_by:
+        column = spec.partition_by[0]
+        holding = lake.read(spec, columns=[column], filter=matching, partitions=partitions or None)
+        touched = sorted(set(holding[column].to_pylist()))
+        if not touched:
+            return 0
+        scope = pc.field(column).isin(touched)
+        deleted = lake.read(spec, columns=["uid"], filter=scope & matching).num_rows
+    else:
+        scope = None
+        deleted = lake.read(spec, columns=["uid"], filter=matching).num_rows
+        if not deleted:
+            return 0
+    kept = ~matching if scope is None else scope & ~matching
+    dataset = lake.table(spec).to_pyarrow_dataset()
+    batches = (b.select(spec.schema.names).cast(spec.schema) for b in dataset.to_batches(filter=kept))
+    lake.rewrite(spec, pa.RecordBatchReader.from_batches(spec.schema, batches), lineage, touched)
+    return deleted
 
 
 def purge_history(lake: Lake, spec: TableSpec) -> tuple[int, int]:
