@@ -50,7 +50,12 @@ def submit_request(config: PairlakeConfig, data: dict, image: Path | None = None
     if image is not None:
         data["image"] = f"{request_id}{image.suffix.lower() or '.img'}"
         shutil.copyfile(image, staging / data["image"])
-    optout.validate(data, request_id, staging)
+    try:
+        optout.validate(data, request_id, staging)
+    except optout.RequestError:
+        if image is not None:
+            (staging / data["image"]).unlink(missing_ok=True)
+        raise
     if (inbox / f"{request_id}.json").exists():
         raise optout.RequestError(f"request {request_id} is already in the inbox")
     if image is not None:
@@ -63,8 +68,15 @@ def submit_request(config: PairlakeConfig, data: dict, image: Path | None = None
 
 
 def _reject(config: PairlakeConfig, path: Path, reason: str) -> None:
+    """Move the request (and its example image, if it names one in the inbox) aside."""
     aside = rejected_dir(config)
     aside.mkdir(parents=True, exist_ok=True)
+    try:
+        image = json.loads(path.read_text(encoding="utf-8")).get("image")
+    except (ValueError, AttributeError):
+        image = None
+    if isinstance(image, str) and Path(image).name == image and (path.parent / image).is_file():
+        (path.parent / image).replace(aside / image)
     path.replace(aside / path.name)
     (aside / f"{path.name}.reason.txt").write_text(reason + "\n")
 

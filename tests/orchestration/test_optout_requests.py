@@ -224,3 +224,22 @@ def test_a_later_crawl_never_fetches_or_ingests_the_removed_images(removal, pipe
     for uid, needles in removal.before.items():
         assert files_holding(removal.root / "lake", needles["url"]) == [], uid
         assert files_holding(removal.root / "lake", needles["image"]) == [], uid
+
+
+def test_a_rejected_image_request_moves_its_image_aside_and_submit_leaves_nothing(tmp_path):
+    from infra.delta_store import Lineage
+    from orchestration.optout_requests import apply_request_file
+    from spark_jobs.optout import RequestError
+
+    config = load_config(overrides={"lake": {"root": str(tmp_path / "lake")}})
+    inbox = inbox_dir(config)
+    inbox.mkdir(parents=True)
+    (inbox / "bad.png").write_bytes(b"not an image")
+    (inbox / "bad.json").write_text(json.dumps({"kind": "image", "image": "bad.png", "requester": "a", "reason": "b"}))
+    outcome = apply_request_file(config, inbox / "bad.json", Lineage(run_id="t"))
+    assert outcome.status == "rejected" and "cannot be decoded" in outcome.rejection
+    assert sorted(p.name for p in rejected_dir(config).iterdir()) == ["bad.json", "bad.json.reason.txt", "bad.png"]
+    assert list(inbox.iterdir()) == []
+    with pytest.raises(RequestError, match="cannot be decoded"):
+        submit_request(config, {"kind": "image", "requester": "a", "reason": "b"}, image=rejected_dir(config) / "bad.png")
+    assert [p for p in inbox.rglob("*") if p.is_file()] == []
