@@ -69,13 +69,15 @@ def delete_uids(lake: Lake, spec: TableSpec, uids: Sequence[str], lineage: Linea
     return deleted
 
 
-def purge_history(lake: Lake, spec: TableSpec) -> tuple[int, int]:
+def purge_history(lake: Lake, spec: TableSpec, lineage: Lineage) -> tuple[int, int]:
     """Vacuum unreferenced files and drop the log before a fresh checkpoint; returns (files
-    vacuumed, log entries removed)."""
+    vacuumed, log entries removed). The vacuum's commit, the first the table keeps, carries
+    ``lineage``: the table's history then starts at the removal run."""
     table = lake.table(spec)
     if table is None:
         return 0, 0
-    vacuumed = table.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
+    vacuumed = table.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False,
+                            commit_properties=lake._commit_properties(lineage))
     table = lake.table(spec)
     table.create_checkpoint()
     current = table.version()
@@ -94,5 +96,5 @@ def purge_uids(lake: Lake, spec: TableSpec, uids: Sequence[str], lineage: Lineag
     """Delete ``uids`` from ``spec`` and purge its history. The history is purged even when the
     current version holds none of them: an earlier version may (a pair dropped by a later filter)."""
     deleted = delete_uids(lake, spec, uids, lineage, partitions)
-    vacuumed, log_removed = purge_history(lake, spec)
+    vacuumed, log_removed = purge_history(lake, spec, lineage)
     return PurgeResult(spec.name, deleted, lake.version(spec), vacuumed, log_removed)
