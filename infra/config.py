@@ -29,6 +29,9 @@ class ConfigError(InputError):
 @dataclass(frozen=True)
 class LakeConfig:
     root: str = "lake"  # a local path or a URI (s3://bucket/prefix later)
+    # Ordinary history: `pairlake vacuum` deletes files unreferenced for longer than this (time
+    # travel reaches back this far). Removals purge regardless (see infra/purge.py).
+    history_retention_hours: int = 168
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ them: it vacuums every file the current version does not reference, writes a che
 current version and deletes every log entry before it. The table then starts at that checkpoint:
 time travel to any earlier version is gone, which is what a removal must mean.
 
-Ordinary history is left to the tables' own retention; only removals call ``purge_history``.
+Ordinary history is kept for ``lake.history_retention_hours`` (``vacuum_history``, run by
+``pairlake vacuum``); only removals call ``purge_history``, which keeps nothing.
 """
 
 from __future__ import annotations
@@ -89,6 +90,16 @@ def purge_history(lake: Lake, spec: TableSpec, lineage: Lineage) -> tuple[int, i
             fs.delete_file(info.path)
             removed += 1
     return len(vacuumed), removed
+
+
+def vacuum_history(lake: Lake, spec: TableSpec, retention_hours: int, lineage: Lineage) -> int:
+    """Ordinary upkeep: delete files no version younger than ``retention_hours`` references;
+    returns files deleted. The log is left to Delta's own retention."""
+    table = lake.table(spec)
+    if table is None:
+        return 0
+    return len(table.vacuum(retention_hours=retention_hours, enforce_retention_duration=False, dry_run=False,
+                            commit_properties=lake._commit_properties(lineage)))
 
 
 def purge_uids(lake: Lake, spec: TableSpec, uids: Sequence[str], lineage: Lineage,

@@ -207,6 +207,19 @@ def _cmd_release_apply_diff(args: argparse.Namespace, config: PairlakeConfig) ->
     print(f"rewrote {len(done)} shards ({', '.join(done) or 'none'}); every checksum matches the new version")
 
 
+def _cmd_vacuum(args: argparse.Namespace, config: PairlakeConfig) -> None:
+    import uuid
+
+    from infra.delta_store import Lake, Lineage
+    from infra.purge import vacuum_history
+    from infra.tables import ALL_TABLES
+
+    lake, hours = Lake(config.lake.root), config.lake.history_retention_hours
+    lineage = Lineage(run_id=f"vacuum-{uuid.uuid4().hex[:12]}")
+    for name, spec in ALL_TABLES.items():
+        print(f"{name:<20} {vacuum_history(lake, spec, hours, lineage):>6} files older than {hours} h deleted")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pairlake", description="Build and curate image-text datasets.")
     parser.add_argument("--config", help="a TOML config file (default: $PAIRLAKE_CONFIG or the embedded demo config)")
@@ -287,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("shards", type=Path, help="folder holding the previous version's shards")
     p.add_argument("--out", type=Path, help="write cleaned shards here instead of in place")
     p.set_defaults(run=_cmd_release_apply_diff)
+
+    p = sub.add_parser("vacuum", help="delete table files older than lake.history_retention_hours (ordinary history)")
+    p.set_defaults(run=_cmd_vacuum)
 
     p = sub.add_parser("report", help="print the funnel and write the HTML report")
     p.set_defaults(run=_cmd_report)

@@ -31,14 +31,12 @@ def optout_inbox_sensor(context: dg.SensorEvaluationContext, pairlake: PairlakeR
 
 def _changed_since(pairlake: PairlakeResource, pinned: dict[str, int]) -> dt.datetime | None:
     """When the newest removal or hash-list import that the pinned versions predate landed."""
-    lake, newest = pairlake.lake, None
+    lake, landed = pairlake.lake, []
     for spec, column in ((REMOVALS, "removed_at"), (BLOCKLIST, "imported_at")):
         version = lake.version(spec)
         if version is not None and version != pinned.get(spec.name):
-            times = [t for t in lake.read(spec, columns=[column])[column].to_pylist() if t is not None]
-            if times:
-                newest = max([newest, max(times)] if newest else [max(times)])
-    return newest
+            landed += [t for t in lake.read(spec, columns=[column])[column].to_pylist() if t is not None]
+    return max(landed, default=None)
 
 
 @dg.sensor(job=rerelease_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from infra.delta_store import Lake, LakeError, Lineage
-from infra.purge import purge_uids
+from infra.purge import purge_uids, vacuum_history
 from infra.tables import IMAGES
 from tests.lake_scan import files_holding
 
@@ -50,3 +50,13 @@ def test_purge_without_matches_still_clears_older_versions(tmp_path):
     assert result.rows_deleted == 0
     assert files_holding(tmp_path, b"BYTES-OF-a1") == []
     assert Path(lake.uri(IMAGES), "_delta_log", "_last_checkpoint").exists()
+
+
+def test_ordinary_vacuum_keeps_history_within_its_retention(tmp_path):
+    lake = Lake(str(tmp_path))
+    lake.replace_partitions(IMAGES, _rows(["a1"], "w1"), ["w1"], Lineage())
+    lake.replace_partitions(IMAGES, _rows(["a2"], "w1"), ["w1"], Lineage())
+    assert vacuum_history(lake, IMAGES, 168, Lineage()) == 0  # a week: nothing is that old
+    assert lake.read(IMAGES, version=0)["uid"].to_pylist() == ["a1"]  # time travel still works
+    assert vacuum_history(lake, IMAGES, 0, Lineage()) == 1  # no retention: the replaced file goes
+    assert lake.read(IMAGES)["uid"].to_pylist() == ["a2"]
