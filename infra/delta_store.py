@@ -157,7 +157,7 @@ class Lake:
             raise LakeError(f"rows for table {spec.name} lack columns: {', '.join(sorted(missing))}")
         return data.select(spec.schema.names).cast(spec.schema)
 
-    def _commit_properties(self, lineage: Lineage) -> CommitProperties:
+    def commit_properties(self, lineage: Lineage) -> CommitProperties:
         return CommitProperties(custom_metadata=lineage.commit_metadata())
 
     def replace_partitions(
@@ -219,7 +219,7 @@ class Lake:
             predicate=predicate if exists else None,
             partition_by=list(spec.partition_by) or None,
             storage_options=self.storage_options,
-            commit_properties=self._commit_properties(lineage),
+            commit_properties=self.commit_properties(lineage),
             # A table written by an older pairlake gains the columns added since (nullable, so
             # its earlier rows read as null); _conform has already refused anything else.
             schema_mode="merge" if exists else None,
@@ -241,7 +241,7 @@ class Lake:
         """
         schema = Schema.from_arrow(spec.schema)
         partition_by = list(spec.partition_by) or None
-        props = self._commit_properties(lineage)
+        props = self.commit_properties(lineage)
         table = self.table(spec)
         if table is None:
             create_table_with_add_actions(

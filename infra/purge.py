@@ -78,7 +78,7 @@ def purge_history(lake: Lake, spec: TableSpec, lineage: Lineage) -> tuple[int, i
     if table is None:
         return 0, 0
     vacuumed = table.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False,
-                            commit_properties=lake._commit_properties(lineage))
+                            commit_properties=lake.commit_properties(lineage))
     table = lake.table(spec)
     table.create_checkpoint()
     current = table.version()
@@ -99,7 +99,7 @@ def vacuum_history(lake: Lake, spec: TableSpec, retention_hours: int, lineage: L
     if table is None:
         return 0
     return len(table.vacuum(retention_hours=retention_hours, enforce_retention_duration=False, dry_run=False,
-                            commit_properties=lake._commit_properties(lineage)))
+                            commit_properties=lake.commit_properties(lineage)))
 
 
 def purge_uids(lake: Lake, spec: TableSpec, uids: Sequence[str], lineage: Lineage,
