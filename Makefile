@@ -24,8 +24,9 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/pairlake demo
 
-# The Dagster UI on the demo's instance; the sample crawl's image server runs beside it so that
-# runs launched from the UI can download.
+# The Dagster UI on the demo's instance, with the demo profile; the sample crawl's image server runs
+# beside it so that runs launched from the UI can download.
+ui: export PAIRLAKE_PROFILE ?= demo
 ui: setup
 	@mkdir -p $(DAGSTER_HOME); test -f $(DAGSTER_HOME)/dagster.yaml || cp infra/dagster/dagster.yaml $(DAGSTER_HOME)/
 	@if [ -f build/sample_crawl/site/manifest.json ]; then \

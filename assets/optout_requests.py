@@ -1,7 +1,5 @@
 """Opt-out removal: one run per request file, launched by the inbox sensor."""
 
-from pathlib import Path
-
 import dagster as dg
 
 from infra import purge
@@ -13,7 +11,9 @@ CODE_VERSION = code_version(request_handling, optout, purge, release)
 
 
 class OptOutRunConfig(dg.Config):
-    request_file: str  # a .json file in the inbox
+    request_file: str  # the name of a .json file in the inbox (with confirm: among the held requests)
+    confirm: bool = False  # apply a held (over-broad) request: a person looked at its preview
+    confirmed_by: str = ""  # who confirmed it (required with confirm)
 
 
 @dg.asset(
@@ -25,11 +25,19 @@ class OptOutRunConfig(dg.Config):
 def optout_requests(
     context: dg.AssetExecutionContext, config: OptOutRunConfig, pairlake: PairlakeResource
 ) -> dg.MaterializeResult:
-    path = Path(config.request_file)
+    if config.confirm and not config.confirmed_by.strip():
+        raise dg.Failure("confirm needs confirmed_by: who looked at the preview and confirmed it")
+    try:
+        path = request_handling.request_file(pairlake.settings, config.request_file, config.confirm)
+    except optout.RequestError as exc:
+        raise dg.Failure(str(exc)) from None
     if not path.exists():
-        raise dg.Failure(f"request file {path} is gone (applied by an earlier run, or moved)")
+        where = "held requests" if config.confirm else "inbox"
+        raise dg.Failure(f"request file {config.request_file} is not among the {where} (applied by an earlier run, "
+                         "or moved)")
     lineage = pairlake.lineage(context, (), CODE_VERSION)
-    outcome = request_handling.apply_request_file(pairlake.settings, path, lineage)
+    outcome = request_handling.apply_request_file(pairlake.settings, path, lineage,
+                                                  config.confirmed_by.strip() if config.confirm else None)
     # Each purged table gets an observation: the UI shows the removal on that table's timeline.
     for result in outcome.purges:
         context.log_event(dg.AssetObservation(
@@ -40,11 +48,16 @@ def optout_requests(
         ))
     if outcome.status == "rejected":
         context.log.warning(f"request {outcome.request_id} rejected: {outcome.rejection}")
+    if outcome.status == "needs_confirmation":
+        context.log.warning(f"request {outcome.request_id} held: {outcome.hold_reason}; see `pairlake optout preview "
+                            f"{outcome.request_id}`, then `pairlake optout confirm {outcome.request_id} --by WHO`")
     return dg.MaterializeResult(
         metadata={
             "request_id": outcome.request_id,
             "status": outcome.status,
             "rejection": outcome.rejection,
+            "hold_reason": outcome.hold_reason,
+            "preview": dg.MetadataValue.json(outcome.preview),
             "uids_removed": outcome.matched,
             "rows_deleted": dg.MetadataValue.json(outcome.rows_deleted),
             "index_vectors_removed": dg.MetadataValue.json(outcome.index_vectors_removed),

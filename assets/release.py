@@ -8,6 +8,7 @@ from infra.tables import BLOCKLIST, BLOCKLIST_MATCHES, CLIP_SCORES, CURATED, DED
 from orchestration.resources import PairlakeResource, code_version
 from spark_jobs import release as release_module
 from spark_jobs import shard_export
+from spark_jobs.release import ReleaseNeedsConfirmation
 
 CODE_VERSION = code_version(release_module, shard_export)
 PINNED = (CURATED, KEPT_PAIRS, IMAGES, CLIP_SCORES, IMAGE_TAGS, DEDUP, BLOCKLIST, BLOCKLIST_MATCHES, REMOVALS)
@@ -17,6 +18,8 @@ class ReleaseRunConfig(dg.Config):
     # auto: a snapshot when samples were added, a re-release when they only left.
     # rerelease: the previous version minus what was removed or hash-listed since.
     mode: str = "auto"
+    # Who confirmed a version that drops more than release.max_auto_drop_fraction (empty: refuse it).
+    confirmed_by: str = ""
 
 
 def release_rules(pairlake: PairlakeResource) -> dict:
@@ -51,10 +54,14 @@ def release(context: dg.AssetExecutionContext, config: ReleaseRunConfig, pairlak
     if lake.version(CURATED) is None:
         raise dg.Failure("curated has never been materialized: nothing to release")
     source_versions = {spec.name: v for spec in PINNED if (v := lake.version(spec)) is not None}
-    made = release_module.make_release(
-        lake, settings.release, release_rules(pairlake), source_versions,
-        pairlake.lineage(context, PINNED, CODE_VERSION), image_ext=settings.download.encode_format, mode=config.mode,
-    )
+    try:
+        made = release_module.make_release(
+            lake, settings.release, release_rules(pairlake), source_versions,
+            pairlake.lineage(context, PINNED, CODE_VERSION), image_ext=settings.download.encode_format,
+            mode=config.mode, confirmed_by=config.confirmed_by.strip() or None,
+        )
+    except ReleaseNeedsConfirmation as exc:
+        raise dg.Failure(str(exc), metadata={"needs_confirmation": True}) from None
     last = release_module.latest(lake, settings.release.name)
     if made is None:
         context.log.info(f"{settings.release.name} v{last['version']} is current: nothing to release")

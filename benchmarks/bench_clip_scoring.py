@@ -170,7 +170,7 @@ def main() -> None:
         tiny = model == "pairlake-demo-tiny"
         n, batch_sizes = (args.images, args.batch_sizes) if tiny else (args.vit_images, args.vit_batch_sizes)
         torch.manual_seed(0)
-        clip = load_clip(ClipConfig(model=model, device=args.device), allow_random_init=True)
+        clip = load_clip(ClipConfig(model=model, pretrained="", device=args.device), allow_random_init=True)
         table, captions = make_images(n)
         score_images(table.slice(0, 8), captions, clip, batch_size=8, workers=0)  # warm-up (kernels, BPE cache)
         for batch_size in (int(b) for b in batch_sizes.split(",")):

@@ -222,7 +222,7 @@ def train_demo_model(out_dir: Path, seed: int = 0, steps: int = DEFAULT_STEPS, p
     trained_fingerprint = fingerprint(seed, steps)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)  # the initial weights
-    clip = load_clip(ClipConfig(model=MODEL_NAME, device="cpu"), allow_random_init=True)
+    clip = load_clip(ClipConfig(model=MODEL_NAME, pretrained="", device="cpu"), allow_random_init=True)
     model = clip.model
     images, labels, backgrounds, overlays = _render_pool(seed, POOL_SIZE, clip, progress)
     tokens = _caption_tokens(clip.tokenizer)

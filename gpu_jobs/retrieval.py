@@ -122,6 +122,10 @@ class VariantSearch:
         return self._clip
 
     def by_embedding(self, vector: np.ndarray, k: int) -> list[Hit]:
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        # faiss allocates k results per query whatever the index holds: never ask for more than it has.
+        k = max(1, min(k, self.index.ntotal))
         scores, ids = knn.search(self.index, np.asarray(vector, np.float32).reshape(1, -1), k)
         return [
             Hit(self.uids[i], *self.pairs[self.uids[i]], float(s))

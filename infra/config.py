@@ -1,12 +1,17 @@
-"""pairlake configuration: one TOML file, embedded defaults, validated into typed sections.
+"""pairlake configuration: embedded defaults, an optional profile, a user file, the environment.
 
-Configs are data (``infra/configs/*.toml``); ``load_config`` merges a user file over the embedded
-``demo.toml`` defaults and refuses unknown keys and bad values with one clear line.
+The embedded defaults are the dataclass defaults below and are production-safe: nothing private or
+loopback may be downloaded, no local checkpoint is loaded, thresholds are those of real CLIP
+models. A profile (``infra/configs/<name>.toml``, e.g. ``demo``) is applied only when asked for
+(``--profile``, ``$PAIRLAKE_PROFILE``); then a user file (``--config``, ``$PAIRLAKE_CONFIG``); then
+``PAIRLAKE__SECTION__KEY=value`` variables. ``load_config`` refuses unknown keys and bad values
+with one clear line; ``effective_config`` also says where every value came from.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -14,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-DEFAULT_CONFIG = CONFIG_DIR / "demo.toml"
 CONFIG_ENV = "PAIRLAKE_CONFIG"
+PROFILE_ENV = "PAIRLAKE_PROFILE"
+# PAIRLAKE__DOWNLOAD__TIMEOUT_S=5 sets download.timeout_s (the value is read as TOML, else a string).
+KEY_ENV_PREFIX = "PAIRLAKE__"
 
 
 class InputError(ValueError):
@@ -44,9 +51,9 @@ class SparkConfig:
 
 @dataclass(frozen=True)
 class CrawlConfig:
-    crawl_id: str = "demo-crawl"
+    crawl_id: str = "crawl"
     # A folder of .warc.gz files, or a warc.paths(.gz) listing whose lines are relative to base_url.
-    source: str = "build/sample_crawl/warcs"
+    source: str = ""
     base_url: str = ""
 
 
@@ -65,15 +72,26 @@ class DownloadConfig:
     max_aspect_ratio: float = 3.0
     max_body_bytes: int = 20_000_000
     max_image_pixels: int = 89_478_485  # PIL's decompression-bomb limit
+    # Memory the decodes of one download task may hold at once; a bigger image is refused.
+    decode_memory_mb: int = 1024
     timeout_s: float = 10.0
     retries: int = 2
     backoff_s: float = 0.5
     concurrency: int = 64
+    # Both per (scheme, host, port). The breaker: once this many of a host's URLs time out in a
+    # row, its remaining URLs fail fast (host_unresponsive, retryable); 0 = never.
     per_host_concurrency: int = 8
+    host_breaker_timeouts: int = 5
     user_agent: str = "pairlake/0.1 (+https://github.com/pairlake)"
+    # Opt-out signals honoured at download time (spark_jobs/download/origin_policies.py).
     honour_x_robots_tag: bool = True
-    honour_robots_txt: bool = True
-    # Private, loopback and link-local addresses are refused unless listed here (CIDR or host).
+    honour_tdm_header: bool = True
+    honour_tdmrep_json: bool = True
+    honour_ai_txt: bool = True
+    honour_robots_txt: bool = True  # groups for our user agent (or *)
+    honour_robots_txt_ai_agents: bool = True  # groups naming AI-training crawlers
+    # Private, loopback and link-local addresses are refused unless listed here as host:port or
+    # CIDR:port ("127.0.0.1:18765", "[::1]:8080", "10.0.0.0/8:443"), which allows that port only.
     allow_hosts: tuple[str, ...] = ()
     encode_format: str = "jpg"
     encode_quality: int = 95
@@ -82,14 +100,14 @@ class DownloadConfig:
 
 @dataclass(frozen=True)
 class ClipConfig:
-    model: str = "pairlake-demo-tiny"
-    pretrained: str = ""  # an open_clip pretrained tag, or empty
+    model: str = "ViT-B-32"
+    pretrained: str = "laion2b_s34b_b79k"  # an open_clip pretrained tag, or empty
     checkpoint: str = ""  # a local checkpoint path (overrides pretrained)
     batch_size: int = 256
     workers: int = 2
     device: str = "auto"  # auto, cpu, cuda
     # Cosine threshold for the kept set, per model name (LAION-5B: 0.28 for ViT-B/32).
-    thresholds: dict[str, float] = field(default_factory=lambda: {"ViT-B-32": 0.28})
+    thresholds: dict[str, float] = field(default_factory=lambda: {"ViT-B-32": 0.28, "ViT-L-14": 0.3})
 
 
 @dataclass(frozen=True)
@@ -117,18 +135,22 @@ class IndexConfig:
     variant: str = "research"  # the curated variant the kNN index covers
     memory_budget_mb: int = 4096
     recall_target: float = 0.95
+    max_k: int = 10_000  # the most results one query may ask for
 
 
 @dataclass(frozen=True)
 class ReleaseConfig:
     """The named, versioned release: webdataset shards of one curated variant."""
 
-    name: str = "demo-en-research"
+    name: str = "en-research-safe"
     variant: str = "research-safe"  # the curated variant released
-    samples_per_shard: int = 1000
+    samples_per_shard: int = 10000
     # After removals land (opt-outs, new hash lists), the re-release sensor waits this long for
     # more before making the next version, so a burst of requests gives one re-release.
-    rerelease_debounce_s: int = 600
+    rerelease_debounce_s: int = 3600
+    # A new version that would drop more than this fraction of the previous one's samples is held
+    # until `pairlake release confirm` (an over-broad removal must not publish an empty release).
+    max_auto_drop_fraction: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -136,6 +158,12 @@ class OptOutConfig:
     inbox: str = "optout/inbox"  # request files; relative to the lake root unless absolute
     # Example-image requests remove stored images at least this similar (CLIP image cosine).
     min_similarity: float = 0.95
+    # A request matching more than this fraction of the lake's pairs, or more than this many, or
+    # naming a public suffix, is held as needs_confirmation until `pairlake optout confirm ID`.
+    max_auto_fraction: float = 0.001
+    max_auto_samples: int = 1000
+    # A removal waits this long for another removal of the same lake to finish, then says so.
+    lock_wait_s: int = 600
 
 
 @dataclass(frozen=True)
@@ -147,6 +175,21 @@ class DemoConfig:
     seed: int = 0
 
 
+# Without trained heads, production tags come from prompts (a trained head replaces any of them).
+_ZERO_SHOT_TAGS = {
+    "punsafe": TagScorerConfig(
+        positive=("an explicit photo with nudity", "pornographic content", "a photo of graphic violence and gore"),
+        negative=("a safe for work photo", "a photo of everyday objects", "a photo of people fully clothed",
+                  "a landscape photo")),
+    "pwatermark": TagScorerConfig(
+        positive=("a stock photo with a watermark", "an image with copyright text written across it"),
+        negative=("a photo without any text", "a clean photo")),
+    "aesthetic": TagScorerConfig(
+        positive=("a beautiful, professional, high quality photograph",),
+        negative=("a blurry, badly lit, low quality snapshot",)),
+}
+
+
 @dataclass(frozen=True)
 class PairlakeConfig:
     lake: LakeConfig = field(default_factory=LakeConfig)
@@ -155,7 +198,8 @@ class PairlakeConfig:
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
-    tags: dict[str, TagScorerConfig] = field(default_factory=dict, metadata={"values": TagScorerConfig})
+    tags: dict[str, TagScorerConfig] = field(default_factory=lambda: dict(_ZERO_SHOT_TAGS),
+                                              metadata={"values": TagScorerConfig})
     curation: CurationConfig = field(default_factory=CurationConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     release: ReleaseConfig = field(default_factory=ReleaseConfig)
@@ -250,17 +294,135 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> PairlakeConfig:
-    """Load the embedded defaults, then ``path`` (or $PAIRLAKE_CONFIG), then ``overrides``."""
-    data = _read_toml(DEFAULT_CONFIG)
+def profile_path(name: str) -> Path:
+    """The profile ``name`` (``infra/configs/<name>.toml``), or ConfigError naming the profiles."""
+    path = CONFIG_DIR / f"{name}.toml"
+    if not name.replace("-", "").replace("_", "").isalnum() or not path.is_file():
+        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
+        raise ConfigError(f"unknown config profile {name!r} (profiles: {known})")
+    return path
+
+
+def _environment_keys() -> dict[str, Any]:
+    """``PAIRLAKE__SECTION__KEY=value`` variables as a nested table; values are read as TOML when
+    they parse (numbers, booleans, lists), else taken as strings."""
+    data: dict[str, Any] = {}
+    for name, raw in sorted(os.environ.items()):
+        if not name.startswith(KEY_ENV_PREFIX):
+            continue
+        path = name[len(KEY_ENV_PREFIX):].lower().split("__")
+        if not all(path):
+            raise ConfigError(f"environment variable {name} must look like {KEY_ENV_PREFIX}SECTION__KEY")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"environment variable {name} conflicts with another PAIRLAKE__ variable")
+        node[path[-1]] = value
+    return data
+
+
+def _layers(path: str | Path | None, overrides: dict[str, Any] | None,
+            profile: str | None) -> list[tuple[str, dict[str, Any]]]:
+    """(source, data) in the order they apply, after the embedded defaults."""
+    layers = []
+    profile = profile or os.environ.get(PROFILE_ENV)
+    if profile:
+        layers.append((f"profile {profile}", _read_toml(profile_path(profile))))
     chosen = path or os.environ.get(CONFIG_ENV)
     if chosen:
-        data = _merge(data, _read_toml(Path(chosen)))
+        layers.append((f"file {chosen}", _read_toml(Path(chosen))))
+    environment = _environment_keys()
+    if environment:
+        layers.append(("environment", environment))
     if overrides:
-        data = _merge(data, overrides)
+        layers.append(("overrides", overrides))
+    return layers
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                profile: str | None = None) -> PairlakeConfig:
+    """The embedded defaults, then ``profile`` (or $PAIRLAKE_PROFILE), then ``path`` (or
+    $PAIRLAKE_CONFIG), then PAIRLAKE__SECTION__KEY variables, then ``overrides``."""
+    return effective_config(path, overrides, profile)[0]
+
+
+def effective_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                     profile: str | None = None) -> tuple[PairlakeConfig, dict[str, str]]:
+    """The config and, per dotted key that some layer set, the layer it came from."""
+    data: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for source, layer in _layers(path, overrides, profile):
+        data = _merge(data, layer)
+        _record_sources(layer, "", source, sources)
     config = _build(PairlakeConfig, data, "")
     _validate(config)
-    return config
+    return config, sources
+
+
+def _record_sources(layer: dict[str, Any], prefix: str, source: str, sources: dict[str, str]) -> None:
+    for key, value in layer.items():
+        dotted = prefix + key
+        if isinstance(value, dict) and key not in _REPLACED_MAPS:
+            _record_sources(value, dotted + ".", source, sources)
+        else:
+            for older in [k for k in sources if k.startswith(dotted + ".")]:
+                del sources[older]  # a map stated whole replaces what earlier layers said inside it
+            sources[dotted] = source
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)  # a TOML basic string
+
+
+def format_config(config: PairlakeConfig, sources: dict[str, str]) -> str:
+    """The effective config as TOML, each value commented with where it came from."""
+    lines: list[str] = []
+
+    def origin(key: str) -> str:
+        parts = key.split(".")
+        for n in range(len(parts), 0, -1):
+            if ".".join(parts[:n]) in sources:
+                return sources[".".join(parts[:n])]
+        return "default"
+
+    def table(header: str, values: dict[str, Any], header_origin: str | None = None) -> None:
+        lines.append(f"\n[{header}]" + (f"  # {header_origin}" if header_origin else ""))
+        nested = []
+        for key, value in values.items():
+            if isinstance(value, dict):
+                nested.append((key, value))
+            else:
+                lines.append(f"{_quoted(key)} = {_toml_value(value)}  # {origin(f'{header}.{key}')}")
+        for key, value in nested:
+            inner = f"{header}.{_quoted(key)}"
+            if key in _REPLACED_MAPS and all(not isinstance(v, dict) for v in value.values()):
+                table(inner, value, origin(f"{header}.{key}"))
+            else:
+                table(inner, value)
+
+    for f in dataclasses.fields(config):
+        value = dataclasses.asdict(config)[f.name]
+        if f.name == "tags":
+            for tag, scorer in value.items():
+                table(f"tags.{_quoted(tag)}", scorer, origin("tags"))
+        else:
+            table(f.name, value)
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _quoted(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
 
 
 _RESIZE_MODES = ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop")
@@ -284,6 +446,8 @@ def _validate(config: PairlakeConfig) -> None:
         raise ConfigError(f"config release.name must be a non-empty name without '/', got {config.release.name!r}")
     if not 0.0 < config.optout.min_similarity <= 1.0:
         raise ConfigError("config optout.min_similarity must be a cosine in (0, 1]")
+    if config.optout.max_auto_fraction > 1.0 or config.release.max_auto_drop_fraction > 1.0:
+        raise ConfigError("config optout.max_auto_fraction and release.max_auto_drop_fraction are fractions in [0, 1]")
     for model, threshold in config.clip.thresholds.items():
         if not isinstance(threshold, (int, float)) or not -1.0 <= threshold <= 1.0:
             raise ConfigError(f"config clip.thresholds.{model} must be a cosine in [-1, 1], got {threshold!r}")

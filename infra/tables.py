@@ -282,12 +282,13 @@ RELEASES = TableSpec(
 
 OPTOUT_REQUESTS = TableSpec(
     name="optout_requests",
-    description="Opt-out requests and what became of them. Exact URLs and hashes are kept as digests only.",
-    key=("request_id",),
+    description="Opt-out requests and what became of them, one row per step (append-only: rows are never "
+                "rewritten). Exact URLs and hashes are kept as digests only.",
+    key=("request_id", "recorded_at"),
     schema=pa.schema(
         [
             pa.field("request_id", pa.string(), nullable=False),
-            pa.field("status", pa.string(), nullable=False),  # received, applied, rejected
+            pa.field("status", pa.string(), nullable=False),  # received, needs_confirmation, applied, rejected
             pa.field("kind", pa.string()),  # url, url_prefix, domain, sha256, md5, image
             pa.field("target", pa.string()),  # a prefix or domain as given; null for exact URLs and hashes
             pa.field("target_sha256", pa.string()),  # sha256 of the URL, hash or example image bytes
@@ -301,6 +302,10 @@ OPTOUT_REQUESTS = TableSpec(
             pa.field("received_at", _TS, nullable=False),
             pa.field("applied_at", _TS),
             pa.field("run_id", pa.string(), nullable=False),
+            pa.field("recorded_at", _TS),  # when this row was written (null in rows of older lakes)
+            pa.field("preview", pa.string()),  # JSON: matched, lake_pairs, fraction, matched_by, hosts, uids
+            pa.field("hold_reason", pa.string()),  # why it needs a person's confirmation
+            pa.field("confirmed_by", pa.string()),  # who confirmed a held request
         ]
     ),
 )

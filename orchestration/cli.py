@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from infra.config import InputError, PairlakeConfig, load_config
+from infra.config import CONFIG_ENV, PROFILE_ENV, InputError, PairlakeConfig, effective_config, format_config
+
+# Errors the CLI reports as one line (rc 1), by module and class: matched without importing the
+# modules, so an early error never pays for torch, faiss or Spark.
+_ONE_LINE_ERRORS = (
+    ("infra.crawl_source", "CrawlSourceError"), ("infra.delta_store", "LakeError"),
+    ("orchestration.runner", "RunFailed"), ("gpu_jobs.knn_index", "IndexLoadError"),
+)
 
 
 def _cmd_parse_warc(args: argparse.Namespace, config: PairlakeConfig) -> None:
@@ -39,13 +47,13 @@ def _cmd_demo(args: argparse.Namespace, config: PairlakeConfig) -> None:
     print(funnel.table())
     manifest = _index_manifest(config)
     print(f"\nkNN index ({manifest['variant']}): {manifest['factory']} over {manifest['vectors']} images, "
-          f"recall@10 {manifest['recall_at_10']}; try: .venv/bin/pairlake search \"a red circle\"")
+          f"recall@10 {manifest['recall_at_10']}; try: .venv/bin/pairlake --profile demo search \"a red circle\"")
     last = _latest_release(config)
     if last is not None:
         print(f"release {last['release']} v{last['version']} ({last['kind']}): {last['samples']} samples in "
               f"{last['shards']} shards at {Path(config.lake.root) / last['path']}")
-    print("opt out an image: .venv/bin/pairlake optout submit --url URL --requester WHO --reason WHY; "
-          "then make ui (the sensor applies it) or .venv/bin/pairlake optout apply")
+    print("opt out an image: .venv/bin/pairlake --profile demo optout submit --url URL --requester WHO --reason WHY; "
+          "then make ui (the sensor applies it) or .venv/bin/pairlake --profile demo optout apply")
     print(f"report: {report_path(PairlakeResource()).resolve()}")
     print("see the runs and asset lineage: make ui  (http://127.0.0.1:3000)")
 
@@ -87,17 +95,27 @@ def _cmd_blocklist_import(args: argparse.Namespace, config: PairlakeConfig) -> N
     print(f"imported {imported} {args.kind} digests as {args.source!r} (blocklist v{version})")
 
 
+# Checked before the search stack (torch, faiss) is imported: a bad argument answers at once.
+MAX_QUERY_CHARS = 1000
+
+
 def _cmd_search(args: argparse.Namespace, config: PairlakeConfig) -> None:
+    if bool(args.text) == bool(args.image):
+        raise InputError("search needs a text query or --image FILE (one of them)")
+    if not 1 <= args.k <= config.index.max_k:
+        raise InputError(f"-k must be between 1 and {config.index.max_k:,} (index.max_k), got {args.k}")
+    if len(args.text) > MAX_QUERY_CHARS:
+        raise InputError(f"the text query is {len(args.text):,} characters; at most {MAX_QUERY_CHARS:,}")
+    image = _read_capped(args.image, config.download.max_body_bytes) if args.image else b""
+
     from gpu_jobs.retrieval import VariantSearch
     from spark_jobs.download.resizer import ImageRejected
     from infra.delta_store import Lake
 
-    if bool(args.text) == bool(args.image):
-        raise InputError("search needs a text query or --image FILE (one of them)")
     search = VariantSearch(Lake(config.lake.root), args.variant or config.index.variant, config.clip, config.download)
     if args.image:
         try:
-            hits = search.by_image(args.image.read_bytes(), args.k)
+            hits = search.by_image(image, args.k)
         except ImageRejected as exc:
             raise InputError(f"cannot search by {args.image}: {exc}") from None
     else:
@@ -105,6 +123,15 @@ def _cmd_search(args: argparse.Namespace, config: PairlakeConfig) -> None:
     print(f"{'similarity':>10}  {'uid':<32}  caption / url")
     for hit in hits:
         print(f"{hit.similarity:>10.4f}  {hit.uid:<32}  {hit.caption}\n{'':>44}{hit.url}")
+
+
+def _read_capped(path: Path, cap: int) -> bytes:
+    """A regular file's bytes, refused when larger than ``cap`` (never read a device or a FIFO)."""
+    if not path.is_file():
+        raise InputError(f"{path} is not a regular file")
+    if path.stat().st_size > cap:
+        raise InputError(f"{path} is {path.stat().st_size:,} bytes; at most {cap:,} (download.max_body_bytes)")
+    return path.read_bytes()
 
 
 def _cmd_train_head(args: argparse.Namespace, config: PairlakeConfig) -> None:
@@ -149,12 +176,57 @@ def _cmd_optout_submit(args: argparse.Namespace, config: PairlakeConfig) -> None
 
 
 def _cmd_optout_apply(args: argparse.Namespace, config: PairlakeConfig) -> None:
+    from orchestration.optout_requests import removal_lease
     from orchestration.runner import ensure_dagster_home, tick_sensor
 
-    ensure_dagster_home()
-    runs = tick_sensor("optout_inbox_sensor")
+    # Held for the whole command (the runs take it again in this process): a second `optout apply`
+    # waits, or says in one line who is applying, before it touches the Dagster instance.
+    with removal_lease(config, "pairlake optout apply"):
+        ensure_dagster_home()
+        runs = tick_sensor("optout_inbox_sensor")
     print(f"{len(runs)} request runs: {', '.join(runs) or 'none pending'}")
     _cmd_optout_status(argparse.Namespace(request_id=None, limit=len(runs) or 5), config)
+
+
+def _cmd_optout_preview(args: argparse.Namespace, config: PairlakeConfig) -> None:
+    import json
+
+    from orchestration.optout_requests import preview_request
+
+    shown = preview_request(config, args.request_id)
+    if args.json:
+        print(json.dumps(shown, indent=2, default=str))
+        return
+    print(f"request {shown['request_id']} ({shown['status']}, {shown['kind']}"
+          f"{', ' + shown['target'] if shown.get('target') else ''})")
+    if "matched" in shown:
+        print(f"  matches {shown['matched']:,} of {shown['lake_pairs']:,} pairs ({shown['fraction']:.4%})")
+        print(f"  matched by: {', '.join(f'{k} {v}' for k, v in shown['matched_by'].items()) or '-'}")
+        print(f"  hosts: {', '.join(f'{k} {v}' for k, v in shown['hosts'].items()) or '-'}")
+        print(f"  first uids: {' '.join(shown['uids']) or '-'}")
+    reason = shown.get("would_hold") or shown.get("hold_reason")
+    if reason:
+        print(f"  needs confirmation: {reason}")
+        print(f"  confirm with: .venv/bin/pairlake optout confirm {shown['request_id']} --by WHO")
+
+
+def _cmd_optout_confirm(args: argparse.Namespace, config: PairlakeConfig) -> None:
+    from orchestration.optout_requests import held_dir, removal_lease
+    from orchestration.runner import ensure_dagster_home, execute_job
+    from spark_jobs.optout import check_request_id
+
+    name = f"{check_request_id(args.request_id)}.json"
+    if not (held_dir(config) / name).is_file():
+        raise InputError(f"no held request {args.request_id} (see: pairlake optout status)")
+    if not args.by.strip():
+        raise InputError("--by must say who confirms")
+    with removal_lease(config, f"pairlake optout confirm {args.request_id}"):
+        ensure_dagster_home()
+        run = execute_job("apply_optout", run_config={"ops": {"optout_requests": {"config": {
+            "request_file": name, "confirm": True, "confirmed_by": args.by.strip()}}}},
+            tags={"pairlake/request_file": name, "pairlake/confirmed_by": args.by.strip()})
+    print(f"run {run}: request {args.request_id} confirmed by {args.by.strip()}")
+    _cmd_optout_status(argparse.Namespace(request_id=args.request_id, limit=1), config)
 
 
 def _cmd_optout_status(args: argparse.Namespace, config: PairlakeConfig) -> None:
@@ -165,11 +237,12 @@ def _cmd_optout_status(args: argparse.Namespace, config: PairlakeConfig) -> None
     rows = request_status(config, args.request_id)[: args.limit]
     if not rows:
         raise InputError(f"no request {args.request_id!r}" if args.request_id else "no opt-out requests yet")
-    print(f"{'request':<28} {'status':<9} {'kind':<10} {'removed':>7}  {'applied / received':<25} rows deleted / why")
+    print(f"{'request':<28} {'status':<18} {'kind':<10} {'matched':>7}  {'when':<25} rows deleted / why")
     for row in rows:
-        when = row["applied_at"] or row["received_at"]
-        detail = row["rejection"] or ", ".join(f"{k} {v}" for k, v in json.loads(row["rows_deleted"] or "{}").items())
-        print(f"{row['request_id']:<28} {row['status']:<9} {row['kind'] or '-':<10} {row['matched'] or 0:>7}  "
+        when = row["recorded_at"] or row["applied_at"] or row["received_at"]
+        detail = row["rejection"] or row["hold_reason"] or ", ".join(
+            f"{k} {v}" for k, v in json.loads(row["rows_deleted"] or "{}").items())
+        print(f"{row['request_id']:<28} {row['status']:<18} {row['kind'] or '-':<10} {row['matched'] or 0:>7}  "
               f"{when:%Y-%m-%d %H:%M:%S %Z}   {detail}")
 
 
@@ -178,7 +251,9 @@ def _cmd_release_run(args: argparse.Namespace, config: PairlakeConfig) -> None:
     from orchestration.runner import ensure_dagster_home, execute_job
 
     ensure_dagster_home()
-    run = execute_job("rerelease" if args.release_command == "rerelease" else "export_release")
+    mode = "rerelease" if args.release_command == "rerelease" else "auto"
+    run_config = {"ops": {"release": {"config": {"mode": mode, "confirmed_by": args.confirmed_by}}}}
+    run = execute_job("rerelease" if mode == "rerelease" else "export_release", run_config=run_config)
     last = _latest_release(config)
     if last is None:
         raise InputError(f"release {config.release.name} has no version (is curated empty?)")
@@ -220,9 +295,15 @@ def _cmd_vacuum(args: argparse.Namespace, config: PairlakeConfig) -> None:
         print(f"{name:<20} {vacuum_history(lake, spec, hours, lineage):>6} files older than {hours} h deleted")
 
 
+def _cmd_config_show(args: argparse.Namespace, config: PairlakeConfig) -> None:
+    print(format_config(config, args.sources), end="")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pairlake", description="Build and curate image-text datasets.")
-    parser.add_argument("--config", help="a TOML config file (default: $PAIRLAKE_CONFIG or the embedded demo config)")
+    parser.add_argument("--config", help="a TOML config file (default: $PAIRLAKE_CONFIG); it overrides the profile")
+    parser.add_argument("--profile", help="a config profile from infra/configs (demo, production; default: "
+                                          "$PAIRLAKE_PROFILE, else only the embedded production-safe defaults)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("parse-warc", help="extract (image URL, alt text) pairs from WARC files, no Spark")
@@ -282,6 +363,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_optout_submit)
     p = opt.add_parser("apply", help="apply the inbox now, as the sensor would (one Dagster run per request)")
     p.set_defaults(run=_cmd_optout_apply)
+    p = opt.add_parser("preview", help="what a request would remove (or did): counts, share of the lake, hosts")
+    p.add_argument("request_id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_cmd_optout_preview)
+    p = opt.add_parser("confirm", help="apply a request held as needs_confirmation (over-broad)")
+    p.add_argument("request_id")
+    p.add_argument("--by", required=True, help="who looked at the preview and confirms it")
+    p.set_defaults(run=_cmd_optout_confirm)
     p = opt.add_parser("status", help="requests with their status and what was removed")
     p.add_argument("request_id", nargs="?")
     p.add_argument("--limit", type=int, default=50)
@@ -289,10 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("release", help="versioned releases and Re-LAION-style re-releases")
     rel = p.add_subparsers(dest="release_command", required=True)
-    p = rel.add_parser("create", help="curate and make the next version (a snapshot, or a re-release if samples only left)")
-    p.set_defaults(run=_cmd_release_run)
-    p = rel.add_parser("rerelease", help="the previous version minus every removal since, with a diff")
-    p.set_defaults(run=_cmd_release_run)
+    for name, text in (("create", "curate and make the next version (a snapshot, or a re-release if samples only left)"),
+                       ("rerelease", "the previous version minus every removal since, with a diff")):
+        p = rel.add_parser(name, help=text)
+        p.add_argument("--confirmed-by", default="", metavar="WHO",
+                       help="confirm a version that drops more than release.max_auto_drop_fraction")
+        p.set_defaults(run=_cmd_release_run)
     p = rel.add_parser("list", help="every version with its counts")
     p.set_defaults(run=_cmd_release_list)
     p = rel.add_parser("apply-diff", help="clean a copy of the previous version's shards with a published diff")
@@ -304,34 +395,48 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("vacuum", help="delete table files older than lake.history_retention_hours (ordinary history)")
     p.set_defaults(run=_cmd_vacuum)
 
+    p = sub.add_parser("config", help="the effective configuration")
+    cfg = p.add_subparsers(dest="config_command", required=True)
+    p = cfg.add_parser("show", help="print the effective config as TOML, each value with where it came from")
+    p.set_defaults(run=_cmd_config_show)
+
     p = sub.add_parser("report", help="print the funnel and write the HTML report")
     p.set_defaults(run=_cmd_report)
     return parser
 
 
+def _is_one_line_error(exc: Exception) -> bool:
+    if isinstance(exc, OSError):  # a missing, unreadable or read-only path: the message names it
+        return True
+    kinds = [getattr(sys.modules.get(module), name, None) for module, name in _ONE_LINE_ERRORS]
+    return isinstance(exc, tuple(k for k in kinds if isinstance(k, type)))
+
+
+def _os_error_line(exc: OSError) -> str:
+    if exc.strerror and exc.filename:
+        return f"{exc.strerror}: {exc.filename}"
+    return str(exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        # The Dagster resource reads the same config: pass it on through the environment.
+        if args.command == "demo":
+            args.profile = "demo"  # the demo is the one command that applies its profile itself
+        if args.profile:
+            os.environ[PROFILE_ENV] = args.profile
         if args.config:
-            import os
-
-            from infra.config import CONFIG_ENV
-
-            # The Dagster resource reads the same file: pass it on through the environment.
             os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
-        config = load_config(args.config)
+        config, sources = effective_config(args.config)
+        args.sources = sources
         args.run(args, config)
     except InputError as exc:
         print(f"pairlake: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # one clear line for the user; the traceback is in the Dagster run logs
-        from gpu_jobs.knn_index import IndexLoadError
-        from infra.crawl_source import CrawlSourceError
-        from infra.delta_store import LakeError
-        from orchestration.runner import RunFailed
-
-        if isinstance(exc, (CrawlSourceError, LakeError, RunFailed, IndexLoadError, FileNotFoundError)):
-            print(f"pairlake: {exc}", file=sys.stderr)
+        if _is_one_line_error(exc):
+            print(f"pairlake: {_os_error_line(exc) if isinstance(exc, OSError) else exc}", file=sys.stderr)
             return 1
         raise
     return 0

@@ -1,10 +1,12 @@
-"""Opt-out requests end to end: the inbox, submitting a request, and applying one.
+"""Opt-out requests end to end: the inbox, submitting a request, previewing, holding and applying one.
 
 Applying runs in this order so that a run that dies halfway can simply be run again: validate
-(nothing written yet) → match → record the matched uids → extend the removal blocklist → delete
-from every sample table and purge its history → remove from the kNN indexes → rewrite the release
-shards that held them → mark the request applied → delete the request file (it names the URL).
-A malformed request is moved to ``<inbox>/../rejected/`` with a ``.reason.txt`` beside it.
+(nothing written yet) → match → hold for confirmation if over-broad → record the matched uids →
+extend the removal blocklist → delete from every sample table and purge its history → remove from
+the kNN indexes → rewrite the release shards that held them → mark the request applied → delete
+the request file (it names the URL). One removal runs at a time per lake (the ``removal`` lease).
+A malformed request is moved to ``<inbox>/../rejected/`` with a ``.reason.txt`` beside it; an
+over-broad one (see ``optout.hold_reason``) to ``<inbox>/../held/`` until ``pairlake optout confirm``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from pathlib import Path
 
 from infra.config import PairlakeConfig
 from infra.delta_store import Lake, Lineage
-from infra.tables import CURATED, OPTOUT_REQUESTS
+from infra.lake_lease import lease
+from infra.tables import CURATED
 from spark_jobs import optout, release
 
 log = logging.getLogger(__name__)
@@ -34,16 +37,45 @@ def rejected_dir(config: PairlakeConfig) -> Path:
     return inbox_dir(config).parent / "rejected"
 
 
+def held_dir(config: PairlakeConfig) -> Path:
+    """Requests waiting for a person's confirmation (over-broad); the sensor never looks here."""
+    return inbox_dir(config).parent / "held"
+
+
+def removal_lease(config: PairlakeConfig, purpose: str):
+    """The lake's removal lease: one removal at a time, the next waits up to optout.lock_wait_s."""
+    return lease(config.lake.root, "removal", purpose, config.optout.lock_wait_s)
+
+
+def _id_in_use(config: PairlakeConfig, request_id: str) -> str | None:
+    """Where a request id is already used (a folder, or the audit with its status), or None."""
+    for folder in (inbox_dir(config), held_dir(config), rejected_dir(config)):
+        if (folder / f"{request_id}.json").exists():
+            return f"a request file in {folder}"
+    status = optout.latest_status(Lake(config.lake.root), request_id)
+    return f"the audit ({status})" if status else None
+
+
 def pending_requests(config: PairlakeConfig) -> list[Path]:
     """Request files waiting in the inbox, oldest name first."""
     inbox = inbox_dir(config)
-    return sorted(p for p in inbox.glob("*.json") if p.is_file()) if inbox.exists() else []
+    return sorted(p for p in inbox.glob("*.json") if p.is_file() and not p.name.startswith(".")) if inbox.exists() else []
 
 
 def submit_request(config: PairlakeConfig, data: dict, image: Path | None = None) -> Path:
     """Validate a request and write it into the inbox (with a copy of its example image)."""
     inbox = inbox_dir(config)
-    request_id = data.get("request_id") or f"req-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+    # The id names files: it is checked before any file is touched, and a used id is refused.
+    request_id = optout.check_request_id(
+        data.get("request_id") or f"req-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}")
+    used = _id_in_use(config, request_id)
+    if used:
+        raise optout.RequestError(f"request id {request_id} is already used ({used}); choose another id")
+    if image is not None:
+        if not image.is_file():
+            raise optout.RequestError(f"--image {image} is not a file")
+        if image.stat().st_size > optout.MAX_EXAMPLE_IMAGE_BYTES:
+            raise optout.RequestError(f"--image {image} is larger than {optout.MAX_EXAMPLE_IMAGE_BYTES:,} bytes")
     data = {**data, "request_id": request_id}
     staging = inbox / ".staging"
     staging.mkdir(parents=True, exist_ok=True)
@@ -56,8 +88,6 @@ def submit_request(config: PairlakeConfig, data: dict, image: Path | None = None
         if image is not None:
             (staging / data["image"]).unlink(missing_ok=True)
         raise
-    if (inbox / f"{request_id}.json").exists():
-        raise optout.RequestError(f"request {request_id} is already in the inbox")
     if image is not None:
         (staging / data["image"]).replace(inbox / data["image"])
     # Written aside and renamed: the sensor never sees half a request.
@@ -67,18 +97,25 @@ def submit_request(config: PairlakeConfig, data: dict, image: Path | None = None
     return inbox / f"{request_id}.json"
 
 
-def _reject(config: PairlakeConfig, path: Path, reason: str) -> None:
-    """Move the request (and its example image, if it names one in the inbox) aside."""
-    aside = rejected_dir(config)
+def _move_aside(path: Path, aside: Path, name: str | None = None) -> Path:
+    """Move the request (and its example image, if it names one beside it) into ``aside``."""
     aside.mkdir(parents=True, exist_ok=True)
-    try:
-        image = json.loads(path.read_text(encoding="utf-8")).get("image")
-    except (ValueError, AttributeError):
-        image = None
+    image = None
+    if path.stat().st_size <= optout.MAX_REQUEST_BYTES:
+        try:
+            image = json.loads(path.read_bytes().decode("utf-8")).get("image")
+        except (ValueError, AttributeError, RecursionError):
+            pass
     if isinstance(image, str) and Path(image).name == image and (path.parent / image).is_file():
         (path.parent / image).replace(aside / image)
-    path.replace(aside / path.name)
-    (aside / f"{path.name}.reason.txt").write_text(reason + "\n")
+    target = aside / (name or path.name)
+    path.replace(target)
+    return target
+
+
+def _reject(config: PairlakeConfig, path: Path, reason: str) -> None:
+    target = _move_aside(path, rejected_dir(config))
+    (target.parent / f"{target.name}.reason.txt").write_text(reason + "\n")
 
 
 def _similar_images(config: PairlakeConfig, lake: Lake, request: optout.OptOutRequest) -> dict[str, float]:
@@ -96,22 +133,42 @@ def _similar_images(config: PairlakeConfig, lake: Lake, request: optout.OptOutRe
     return similar_stored_images(lake, vector, model_identity(config.clip), threshold)
 
 
-def apply_request_file(config: PairlakeConfig, path: Path, lineage: Lineage) -> optout.RemovalOutcome:
-    """Apply (or reject) one request file of the inbox; see the module docstring for the order."""
+def request_file(config: PairlakeConfig, name: str, confirm: bool = False) -> Path:
+    """The request file ``name`` in the inbox (or, to confirm, among the held requests); only a plain
+    file name is accepted, so a run can never touch a file outside the lake's layout."""
+    if Path(name).name != name or name.startswith(".") or not name.endswith(".json"):
+        raise optout.RequestError(f"{name[:120]!r} is not the name of a request file (NAME.json)")
+    return (held_dir(config) if confirm else inbox_dir(config)) / name
+
+
+def apply_request_file(config: PairlakeConfig, path: Path, lineage: Lineage,
+                       confirmed_by: str | None = None) -> optout.RemovalOutcome:
+    """Apply (or reject, or hold) one request file; see the module docstring for the order.
+    ``confirmed_by``: a person confirmed this held request, so the breadth guards do not hold it."""
+    with removal_lease(config, f"opt-out request {path.stem} (run {lineage.run_id})"):
+        return _apply(config, path, lineage, confirmed_by)
+
+
+def _apply(config: PairlakeConfig, path: Path, lineage: Lineage, confirmed_by: str | None) -> optout.RemovalOutcome:
     from gpu_jobs.retrieval import remove_from_indexes
 
     lake = Lake(config.lake.root)
     received = dt.datetime.now(dt.timezone.utc)
     try:
         request = optout.parse_request_file(path)
+        status = optout.latest_status(lake, request.request_id)
+        if status in ("applied", "rejected") or (status == "needs_confirmation" and not confirmed_by):
+            raise optout.RequestError(f"request id {request.request_id} is already used ({status}); "
+                                      "submit it again under a new id")
         similar = _similar_images(config, lake, request) if request.kind == "image" else None
     except optout.RequestError as exc:
-        outcome = optout.RemovalOutcome(path.stem, "rejected", rejection=str(exc))
+        # The audit is append-only: a rejected file whose id is taken is recorded under its own id.
+        audit_id = path.stem if optout.latest_status(lake, path.stem) is None else f"{path.stem}~{uuid.uuid4().hex[:8]}"
+        outcome = optout.RemovalOutcome(audit_id, "rejected", rejection=str(exc))
         _reject(config, path, str(exc))
-        optout.record_request(lake, None, path.stem, path.name, outcome, received, lineage)
+        optout.record_request(lake, None, audit_id, path.name, outcome, received, lineage)
         return outcome
     outcome = optout.RemovalOutcome(request.request_id, "received")
-    optout.record_request(lake, request, request.request_id, path.name, outcome, received, lineage)
     clock = time.perf_counter()
 
     def phase(name: str) -> None:
@@ -123,7 +180,18 @@ def apply_request_file(config: PairlakeConfig, path: Path, lineage: Lineage) -> 
     found = optout.find_matches(lake, request, similar)
     for uid, how in optout.recorded_uids(lake, request.request_id).items():
         found.uids.setdefault(uid, how)
+    outcome.preview = optout.preview(found)
     phase("match")
+    hold = None if confirmed_by else optout.hold_reason(
+        request, found, config.optout.max_auto_fraction, config.optout.max_auto_samples)
+    if hold:
+        outcome.status, outcome.hold_reason, outcome.matched = "needs_confirmation", hold, len(found.uids)
+        _move_aside(path, held_dir(config), f"{request.request_id}.json")
+        optout.record_request(lake, request, request.request_id, path.name, outcome, received, lineage, outcome.preview)
+        log.warning("request %s held for confirmation: %s", request.request_id, hold)
+        return outcome
+    optout.record_request(lake, request, request.request_id, path.name, outcome, received, lineage, outcome.preview,
+                          confirmed_by)
     optout.record_removals(lake, request, found, lineage)
     optout.extend_removal_blocklist(lake, request, found, lineage)
     phase("record")
@@ -137,7 +205,8 @@ def apply_request_file(config: PairlakeConfig, path: Path, lineage: Lineage) -> 
     outcome.status = "applied"
     outcome.matched = len(found.uids)
     outcome.rows_deleted = {p.table: p.rows_deleted for p in outcome.purges if p.rows_deleted}
-    optout.record_request(lake, request, request.request_id, path.name, outcome, received, lineage)
+    optout.record_request(lake, request, request.request_id, path.name, outcome, received, lineage, outcome.preview,
+                          confirmed_by)
     if request.kind == "image":
         (path.parent / json.loads(path.read_text())["image"]).unlink(missing_ok=True)
     path.unlink()
@@ -146,9 +215,31 @@ def apply_request_file(config: PairlakeConfig, path: Path, lineage: Lineage) -> 
     return outcome
 
 
+def preview_request(config: PairlakeConfig, request_id: str) -> dict:
+    """What the request would remove (a pending or held file), or what it did remove (the audit)."""
+    lake = Lake(config.lake.root)
+    optout.check_request_id(request_id)
+    history = optout.request_rows(lake).get(request_id, [])
+    for folder in (inbox_dir(config), held_dir(config)):
+        path = folder / f"{request_id}.json"
+        if path.is_file():
+            request = optout.parse_request_file(path)
+            similar = _similar_images(config, lake, request) if request.kind == "image" else None
+            found = optout.find_matches(lake, request, similar)
+            return {"request_id": request_id, "status": history[-1]["status"] if history else "pending",
+                    "kind": request.kind, "target": request.cleartext_target, **optout.preview(found),
+                    "would_hold": optout.hold_reason(request, found, config.optout.max_auto_fraction,
+                                                     config.optout.max_auto_samples)}
+    if not history:
+        raise optout.RequestError(f"no request {request_id} in the inbox, among the held ones or in the audit")
+    last = history[-1]
+    shown = next((json.loads(r["preview"]) for r in reversed(history) if r["preview"]), {})
+    return {"request_id": request_id, "status": last["status"], "kind": last["kind"], "target": last["target"],
+            **shown, "hold_reason": next((r["hold_reason"] for r in reversed(history) if r["hold_reason"]), None)}
+
+
 def request_status(config: PairlakeConfig, request_id: str | None = None) -> list[dict]:
-    """Audit rows of every request (or one), newest first."""
-    rows = Lake(config.lake.root).read(OPTOUT_REQUESTS).to_pylist()
-    if request_id is not None:
-        rows = [r for r in rows if r["request_id"] == request_id]
-    return sorted(rows, key=lambda r: r["received_at"], reverse=True)
+    """The newest audit row of every request (or one), newest first."""
+    history = optout.request_rows(Lake(config.lake.root))
+    rows = [h[-1] for rid, h in history.items() if request_id is None or rid == request_id]
+    return sorted(rows, key=lambda r: r["recorded_at"] or r["received_at"], reverse=True)

@@ -12,15 +12,15 @@ import dagster as dg
 import pyarrow as pa
 from pyspark.sql import SparkSession
 
-from infra.config import CONFIG_ENV, PairlakeConfig, load_config
+from infra.config import CONFIG_ENV, KEY_ENV_PREFIX, PROFILE_ENV, PairlakeConfig, load_config
 from infra.delta_store import Lake, Lineage
 from infra.spark import shared_spark_session
 from infra.tables import STAGE_STATS, TableSpec
 
 
 @lru_cache(maxsize=8)
-def _load_config(path: str) -> PairlakeConfig:
-    return load_config(path or None)
+def _load_config(path: str, profile: str, environment: tuple[tuple[str, str], ...]) -> PairlakeConfig:
+    return load_config(path or None, profile=profile or None)  # environment: part of the cache key
 
 
 def code_version(*modules: ModuleType) -> str:
@@ -32,13 +32,16 @@ def code_version(*modules: ModuleType) -> str:
 
 
 class PairlakeResource(dg.ConfigurableResource):
-    """The whole pairlake configuration (a TOML file, or the embedded demo defaults)."""
+    """The whole pairlake configuration: the embedded defaults, $PAIRLAKE_PROFILE, the file
+    ``config_path`` or $PAIRLAKE_CONFIG, and PAIRLAKE__SECTION__KEY variables."""
 
     config_path: str = ""
 
     @property
     def settings(self) -> PairlakeConfig:
-        return _load_config(self.config_path or os.environ.get(CONFIG_ENV, ""))
+        environment = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(KEY_ENV_PREFIX)))
+        return _load_config(self.config_path or os.environ.get(CONFIG_ENV, ""), os.environ.get(PROFILE_ENV, ""),
+                            environment)
 
     @property
     def lake(self) -> Lake:

@@ -105,7 +105,8 @@ def _ranges(ordered: list[str], wanted: list[str]) -> list[tuple[str, str]]:
 
 def tick_sensor(sensor_name: str, instance: dg.DagsterInstance | None = None) -> list[str]:
     """Evaluate a sensor once and run what it requests in this process, as the daemon would
-    (a run key that already has a successful run is skipped). Returns the run ids."""
+    (a run key that already has a successful run is skipped). Every request is run even when an
+    earlier one fails; then RunFailed names the failures. Returns the run ids."""
     from orchestration.definitions import defs
     from orchestration.resources import PairlakeResource
 
@@ -113,7 +114,7 @@ def tick_sensor(sensor_name: str, instance: dg.DagsterInstance | None = None) ->
     sensor = defs.resolve_sensor_def(sensor_name)
     with dg.build_sensor_context(instance=instance, resources={"pairlake": PairlakeResource()}) as context:
         result = sensor.evaluate_tick(context)
-    runs = []
+    runs, failures = [], []
     for request in result.run_requests or []:
         done = instance.get_runs(filters=dg.RunsFilter(
             tags={"dagster/run_key": request.run_key, "dagster/sensor_name": sensor_name},
@@ -121,10 +122,16 @@ def tick_sensor(sensor_name: str, instance: dg.DagsterInstance | None = None) ->
         if done:
             continue
         tags = {**request.tags, "dagster/run_key": request.run_key, "dagster/sensor_name": sensor_name}
-        runs.append(_execute(sensor.job_name, instance, tags, request.run_config).run_id)
+        try:
+            runs.append(_execute(sensor.job_name, instance, tags, request.run_config).run_id)
+        except RunFailed as exc:
+            failures.append(str(exc))
+    if failures:
+        raise RunFailed(f"{len(failures)} of {len(failures) + len(runs)} runs failed; first: {failures[0]}")
     return runs
 
 
-def execute_job(job_name: str, instance: dg.DagsterInstance | None = None) -> str:
+def execute_job(job_name: str, instance: dg.DagsterInstance | None = None, run_config: dict | None = None,
+                tags: dict[str, str] | None = None) -> str:
     """Run one job of the code location in this process; returns its run id."""
-    return _execute(job_name, instance or dg.DagsterInstance.get()).run_id
+    return _execute(job_name, instance or dg.DagsterInstance.get(), tags, run_config).run_id

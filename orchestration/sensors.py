@@ -23,7 +23,7 @@ def optout_inbox_sensor(context: dg.SensorEvaluationContext, pairlake: PairlakeR
         key = f"{path.name}:{path.stat().st_mtime_ns}"
         requests.append(dg.RunRequest(
             run_key=key,
-            run_config={"ops": {"optout_requests": {"config": {"request_file": str(path.resolve())}}}},
+            run_config={"ops": {"optout_requests": {"config": {"request_file": path.name}}}},
             tags={"pairlake/request_file": path.name},
         ))
     return requests or dg.SkipReason("no opt-out requests in the inbox")

@@ -21,6 +21,8 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections import Counter
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -31,13 +33,19 @@ from infra.config import InputError
 from infra.delta_store import Lake, Lineage
 from infra.purge import PurgeResult, purge_uids
 from infra.tables import BLOCKLIST, CANDIDATES, IMAGES, OPTOUT_REQUESTS, REMOVALS, SAMPLE_TABLES
-from spark_jobs.blocklist import REMOVAL_SOURCE
+from spark_jobs.blocklist import REMOVAL_SOURCE, URL_RULE_KINDS
 
 KINDS = ("url", "url_prefix", "domain", "sha256", "md5", "image")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _HOST = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _HEX_DIGITS = {"sha256": 64, "md5": 32}
 _FIELDS = {"request_id", "requester", "reason", "kind", "value", "image", "min_similarity"}
+# Caps on what a requester controls: the file, its free text, its value and its example image.
+MAX_REQUEST_BYTES = 64 * 1024
+MAX_EXAMPLE_IMAGE_BYTES = 20_000_000
+_MAX_CHARS = {"requester": 200, "reason": 2000, "value": 2048}
+# The blocklist kind that stops later crawls, per rule-like request kind.
+_RULE_KIND = dict(zip(("url_prefix", "domain"), URL_RULE_KINDS))
 
 
 class RequestError(InputError):
@@ -72,19 +80,28 @@ def _check_url(value: str, what: str) -> str:
     return value
 
 
+def check_request_id(request_id: object) -> str:
+    """``request_id`` if it is a safe name (it becomes a file name), else RequestError."""
+    if not isinstance(request_id, str) or not _ID.match(request_id):
+        raise RequestError(f"request_id {str(request_id)[:120]!r} must be 1-100 letters, digits, '.', '_' or '-'"
+                           " (starting with a letter or digit)")
+    return request_id
+
+
 def validate(data: object, request_id: str, inbox: Path | None = None) -> OptOutRequest:
     """The request in ``data`` (a parsed JSON object), or RequestError naming what is wrong."""
     if not isinstance(data, dict):
         raise RequestError("a request must be a JSON object")
     unknown = set(data) - _FIELDS
     if unknown:
-        raise RequestError(f"unknown field {sorted(unknown)[0]!r} (known: {', '.join(sorted(_FIELDS))})")
-    request_id = str(data.get("request_id") or request_id)
-    if not _ID.match(request_id):
-        raise RequestError(f"request_id {request_id[:120]!r} must be 1-100 letters, digits, '.', '_' or '-'")
+        raise RequestError(f"unknown field {sorted(unknown)[0]!r:.60} (known: {', '.join(sorted(_FIELDS))})")
+    request_id = check_request_id(data.get("request_id") or request_id)
     for name in ("requester", "reason"):
         if not isinstance(data.get(name), str) or not data[name].strip():
             raise RequestError(f"the request needs a non-empty {name!r}")
+    for name, cap in _MAX_CHARS.items():
+        if isinstance(data.get(name), str) and len(data[name]) > cap:
+            raise RequestError(f"{name} is {len(data[name]):,} characters; at most {cap:,}")
     kind = data.get("kind")
     if kind not in KINDS:
         raise RequestError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -109,6 +126,10 @@ def validate(data: object, request_id: str, inbox: Path | None = None) -> OptOut
             raise RequestError(f"a {kind} request needs a 'value'")
         if kind in ("url", "url_prefix"):
             _check_url(value, kind)
+            if kind == "url_prefix" and not urlsplit(value).path.startswith("/"):
+                # "http://1" would match every host starting with 1: a prefix must end the host name.
+                raise RequestError(f"url_prefix must name a whole host and the start of a path, e.g. "
+                                   f"https://example.com/photos/, got {value[:200]!r}")
         elif kind == "domain":
             value = value.lower().rstrip(".")
             if not _HOST.match(value):
@@ -126,6 +147,8 @@ def _read_example(name: object, inbox: Path | None) -> bytes:
         raise RequestError("'image' must be the name of a file next to the request in the inbox")
     path = inbox / name
     try:
+        if path.stat().st_size > MAX_EXAMPLE_IMAGE_BYTES:
+            raise RequestError(f"the example image {name!r} is larger than {MAX_EXAMPLE_IMAGE_BYTES:,} bytes")
         data = path.read_bytes()
         with Image.open(io.BytesIO(data)) as image:
             image.load()
@@ -138,10 +161,13 @@ def _read_example(name: object, inbox: Path | None) -> bytes:
 
 def parse_request_file(path: Path) -> OptOutRequest:
     """Read and validate one request file of the inbox."""
+    size = path.stat().st_size
+    if size > MAX_REQUEST_BYTES:
+        raise RequestError(f"the request file is {size:,} bytes; a request is at most {MAX_REQUEST_BYTES:,}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RequestError(f"not a JSON request: {exc}") from None
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: absurd nesting
+        raise RequestError(f"not a JSON request: {str(exc)[:200] or type(exc).__name__}") from None
     return validate(data, path.stem, path.parent)
 
 
@@ -163,6 +189,8 @@ class Matches:
     partitions: dict[str, str] = field(default_factory=dict)  # uid -> warc_file
     urls: set[str] = field(default_factory=set)  # every URL of a matched pair (candidate and final)
     sha256: set[str] = field(default_factory=set)  # every image digest of a matched pair
+    lake_pairs: int = 0  # pairs in the lake (candidates), the measure of how broad a request is
+    hosts: Counter[str] = field(default_factory=Counter)  # matched pairs per image host
 
     def add(self, uids: list[str], how: str) -> None:
         for uid in uids:
@@ -201,7 +229,55 @@ def find_matches(lake: Lake, request: OptOutRequest, similar: dict[str, float] |
     for table in (candidates, images):
         rows = table.filter(pc.is_in(table["uid"], pa.array(sorted(found.uids), pa.string())))
         found.partitions.update(zip(rows["uid"].to_pylist(), rows["warc_file"].to_pylist()))
+    found.lake_pairs = candidates.num_rows
+    mine = candidates.filter(pc.is_in(candidates["uid"], pa.array(sorted(found.uids), pa.string())))
+    found.hosts = Counter(urlsplit(u).hostname or "?" for u in mine["url"].to_pylist())
     return found
+
+
+# -- guards against over-broad requests ----------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def _public_suffixes():
+    from publicsuffixlist import PublicSuffixList  # the list ships inside the package: no download
+
+    return PublicSuffixList()
+
+
+def public_suffix_named(request: OptOutRequest) -> str | None:
+    """The host a domain or prefix request names, if it is a public suffix (com, co.uk, github.io)."""
+    if request.kind not in ("domain", "url_prefix"):
+        return None
+    host = request.value if request.kind == "domain" else (urlsplit(request.value).hostname or "")
+    if not host or re.fullmatch(r"[0-9.]+|\[?[0-9a-f:]+\]?", host):  # an IP address is no suffix
+        return None
+    return host if _public_suffixes().is_public(host) else None
+
+
+def preview(found: Matches) -> dict:
+    """What a request would remove, for the audit row and `pairlake optout preview` (no URLs)."""
+    by_how = Counter(found.uids.values())
+    return {
+        "matched": len(found.uids), "lake_pairs": found.lake_pairs,
+        "fraction": round(len(found.uids) / found.lake_pairs, 6) if found.lake_pairs else 0.0,
+        "matched_by": dict(sorted(by_how.items())),
+        "hosts": dict(found.hosts.most_common(20)),
+        "uids": sorted(found.uids)[:20],
+    }
+
+
+def hold_reason(request: OptOutRequest, found: Matches, max_fraction: float, max_samples: int) -> str | None:
+    """Why a request must wait for a person's confirmation, or None when it may be applied at once."""
+    suffix = public_suffix_named(request)
+    if suffix:
+        return f"{request.kind} names the public suffix {suffix!r}: every site under it would go"
+    n = len(found.uids)
+    if n > max_samples:
+        return f"matches {n:,} pairs, more than optout.max_auto_samples ({max_samples:,})"
+    if found.lake_pairs and n > max_fraction * found.lake_pairs:
+        return (f"matches {n:,} of {found.lake_pairs:,} pairs ({n / found.lake_pairs:.2%}), more than "
+                f"optout.max_auto_fraction ({max_fraction:.2%})")
+    return None
 
 
 # -- removal -------------------------------------------------------------------------------------
@@ -209,13 +285,15 @@ def find_matches(lake: Lake, request: OptOutRequest, similar: dict[str, float] |
 @dataclass
 class RemovalOutcome:
     request_id: str
-    status: str  # applied or rejected
+    status: str  # received, needs_confirmation, applied or rejected
     matched: int = 0
     rows_deleted: dict[str, int] = field(default_factory=dict)
     purges: list[PurgeResult] = field(default_factory=list)
     index_vectors_removed: dict[str, int] = field(default_factory=dict)
     shards_rewritten: list[str] = field(default_factory=list)
     rejection: str = ""
+    hold_reason: str = ""  # needs_confirmation: why
+    preview: dict = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # per phase
 
 
@@ -242,8 +320,8 @@ def extend_removal_blocklist(lake: Lake, request: OptOutRequest, found: Matches,
         entries.append(("url-sha256", "url", request.target_sha256))
     elif request.kind in ("sha256", "md5"):
         entries.append((f"image-{request.kind}", "image", request.value))
-    elif request.kind in ("url_prefix", "domain"):
-        entries.append((f"url-{request.kind.replace('_', '-')}", "url", request.value))
+    elif request.kind in _RULE_KIND:
+        entries.append((_RULE_KIND[request.kind], "url", request.value))
     existing = lake.read(BLOCKLIST, partitions=[REMOVAL_SOURCE])
     known = {(k, d) for k, d in zip(existing["kind"].to_pylist(), existing["digest"].to_pylist())}
     fresh = sorted({e for e in entries if (e[0], e[2]) not in known})
@@ -261,8 +339,10 @@ def extend_removal_blocklist(lake: Lake, request: OptOutRequest, found: Matches,
 
 
 def record_request(lake: Lake, request: OptOutRequest | None, request_id: str, file_name: str, outcome: RemovalOutcome,
-                   received_at: dt.datetime, lineage: Lineage) -> int:
-    """Upsert the request's audit row (one row per request id); returns the table version."""
+                   received_at: dt.datetime, lineage: Lineage, preview_json: dict | None = None,
+                   confirmed_by: str | None = None) -> int:
+    """Append one audit row for a step of the request (the audit is append-only); returns the version."""
+    now = dt.datetime.now(dt.timezone.utc)
     row = {
         "request_id": request_id, "status": outcome.status,
         "kind": request.kind if request else None,
@@ -274,13 +354,30 @@ def record_request(lake: Lake, request: OptOutRequest | None, request_id: str, f
         "matched": outcome.matched, "rows_deleted": json.dumps(outcome.rows_deleted, sort_keys=True),
         "shards_rewritten": len(outcome.shards_rewritten), "file_name": file_name,
         "received_at": received_at,
-        "applied_at": dt.datetime.now(dt.timezone.utc) if outcome.status == "applied" else None,
-        "run_id": lineage.run_id,
+        "applied_at": now if outcome.status == "applied" else None,
+        "run_id": lineage.run_id, "recorded_at": now,
+        "preview": json.dumps(preview_json, sort_keys=True) if preview_json is not None else None,
+        "hold_reason": outcome.hold_reason or None, "confirmed_by": confirmed_by,
     }
-    rows = lake.read(OPTOUT_REQUESTS)
-    rows = rows.filter(pc.not_equal(rows["request_id"], request_id))
-    rows = pa.concat_tables([rows, pa.Table.from_pylist([row], schema=OPTOUT_REQUESTS.schema)]).sort_by("request_id")
-    return lake.overwrite(OPTOUT_REQUESTS, rows, lineage)
+    return lake.append(OPTOUT_REQUESTS, pa.Table.from_pylist([row], schema=OPTOUT_REQUESTS.schema), lineage)
+
+
+def _row_order(row: dict) -> tuple:
+    return (row["recorded_at"] or row["applied_at"] or row["received_at"], row["status"] != "received")
+
+
+def request_rows(lake: Lake) -> dict[str, list[dict]]:
+    """Every audit row per request id, oldest first."""
+    history: dict[str, list[dict]] = {}
+    for row in sorted(lake.read(OPTOUT_REQUESTS).to_pylist(), key=_row_order):
+        history.setdefault(row["request_id"], []).append(row)
+    return history
+
+
+def latest_status(lake: Lake, request_id: str) -> str | None:
+    """The status of a request id now (its newest audit row), or None if it was never seen."""
+    rows = lake.read(OPTOUT_REQUESTS, filter=pc.field("request_id") == request_id).to_pylist()
+    return max(rows, key=_row_order)["status"] if rows else None
 
 
 def record_removals(lake: Lake, request: OptOutRequest, found: Matches, lineage: Lineage) -> None:

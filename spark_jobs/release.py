@@ -48,6 +48,10 @@ class ReleaseError(InputError):
     """A release or diff that cannot be made or applied as asked."""
 
 
+class ReleaseNeedsConfirmation(ReleaseError):
+    """The next version would drop more than release.max_auto_drop_fraction of the previous one."""
+
+
 @dataclass(frozen=True)
 class ReleaseVersion:
     release: str
@@ -231,12 +235,14 @@ def _fresh_dir(lake: Lake, release: str, version: int) -> Path:
 
 
 def make_release(lake: Lake, config: ReleaseConfig, rules: dict, source_versions: dict[str, int], lineage: Lineage,
-                 image_ext: str = "jpg", mode: str = "auto") -> ReleaseVersion | None:
+                 image_ext: str = "jpg", mode: str = "auto", confirmed_by: str | None = None) -> ReleaseVersion | None:
     """Make the next version of ``config.name`` if anything changed; None when nothing did.
 
     ``auto``: the first version, or any version that adds samples, is a snapshot of the curated
     variant; when samples only left, a re-release. ``rerelease``: the previous version minus the
     samples removed (opt-outs) or hash-listed since, whatever else the curated set gained.
+    A version that would drop more than ``config.max_auto_drop_fraction`` of the previous one's
+    samples is refused (ReleaseNeedsConfirmation) unless ``confirmed_by`` names who confirmed it.
     """
     if mode not in ("auto", "rerelease"):
         raise ReleaseError(f"release mode must be auto or rerelease, got {mode!r}")
@@ -258,13 +264,30 @@ def make_release(lake: Lake, config: ReleaseConfig, rules: dict, source_versions
         drop = held & (removed | listed)
     else:
         if curated_uids - held:
-            return _snapshot(lake, config, curated, last["version"] + 1, previous, source_versions, rules,
-                             lineage, image_ext)
+            _check_drop(config, last, previous, curated_uids, confirmed_by)
+            return _snapshot(lake, config, curated, last["version"] + 1, previous, source_versions,
+                             {**rules, "confirmed_by": confirmed_by}, lineage, image_ext)
         drop = held - curated_uids
     amended = members.num_rows != pq.read_metadata(previous / MEMBERS).num_rows
     if not drop and not amended:
         return None
-    return _rerelease(lake, config, previous, members, drop, last["version"] + 1, source_versions, rules, lineage)
+    _check_drop(config, last, previous, held - drop, confirmed_by)
+    return _rerelease(lake, config, previous, members, drop, last["version"] + 1, source_versions,
+                      {**rules, "confirmed_by": confirmed_by}, lineage)
+
+
+def _check_drop(config: ReleaseConfig, last: dict, previous: Path, kept: set[str], confirmed_by: str | None) -> None:
+    """Refuse a version that drops too much of the published one (an over-broad removal, a curation
+    gone wrong) until a person confirms it."""
+    published = published_members(previous)["uid"].to_pylist()
+    dropped = len(set(published) - kept)
+    if confirmed_by or not published or dropped <= config.max_auto_drop_fraction * len(published):
+        return
+    raise ReleaseNeedsConfirmation(
+        f"{config.name} v{last['version'] + 1} would drop {dropped:,} of the {len(published):,} samples of "
+        f"v{last['version']} ({dropped / len(published):.1%}), more than release.max_auto_drop_fraction "
+        f"({config.max_auto_drop_fraction:.1%}); check the removals, then confirm: "
+        "pairlake release rerelease --confirmed-by WHO")
 
 
 def _snapshot(lake: Lake, config: ReleaseConfig, curated: pa.Table, version: int, previous: Path | None,

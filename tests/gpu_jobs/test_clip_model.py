@@ -27,7 +27,7 @@ def no_network(monkeypatch, tmp_path):
 
 def test_unknown_model_lists_close_names():
     with pytest.raises(ClipModelError, match=r"unknown CLIP model 'pairlake-demo-tinny'.*pairlake-demo-tiny"):
-        load_clip(ClipConfig(model="pairlake-demo-tinny"), allow_random_init=True)
+        load_clip(ClipConfig(model="pairlake-demo-tinny", pretrained=""), allow_random_init=True)
 
 
 def test_missing_checkpoint(tmp_path):
@@ -58,7 +58,7 @@ def test_pretrained_weights_not_cached_never_download(no_network):
 def test_hf_text_tower_is_looked_up_offline(no_network):
     """A model whose text tower comes from the HF hub fails fast instead of trying to download it."""
     with pytest.raises(ClipModelError, match="roberta-ViT-B-32/random-init from local files only"):
-        load_clip(ClipConfig(model="roberta-ViT-B-32"), allow_random_init=True)
+        load_clip(ClipConfig(model="roberta-ViT-B-32", pretrained=""), allow_random_init=True)
 
 
 def test_quick_gelu_mismatch_names_the_right_model(no_network):
@@ -68,7 +68,7 @@ def test_quick_gelu_mismatch_names_the_right_model(no_network):
 
 def test_no_weights_needs_explicit_random_init():
     with pytest.raises(ClipModelError, match="no CLIP weights configured"):
-        load_clip(ClipConfig())
+        load_clip(ClipConfig(model="pairlake-demo-tiny", pretrained=""))
 
 
 def test_cuda_is_refused_only_where_there_is_none():
@@ -85,13 +85,13 @@ def test_auto_device():
 
 def test_checkpoint_loads_weights_and_names_model_by_hash(tmp_path):
     torch.manual_seed(1)
-    source = load_clip(ClipConfig(device="cpu"), allow_random_init=True)
+    source = load_clip(ClipConfig(model="pairlake-demo-tiny", pretrained="", device="cpu"), allow_random_init=True)
     assert source.model_id == "pairlake-demo-tiny/random-init"
     path = tmp_path / "tiny.pt"
     # open_clip_train's checkpoint layout: {"state_dict": {"module.<name>": tensor}, ...}
     torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in source.model.state_dict().items()}}, path)
 
-    clip = load_clip(ClipConfig(checkpoint=str(path), pretrained="ignored-when-checkpoint-set", device="cpu"))
+    clip = load_clip(ClipConfig(model="pairlake-demo-tiny", checkpoint=str(path), pretrained="ignored-when-checkpoint-set", device="cpu"))
 
     assert clip.model_id == f"pairlake-demo-tiny/sha256:{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
     assert clip.embedding_dim == 64

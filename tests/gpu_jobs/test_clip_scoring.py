@@ -27,7 +27,7 @@ FP16_TOL = 2e-3  # a unit vector's entries rounded to float16: relative error 2*
 @pytest.fixture(scope="module")
 def clip():
     torch.manual_seed(0)
-    return load_clip(ClipConfig(device="cpu"), allow_random_init=True)
+    return load_clip(ClipConfig(model="pairlake-demo-tiny", pretrained="", device="cpu"), allow_random_init=True)
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,61 @@ import pytest
 from infra.config import ConfigError, load_config
 
 
-def test_defaults_load_and_name_the_demo_model():
-    config = load_config()
+@pytest.fixture(autouse=True)
+def no_config_from_the_environment(monkeypatch):
+    for name in ("PAIRLAKE_CONFIG", "PAIRLAKE_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_the_demo_profile_names_the_demo_model():
+    config = load_config(profile="demo")
     assert config.clip.model == "pairlake-demo-tiny" and config.clip_threshold() == 0.5
     assert config.clip.thresholds["ViT-B-32"] == 0.28
+
+
+def test_a_production_file_naming_only_what_it_changes_inherits_nothing_of_the_demo(tmp_path):
+    """The embedded defaults used to be the demo's: loopback downloads allowed, the demo checkpoint
+    loaded into the production model, near-duplicate and opt-out thresholds of the tiny model."""
+    path = tmp_path / "prod.toml"
+    path.write_text('[lake]\nroot = "/data/lake"\n[clip]\nmodel = "ViT-B-32"\npretrained = "laion2b_s34b_b79k"\n')
+    config = load_config(path)
+    assert config.download.allow_hosts == ()
+    assert config.clip.checkpoint == "" and config.clip_threshold() == 0.28
+    assert config.curation.near_duplicate_threshold == 0.94 and config.optout.min_similarity == 0.95
+    assert all(not t.head for t in config.tags.values()) and "punsafe" in config.tags
+    assert config.crawl.source == "" and config.release.max_auto_drop_fraction == 0.01
+    assert config.optout.max_auto_fraction == 0.001
+
+
+def test_profiles_come_only_when_asked_for(monkeypatch):
+    assert load_config().clip.model == "ViT-B-32"
+    monkeypatch.setenv("PAIRLAKE_PROFILE", "demo")
+    assert load_config().clip.model == "pairlake-demo-tiny"
+    with pytest.raises(ConfigError, match="unknown config profile 'nope' \\(profiles: demo, production\\)"):
+        load_config(profile="nope")
+    with pytest.raises(ConfigError, match="unknown config profile"):
+        load_config(profile="../configs/demo")
+
+
+def test_config_show_says_where_every_value_came_from(tmp_path, monkeypatch, capsys):
+    import tomllib
+
+    from orchestration.cli import main
+
+    path = tmp_path / "c.toml"
+    path.write_text('[download]\ntimeout_s = 7\n')
+    monkeypatch.setenv("PAIRLAKE__INDEX__MAX_K", "50")
+    assert main(["--profile", "demo", "--config", str(path), "config", "show"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split(" = ")[0]: line for line in out.splitlines() if " = " in line}
+    assert lines["timeout_s"].endswith(f"# file {path}")
+    assert lines["max_k"] == "max_k = 50  # environment"
+    assert lines["checkpoint"].endswith("# profile demo")
+    assert lines["history_retention_hours"].endswith("# default")
+    assert "[tags.punsafe]  # profile demo" in out
+    shown = tomllib.loads(out)  # the output is TOML that loads back to the same config
+    assert shown["download"]["timeout_s"] == 7.0 and shown["index"]["max_k"] == 50
+    assert load_config(overrides=shown) == load_config(path, profile="demo", overrides={"index": {"max_k": 50}})
 
 
 def test_tag_scorers_and_variants_are_stated_whole(tmp_path):

@@ -36,6 +36,12 @@ def _request(**fields):
         (_request(kind="url", value="http://a.example/x", extra=1), "unknown field 'extra'"),
         ({"kind": "url", "value": "http://a.example/x", "reason": "r"}, "non-empty 'requester'"),
         (_request(kind="url", value="http://a.example/x", request_id="a b"), "request_id"),
+        (_request(kind="url", value="http://a.example/x", request_id="../../etc/x"), "request_id"),
+        (_request(kind="url_prefix", value="http://1"), "whole host and the start of a path"),
+        (_request(kind="url_prefix", value="https://example.com"), "whole host and the start of a path"),
+        ({**_request(kind="url", value="http://a.example/x"), "reason": "r" * 50_000}, "reason is 50,000 characters"),
+        ({**_request(kind="url", value="http://a.example/x"), "requester": "q" * 201}, "requester is 201 characters"),
+        (_request(kind="url", value="http://a.example/" + "x" * 3000), "value is 3,017 characters"),
     ],
 )
 def test_malformed_requests_are_refused_with_the_reason(tmp_path, data, message):
@@ -103,3 +109,69 @@ def test_a_prefix_and_a_hash(tmp_path):
     assert set(_match(tmp_path, "url_prefix", "http://cdn.photos.example/a/").uids) == {"u4"}
     assert set(_match(tmp_path, "md5", hashlib.md5(b"ME").hexdigest()).uids) == {"u1", "u2", "u3"}
     assert _match(tmp_path, "sha256", "0" * 64).uids == {}
+
+
+def test_a_huge_or_absurdly_nested_request_file_is_refused_in_one_line(tmp_path):
+    big = tmp_path / "big.json"
+    big.write_bytes(b"[" * (optout.MAX_REQUEST_BYTES + 1))
+    with pytest.raises(optout.RequestError, match="a request is at most"):
+        optout.parse_request_file(big)
+    nested = tmp_path / "nested.json"
+    nested.write_bytes(b"[" * 30_000 + b"]" * 30_000)  # under the cap, deeper than the parser can recurse
+    with pytest.raises(optout.RequestError, match="not a JSON request"):
+        optout.parse_request_file(nested)
+
+
+def test_rule_requests_enter_the_blocklist_under_the_kinds_that_later_crawls_match(tmp_path):
+    """A url_prefix rule used to be stored as 'url-url-prefix', which no later crawl matched."""
+    from infra.tables import BLOCKLIST
+    from spark_jobs.blocklist import URL_RULE_KINDS
+
+    lake = _lake(tmp_path)
+    for kind, value in (("url_prefix", "http://cdn.photos.example/a/"), ("domain", "photos.example")):
+        request = optout.validate(_request(kind=kind, value=value), f"r-{kind}", tmp_path)
+        optout.extend_removal_blocklist(lake, request, optout.find_matches(lake, request), Lineage())
+    rules = {r["kind"]: r["digest"] for r in lake.read(BLOCKLIST).to_pylist() if r["target"] == "url"
+             and not r["kind"].endswith("sha256")}
+    assert rules == dict(zip(URL_RULE_KINDS, ("http://cdn.photos.example/a/", "photos.example")))
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "held"),
+    [
+        ("domain", "com", "public suffix 'com'"),
+        ("domain", "co.uk", "public suffix 'co.uk'"),
+        ("domain", "github.io", "public suffix 'github.io'"),
+        ("url_prefix", "https://co.uk/", "public suffix 'co.uk'"),
+        ("domain", "photos.example", "matches 5 of 7 pairs"),  # 71% of this tiny lake
+        ("url", "http://notphotos.example/c.jpg", "matches 1 of 7 pairs"),  # 14% > 10%
+    ],
+)
+def test_over_broad_requests_are_held_for_confirmation(tmp_path, kind, value, held):
+    lake = _lake(tmp_path)
+    request = optout.validate(_request(kind=kind, value=value), "r", tmp_path)
+    found = optout.find_matches(lake, request)
+    assert held in optout.hold_reason(request, found, max_fraction=0.1, max_samples=1000)
+    shown = optout.preview(found)
+    assert shown["matched"] == len(found.uids) and shown["lake_pairs"] == 7
+
+
+def test_narrow_requests_are_applied_at_once_and_sample_caps_hold_too(tmp_path):
+    lake = _lake(tmp_path)
+    request = optout.validate(_request(kind="url_prefix", value="http://cdn.photos.example/a/"), "r", tmp_path)
+    found = optout.find_matches(lake, request)
+    assert optout.hold_reason(request, found, max_fraction=0.5, max_samples=1000) is None
+    assert "more than optout.max_auto_samples (0)" in optout.hold_reason(request, found, 1.0, 0)
+    ip = optout.validate(_request(kind="domain", value="127.0.0.1"), "r", tmp_path)
+    assert optout.public_suffix_named(ip) is None  # an address is not a suffix; its breadth is measured
+
+
+def test_the_audit_is_append_only(tmp_path):
+    lake = _lake(tmp_path)
+    request = optout.validate(_request(kind="md5", value="a" * 32), "r1", tmp_path)
+    for status in ("received", "applied"):
+        outcome = optout.RemovalOutcome("r1", status, matched=1, rows_deleted={"images": 1})
+        optout.record_request(lake, request, "r1", "r1.json", outcome, NOW, Lineage(run_id=status))
+    rows = optout.request_rows(lake)["r1"]
+    assert [r["status"] for r in rows] == ["received", "applied"]
+    assert optout.latest_status(lake, "r1") == "applied" and optout.latest_status(lake, "r2") is None

@@ -166,5 +166,5 @@ def test_open_clip_trainer_runs_on_exported_shards(tmp_path):
     assert "Train Epoch: 0 [32/32 (100%)]" in log and "Loss:" in log  # 4 steps, every sample read
     checkpoint = logs / "smoke" / "checkpoints" / "epoch_1.pt"
     # The trained checkpoint is what clip.checkpoint points at next: the scoring side must load it.
-    clip = load_clip(ClipConfig(checkpoint=str(checkpoint), device="cpu"))
+    clip = load_clip(ClipConfig(model="pairlake-demo-tiny", checkpoint=str(checkpoint), device="cpu"))
     assert clip.model_id.startswith("pairlake-demo-tiny/sha256:")
