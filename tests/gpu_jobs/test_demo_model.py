@@ -58,7 +58,7 @@ def test_zero_shot_on_held_out_classes_and_caption_cosines(demo_clip):
 def test_sample_crawl_captions_fall_on_the_right_side_of_the_threshold(demo_clip, tmp_path):
     crawl = generate_sample_crawl(tmp_path, "http://127.0.0.1:9", pages=30, seed=5)
     site = load_site(crawl.site_dir)
-    threshold = load_config().clip_threshold()
+    threshold = load_config(profile="demo").clip_threshold()
     scored = {"match": [], "mismatch": []}
     for url, entry in crawl.images.items():
         if entry["download"] != "ok" or entry["clip"] is None:

@@ -73,6 +73,7 @@ source = "{crawl.out_dir / 'warcs'}"
 [download]
 timeout_s = 1.5
 retries = 1
+allow_hosts = ["127.0.0.1:{server.port}"]
 [clip]
 checkpoint = "{demo_checkpoint}"
 workers = 0
@@ -91,8 +92,9 @@ negative = ["a square", "a triangle", "a star", "a cross"]
 samples_per_shard = 20
 """
     )
-    previous = os.environ.get("PAIRLAKE_CONFIG")
+    previous = {name: os.environ.get(name) for name in ("PAIRLAKE_CONFIG", "PAIRLAKE_PROFILE")}
     os.environ["PAIRLAKE_CONFIG"] = str(config)
+    os.environ["PAIRLAKE_PROFILE"] = "demo"  # the file above names only what differs from the demo
     try:
         with dg.instance_for_test() as instance:
             lake = Lake(str(root / "lake"))
@@ -112,9 +114,10 @@ samples_per_shard = 20
                            first, log_after_first, config, root / "lake", late_uid)
     finally:
         server.stop()
-        if previous is None:
-            os.environ.pop("PAIRLAKE_CONFIG", None)
-        else:
-            os.environ["PAIRLAKE_CONFIG"] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 

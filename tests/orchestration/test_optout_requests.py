@@ -19,8 +19,8 @@ from PIL import Image
 
 from infra.config import load_config
 from infra.delta_store import Lake
-from infra.tables import CANDIDATES, CURATED, IMAGES, OPTOUT_REQUESTS, REMOVALS, SAMPLE_TABLES, STAGE_STATS
-from orchestration.optout_requests import inbox_dir, rejected_dir, submit_request
+from infra.tables import CANDIDATES, CURATED, IMAGES, REMOVALS, SAMPLE_TABLES, STAGE_STATS
+from orchestration.optout_requests import inbox_dir, rejected_dir, request_status, submit_request
 from orchestration.resources import PairlakeResource
 from orchestration.runner import materialize_all, tick_sensor
 from orchestration.sensors import optout_inbox_sensor
@@ -121,12 +121,12 @@ def test_a_malformed_request_is_moved_aside_with_its_reason(removal):
     config = load_config(removal.config_path)
     assert (rejected_dir(config) / "broken.json").exists()
     assert "kind must be one of" in (rejected_dir(config) / "broken.json.reason.txt").read_text()
-    rows = {r["request_id"]: r for r in removal.lake.read(OPTOUT_REQUESTS).to_pylist()}
+    rows = {r["request_id"]: r for r in request_status(load_config(removal.config_path))}
     assert rows["broken"]["status"] == "rejected" and "kind must be one of" in rows["broken"]["rejection"]
 
 
 def test_every_named_sample_and_every_copy_is_removed_from_every_table(removal):
-    rows = {r["request_id"]: r for r in removal.lake.read(OPTOUT_REQUESTS).to_pylist()}
+    rows = {r["request_id"]: r for r in request_status(load_config(removal.config_path))}
     for request_id in ("by-url", "by-md5", "by-image"):
         assert rows[request_id]["status"] == "applied" and rows[request_id]["matched"] >= 1, request_id
         assert rows[request_id]["target"] is None  # exact URLs and hashes are kept as digests only
