@@ -6,9 +6,11 @@ from infra.tables import BLOCKLIST, CANDIDATES, IMAGES
 from orchestration.partitions import per_warc_file_asset
 from orchestration.resources import PairlakeResource, code_version, summed
 from spark_jobs import blocklist, images_job
-from spark_jobs.download import address_guard, downloader, fetcher, resizer, robots
+from spark_jobs.download import (address_guard, decode_budget, downloader, fetcher, hosts, origin_policies, resizer,
+                                  robots, tdmrep)
 
-CODE_VERSION = code_version(address_guard, robots, fetcher, resizer, downloader, blocklist, images_job)
+CODE_VERSION = code_version(address_guard, robots, origin_policies, tdmrep, hosts, decode_budget, fetcher, resizer,
+                            downloader, blocklist, images_job)
 
 
 @per_warc_file_asset(

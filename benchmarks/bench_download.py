@@ -127,6 +127,7 @@ def main() -> None:
     )
     try:
         url = server.stdout.readline().strip()
+        config = dataclasses.replace(config, allow_hosts=(url.removeprefix("http://"),))  # its loopback port only
         table = pa.table(
             {
                 "uid": [str(i) for i in range(args.n)],

@@ -11,6 +11,7 @@ with one clear line; ``effective_config`` also says where every value came from.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import tomllib
@@ -23,6 +24,10 @@ CONFIG_ENV = "PAIRLAKE_CONFIG"
 PROFILE_ENV = "PAIRLAKE_PROFILE"
 # PAIRLAKE__DOWNLOAD__TIMEOUT_S=5 sets download.timeout_s (the value is read as TOML, else a string).
 KEY_ENV_PREFIX = "PAIRLAKE__"
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_ALLOW_EXAMPLES = "'127.0.0.1:18765', 'localhost:8080', '[::1]:8080' or '10.0.0.0/8:443'"
 
 
 class InputError(ValueError):
@@ -62,6 +67,16 @@ class ExtractConfig:
     min_caption_chars: int = 5
     max_caption_chars: int = 1000
     max_page_bytes: int = 5_000_000
+    # Parse budget: a page with more start tags, or whose elements would nest deeper, is skipped
+    # before parsing (warc_rejects reason page_too_complex). The parser's cost grows with the square
+    # of the nesting depth; browsers stop nesting at 512.
+    max_page_elements: int = 200_000
+    max_nesting_depth: int = 1024
+    # Parse-time opt-outs read from the page itself: <meta name="robots"> with noai, noimageai,
+    # noindex, noimageindex or none, and TDMRep's <meta name="tdm-reservation" content="1">. Its
+    # candidates carry the signal and their images are never requested.
+    honour_meta_robots: bool = True
+    honour_tdm_meta: bool = True
 
 
 @dataclass(frozen=True)
@@ -425,6 +440,30 @@ def _quoted(key: str) -> str:
     return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
 
 
+def parse_allow_entry(entry: str) -> tuple[IPNetwork | str, int]:
+    """``host:port`` or ``cidr:port`` (IPv6 in brackets) → (network or lower-cased name, port)."""
+    text = entry.strip()
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        port = rest.removeprefix(":") if bracket and rest.startswith(":") else ""
+    else:
+        host, colon, port = text.rpartition(":")
+        if not colon:
+            host, port = text, ""
+        if ":" in host:
+            raise ConfigError(f"download.allow_hosts entry {entry!r}: write IPv6 in brackets, e.g. '[::1]:8080'")
+    if not host:
+        raise ConfigError(f"download.allow_hosts entry {entry!r} has no host: write host:port, e.g. {_ALLOW_EXAMPLES}")
+    if not port:
+        raise ConfigError(f"download.allow_hosts entry {entry!r} has no port: add the port, e.g. {_ALLOW_EXAMPLES}")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"download.allow_hosts entry {entry!r}: {port!r} is not a port number")
+    try:
+        return ipaddress.ip_network(host, strict=False), int(port)
+    except ValueError:
+        return host.lower().rstrip("."), int(port)
+
+
 _RESIZE_MODES = ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop")
 
 
@@ -436,6 +475,10 @@ def _validate(config: PairlakeConfig) -> None:
         raise ConfigError(f"config download.resize_mode must be one of {', '.join(_RESIZE_MODES)}, got {dl.resize_mode!r}")
     if dl.encode_format not in ("jpg", "png", "webp"):
         raise ConfigError(f"config download.encode_format must be jpg, png or webp, got {dl.encode_format!r}")
+    for entry in dl.allow_hosts:
+        parse_allow_entry(entry)
+    if dl.decode_memory_mb < 1:
+        raise ConfigError("config download.decode_memory_mb must be at least 1")
     if dl.timeout_s <= 0 or dl.concurrency < 1 or dl.per_host_concurrency < 1:
         raise ConfigError("config download.timeout_s, concurrency and per_host_concurrency must be positive")
     if config.clip.device not in ("auto", "cpu", "cuda"):

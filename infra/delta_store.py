@@ -8,6 +8,8 @@ named partitions in that one commit, so a retry or a crash-and-rerun never leave
 from __future__ import annotations
 
 import json
+import os
+import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.dataset as pads
 from deltalake import DeltaTable, Schema, write_deltalake
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
 
 from infra.tables import TableSpec
@@ -70,6 +72,49 @@ def partition_predicate(column: str, values: Iterable[str]) -> str:
     return f"{column} IN ({', '.join(_sql_literal(v) for v in sorted(set(values)))})"
 
 
+_COMMIT_ENTRY = re.compile(r"^(\d{20})\.json$")
+_CHECKPOINT = re.compile(r"^(\d{20})\.checkpoint(\.\d+\.\d+)?\.parquet$")
+# The actions delta-rs 1.6 accepts in a commit entry; it refuses the whole table on any other.
+_ACTIONS = frozenset({"add", "remove", "metaData", "protocol", "commitInfo", "txn", "cdc", "domainMetadata"})
+# Log entries already found whole, path -> (size, mtime_ns). Entries are written once, so a read
+# re-parses only entries that are new or were changed in place since.
+_checked_entries: dict[str, tuple[int, int]] = {}
+
+
+def _entry_problem(data: bytes) -> str | None:
+    """What makes a commit entry unusable, or None when every line is one Delta action."""
+    if not data:
+        return "is empty (0 bytes)"
+    actions = 0
+    for number, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            action = json.loads(line)
+        except ValueError:
+            return f"is cut short or garbled: line {number} is not JSON"
+        if not (isinstance(action, dict) and len(action) == 1 and next(iter(action)) in _ACTIONS):
+            return f"is garbled: line {number} is not a Delta action"
+        actions += 1
+    return None if actions else "holds no Delta action"
+
+
+def _rollback(log: str, number: int, latest: int, missing: bool = False) -> str:
+    """How to get back to the last good version when log entry ``number`` is lost or unusable.
+
+    Checked with delta-rs 1.6.6: after deleting the entries from ``number`` on, the table reads as
+    version ``number - 1``, the next write takes ``number`` again, and the data files of the
+    deleted commits stay on disk until a full vacuum (``vacuum(full=True)``; a plain one keeps them).
+    """
+    if number == 0:
+        return f"or delete the table folder {os.path.dirname(log)} and write the table again"
+    later = latest - number
+    after = f"the {later} {'entry' if later == 1 else 'entries'} after it"
+    which = after if missing else "it" if later <= 0 else f"it and {after}"
+    return (f"or delete {which} to roll back to version {number - 1} (the data files of the deleted commits "
+            f"stay on disk unreferenced until a full vacuum)")
+
+
 class Lake:
     """The Delta tables under one root (a local path or an object-store URI)."""
 
@@ -105,7 +150,12 @@ class Lake:
     # -- reading -------------------------------------------------------------------------------
 
     def table(self, spec: TableSpec | str, version: int | None = None) -> DeltaTable | None:
-        """The Delta table at ``version`` (latest when None), or None if it was never written."""
+        """The Delta table at ``version`` (latest when None), or None if it was never written.
+
+        A table whose log is corrupt raises LakeError naming the table, never a wrong answer."""
+        name = spec if isinstance(spec, str) else spec.name
+        if self.is_local:
+            self._check_log(name, version)
         try:
             return DeltaTable(self.uri(spec), version=version, storage_options=self.storage_options)
         except TableNotFoundError:
@@ -113,6 +163,55 @@ class Lake:
                 # The table exists, that version does not: a removal purged the history before it.
                 raise LakeError(f"version {version} of table {self.uri(spec)} is gone (purged by a removal)") from None
             return None
+        except (DeltaError, OSError, ValueError) as exc:
+            # delta-rs appends a Rust backtrace to its message: keep the first line.
+            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise LakeError(f"table {name} at {self.uri(spec)} cannot be loaded: {detail}") from exc
+
+    def _check_log(self, name: str, version: int | None) -> None:
+        """Refuse a table whose commit entries after the last checkpoint are not whole.
+
+        delta-rs reads an empty entry as a commit that changes nothing (silently stale data) and
+        fails on a cut one without naming the table. Only local tables can hold such entries: a
+        file system can leave a renamed entry empty or cut after a crash, while an object store
+        writes an object whole or not at all.
+        """
+        log = os.path.join(self.root, name, "_delta_log")  # plain strings: pathlib would double the cost
+        try:
+            names = os.listdir(log)
+        except (FileNotFoundError, NotADirectoryError):
+            return  # never written: DeltaTable says so
+        commits, checkpoints = [], []
+        for entry in names:
+            if match := _COMMIT_ENTRY.match(entry):
+                commits.append(int(match.group(1)))
+            elif match := _CHECKPOINT.match(entry):
+                checkpoints.append(int(match.group(1)))
+        last = max(commits, default=-1) if version is None else version
+        start = max((c for c in checkpoints if c <= last), default=-1)
+        # Entries before the checkpoint may be gone (infra/purge.py deletes them); none after it may.
+        expected = start + 1
+        for number in sorted(c for c in commits if start < c <= last):
+            if number != expected:
+                raise LakeError(f"table {name} is corrupt: Delta log entry {log}/{expected:020d}.json is missing; "
+                                f"restore it from a backup, {_rollback(log, expected, max(commits), missing=True)}")
+            expected += 1
+            path = f"{log}/{number:020d}.json"
+            try:
+                stat = os.stat(path)
+                key = (stat.st_size, stat.st_mtime_ns)
+                if _checked_entries.get(path) == key:
+                    continue
+                with open(path, "rb") as file:
+                    problem = _entry_problem(file.read())
+            except FileNotFoundError:
+                continue  # purged since the listing: DeltaTable reads the log as it is now
+            except OSError as exc:
+                raise LakeError(f"table {name}: cannot read its Delta log entry {path}: {exc.strerror or exc}") from exc
+            if problem is not None:
+                raise LakeError(f"table {name} is corrupt: Delta log entry {path} {problem}; restore that file "
+                                f"from a backup, {_rollback(log, number, max(commits))}")
+            _checked_entries[path] = key
 
     def version(self, spec: TableSpec | str) -> int | None:
         table = self.table(spec)

@@ -2,7 +2,7 @@
 
 Removals take the ``removal`` lease, so two opt-out runs never purge the same tables at once (the
 second waits, then says in one line who holds it). The lease is a file created with O_EXCL under
-``<lake>/_leases/``; it names the holder's host, pid and that process's start time, so a lease left
+``<lake>/_leases/``; it names the holder's host, pid and process identity, so a lease left
 by a killed process on this host is recognised and taken over. The holding process may take it
 again (a CLI that holds it runs the removal step in process).
 """
@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from infra.config import InputError
+from infra.process_identity import process_identity
 
 LEASE_DIR = "_leases"
 
@@ -28,24 +29,15 @@ class LeaseBusy(InputError):
     """Another process holds the lease: said in one line, nothing was changed."""
 
 
-def _process_start(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (None when no such process): tells a reused pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
 def _me() -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _process_start(os.getpid())}
+    return {"host": socket.gethostname(), "pid": os.getpid(), "process": process_identity(os.getpid())}
 
 
 def _dead(holder: dict) -> bool:
     """Whether the holder is a process of this host that no longer runs (other hosts: unknown)."""
     if holder.get("host") != socket.gethostname():
         return False
-    return _process_start(int(holder.get("pid", -1))) != holder.get("pid_start")
+    return process_identity(int(holder.get("pid", -1))) != holder.get("process")
 
 
 def _read(path: Path) -> dict | None:
@@ -75,7 +67,7 @@ def lease(lake_root: str | Path, name: str, purpose: str, wait_s: float) -> Iter
             holder = _read(path)
             if holder is None:
                 continue  # released just now
-            if holder and all(holder.get(k) == me[k] for k in ("host", "pid", "pid_start")):
+            if holder and all(holder.get(k) == me[k] for k in ("host", "pid", "process")):
                 yield  # this process holds it already
                 return
             if holder and _dead(holder):

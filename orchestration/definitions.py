@@ -19,6 +19,7 @@ from assets import (
 )
 from orchestration.jobs import apply_optout_job, discover_job, ingest_job, release_job, rerelease_job
 from orchestration.resources import PairlakeResource
+from orchestration.run_recovery import dead_run_sensor
 from orchestration.schedules import crawl_discovery_schedule
 from orchestration.sensors import optout_inbox_sensor, rerelease_sensor
 
@@ -30,6 +31,6 @@ defs = dg.Definitions(
     asset_checks=dg.load_asset_checks_from_modules([curated]),
     jobs=[discover_job, ingest_job, release_job, apply_optout_job, rerelease_job],
     schedules=[crawl_discovery_schedule],
-    sensors=[optout_inbox_sensor, rerelease_sensor],
+    sensors=[optout_inbox_sensor, rerelease_sensor, dead_run_sensor],
     resources={"pairlake": PairlakeResource()},
 )

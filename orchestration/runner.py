@@ -15,6 +15,7 @@ from gpu_jobs.clip_model import load_clip
 from infra.config import PairlakeConfig
 from infra.crawl_source import list_warc_files
 from infra.delta_store import Lake
+from orchestration.run_recovery import fail_dead_runs, process_tags
 
 DAGSTER_HOME_DEFAULT = ".dagster_home"
 _INSTANCE_YAML = Path(__file__).resolve().parent.parent / "infra" / "dagster" / "dagster.yaml"
@@ -38,8 +39,10 @@ def _execute(job_name: str, instance: dg.DagsterInstance, tags: dict[str, str] |
              run_config: dict | None = None) -> dg.ExecuteInProcessResult:
     from orchestration.definitions import defs
 
+    fail_dead_runs(instance)  # a run killed earlier shows FAILURE and frees the queue
     job = defs.resolve_job_def(job_name)
-    result = job.execute_in_process(instance=instance, tags=tags or {}, run_config=run_config, raise_on_error=False)
+    result = job.execute_in_process(instance=instance, tags={**(tags or {}), **process_tags()}, run_config=run_config,
+                                    raise_on_error=False)
     if not result.success:
         failures = [e for e in result.all_events if e.is_step_failure]
         detail = "see the Dagster UI"

@@ -3,7 +3,8 @@
 ``download_batch`` runs its own event loop, so it is callable from Spark ``mapInArrow`` tasks and
 from tests alike. Each distinct URL is fetched once per batch; URLs are interleaved by host so that
 one big host does not fill the pipeline while others wait. Decoding runs on a small thread pool
-(Pillow releases the GIL) so that the event loop keeps serving network I/O meanwhile.
+(Pillow releases the GIL) so that the event loop keeps serving network I/O meanwhile; the pool's
+decodes share one ``DecodeBudget`` (``decode_memory_mb``).
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ from collections.abc import Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import pyarrow as pa
 from tqdm import tqdm
+from yarl import URL
 
 from infra.config import DownloadConfig
 from infra.tables import IMAGES
+from spark_jobs.download.decode_budget import DecodeBudget
 from spark_jobs.download.fetcher import Fetcher
+from spark_jobs.download.hosts import HostKey, host_key
 from spark_jobs.download.resizer import ImageRejected, ResizedImage, resize_image
 
 T = TypeVar("T")
@@ -60,16 +63,17 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coro).result()
 
 
-def _host(url: str) -> str:
+def _host(url: str) -> HostKey | None:
     try:
-        return urlsplit(url).hostname or ""
-    except ValueError:
-        return ""
+        parsed = URL(url)
+    except (ValueError, TypeError):
+        return None
+    return host_key(parsed) if parsed.host and parsed.port else None
 
 
 def _interleave_by_host(urls: Iterable[str]) -> list[str]:
     """Round-robin over hosts: a, b, c, a, b, a, ... instead of a, a, a, b, b, c."""
-    by_host: dict[str, list[str]] = {}
+    by_host: dict[HostKey | None, list[str]] = {}
     for url in urls:
         by_host.setdefault(_host(url), []).append(url)
     return [url for group in itertools.zip_longest(*by_host.values()) for url in group if url is not None]
@@ -80,6 +84,7 @@ async def _download_all(urls: list[str], config: DownloadConfig, progress: bool,
     # free up: the original bodies held in memory stay bounded when decoding is slower than the
     # network (the usual case on one executor core), and a task's share of 100k rows costs no more.
     window = asyncio.Semaphore(2 * config.concurrency)
+    budget = DecodeBudget.of(config)
     outcomes: dict[str, Outcome] = {}
     running: set[asyncio.Task[None]] = set()
     with (
@@ -90,7 +95,7 @@ async def _download_all(urls: list[str], config: DownloadConfig, progress: bool,
 
             async def one(url: str) -> None:
                 try:
-                    outcomes[url] = await _download_one(fetcher, pool, url, config)
+                    outcomes[url] = await _download_one(fetcher, pool, budget, url, config)
                 finally:
                     window.release()
                     bar.update()
@@ -104,7 +109,9 @@ async def _download_all(urls: list[str], config: DownloadConfig, progress: bool,
     return outcomes
 
 
-async def _download_one(fetcher: Fetcher, pool: ThreadPoolExecutor, url: str, config: DownloadConfig) -> Outcome:
+async def _download_one(
+    fetcher: Fetcher, pool: ThreadPoolExecutor, budget: DecodeBudget, url: str, config: DownloadConfig
+) -> Outcome:
     try:
         result = await fetcher.fetch(url)
         fetched = {"http_status": result.http_status, "attempts": result.attempts, "final_url": result.final_url}
@@ -112,7 +119,9 @@ async def _download_one(fetcher: Fetcher, pool: ThreadPoolExecutor, url: str, co
             assert result.error is not None
             return _failed(result.error, result.detail, result.retryable, **fetched)
         try:
-            image, digests = await asyncio.get_running_loop().run_in_executor(pool, _process, result.body, config)
+            image, digests = await asyncio.get_running_loop().run_in_executor(
+                pool, _process, result.body, config, budget
+            )
         except ImageRejected as exc:
             return _failed(exc.reason, exc.detail, False, **fetched)
         return {
@@ -140,9 +149,9 @@ async def _download_one(fetcher: Fetcher, pool: ThreadPoolExecutor, url: str, co
 DIGESTS = ("sha256", "sha1", "md5")
 
 
-def _process(body: bytes, config: DownloadConfig) -> tuple[ResizedImage, dict[str, str]]:
+def _process(body: bytes, config: DownloadConfig, budget: DecodeBudget) -> tuple[ResizedImage, dict[str, str]]:
     """Runs on the decode pool: resize plus the hashes of the original bytes."""
-    return resize_image(body, config), {name: hashlib.new(name, body).hexdigest() for name in DIGESTS}
+    return resize_image(body, config, budget), {name: hashlib.new(name, body).hexdigest() for name in DIGESTS}
 
 
 def _failed(

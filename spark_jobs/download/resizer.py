@@ -2,7 +2,10 @@
 
 Size checks use the header only (``Image.open`` is lazy), so a decompression bomb or an absurd
 aspect ratio is refused before any pixel is decoded. JPEGs are decoded with ``draft`` (DCT
-scaling) at the smallest scale that still covers the target size, which is most of the speed.
+scaling) at the smallest scale that still covers the target size, which is most of the speed and
+divides their decode memory by up to 64. The memory a decode will take is estimated from the header
+(after ``draft``) and reserved from the downloader's ``DecodeBudget`` before decoding; an image that
+alone exceeds the budget is refused (``decode_memory_exceeded``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from infra.config import DownloadConfig
+from spark_jobs.download.decode_budget import DecodeBudget
 
 # Pillow warns on images above its own pixel limit; we enforce config.max_image_pixels instead
 # (Pillow still raises DecompressionBombError above twice its limit, mapped to the same reason).
@@ -21,6 +25,8 @@ warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 _PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 _BORDER_COLOUR = (255, 255, 255)  # img2dataset pads with white
+# Bytes per pixel Pillow stores; every mode not listed takes 4 (RGB included: RGBX in memory).
+_PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
 
 
 class ImageRejected(Exception):
@@ -51,8 +57,9 @@ def target_size(width: int, height: int, mode: str, size: int) -> tuple[int, int
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def resize_image(data: bytes, config: DownloadConfig) -> ResizedImage:
-    """Check and resize ``data``; raises ``ImageRejected`` with a reason code."""
+def resize_image(data: bytes, config: DownloadConfig, budget: DecodeBudget | None = None) -> ResizedImage:
+    """Check and resize ``data`` within ``budget`` (default: a budget of its own, sized by
+    ``config.decode_memory_mb``); raises ``ImageRejected`` with a reason code."""
     try:
         img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
@@ -64,14 +71,40 @@ def resize_image(data: bytes, config: DownloadConfig) -> ResizedImage:
     with img:
         width, height = img.size
         _check_size(width, height, config)
+        if config.resize_mode != "no":
+            # JPEG only: decode at 1/2, 1/4 or 1/8 scale when that still covers the target size.
+            img.draft("RGB", (config.image_size, config.image_size))
+        budget = budget or DecodeBudget.of(config)
+        cost = decode_cost(img, config)
+        if cost > budget.capacity:
+            raise ImageRejected(
+                "decode_memory_exceeded",
+                f"{width}x{height} {img.mode} needs ~{cost >> 20} MiB to decode; budget {budget.capacity >> 20} MiB",
+            )
         try:
-            out = _resize(img, config)
+            with budget.reserve(cost):
+                out = _resize(img, config)
+                buf = io.BytesIO()
+                fmt = _PIL_FORMATS[config.encode_format]
+                out.save(buf, format=fmt, **({} if fmt == "PNG" else {"quality": config.encode_quality}))
         except Exception as exc:  # truncated or corrupt data surfaces only when pixels are decoded
             raise ImageRejected("decode_error", f"{type(exc).__name__}: {exc}"[:300]) from None
-        buf = io.BytesIO()
-        fmt = _PIL_FORMATS[config.encode_format]
-        out.save(buf, format=fmt, **({} if fmt == "PNG" else {"quality": config.encode_quality}))
     return ResizedImage(buf.getvalue(), config.encode_format, out.width, out.height, width, height)
+
+
+def decode_cost(img: Image.Image, config: DownloadConfig) -> int:
+    """Bytes ``_resize`` will hold at its peak for ``img`` (opened, drafted, not loaded): the
+    decoded pixels, the copies that flatten them to RGB, and the resized and padded output."""
+    width, height = img.size
+    per_pixel = _PIXEL_BYTES.get(img.mode, 4)
+    if _has_alpha(img):
+        per_pixel += (0 if img.mode == "RGBA" else 4) + 4 + 1  # RGBA copy, white background, alpha band
+    elif img.mode != "RGB":
+        per_pixel += 4  # the RGB copy
+    out_width, out_height = target_size(width, height, config.resize_mode, config.image_size)
+    resized = 0 if (out_width, out_height) == (width, height) else out_width * (height + out_height)  # two passes
+    padded = config.image_size**2 if config.resize_mode in ("border", "center_crop") else 0
+    return width * height * per_pixel + 4 * (resized + padded)
 
 
 def _check_size(width: int, height: int, config: DownloadConfig) -> None:
@@ -85,8 +118,6 @@ def _check_size(width: int, height: int, config: DownloadConfig) -> None:
 
 def _resize(img: Image.Image, config: DownloadConfig) -> Image.Image:
     size, mode = config.image_size, config.resize_mode
-    if mode != "no":
-        img.draft("RGB", (size, size))  # JPEG only: decode at 1/2, 1/4 or 1/8 scale when that still covers size
     img.load()
     rgb = _to_rgb(img)
     new_size = target_size(*img.size, mode, size)  # img.size: after draft, which may have scaled it
@@ -109,9 +140,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     """RGB, with transparent areas on white rather than on whatever colour they happen to hold."""
     if img.mode == "RGB":
         return img
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
+    if _has_alpha(img):
+        rgba = img if img.mode == "RGBA" else img.convert("RGBA")
         background = Image.new("RGB", rgba.size, _BORDER_COLOUR)
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return img.convert("RGB")
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)

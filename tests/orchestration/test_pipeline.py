@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 FAILURE_BY_KIND = {
     "http_404": "http_404",
     "timeout": "timeout",
-    "noai": "opted_out",
+    "noai": "opted_out:x-robots-tag",
     "robots_disallowed": "robots_disallowed",
     "not_image": "not_image",
     "truncated": "decode_error",

@@ -19,11 +19,12 @@ from infra.config import DownloadConfig
 from infra.image_server import ImageServer, Resource
 from infra.tables import IMAGES
 from spark_jobs.download import download_batch
+from infra.config import ConfigError
 from spark_jobs.download.address_guard import AddressGuard, _literal_ip
-from spark_jobs.download.fetcher import is_retryable, opted_out
+from spark_jobs.download.fetcher import is_retryable, x_robots_tag_opts_out
 from spark_jobs.download.resizer import ImageRejected, resize_image
 
-# Short deadlines keep the suite quick; loopback is allowed explicitly, as in the demo config.
+# Short deadlines keep the suite quick. Loopback is refused: ``allowing`` lets a test's servers in.
 CFG = dataclasses.replace(
     DownloadConfig(),
     image_size=64,
@@ -32,8 +33,12 @@ CFG = dataclasses.replace(
     timeout_s=1.0,
     retries=1,
     backoff_s=0.01,
-    allow_hosts=("127.0.0.1",),
 )
+
+
+def allowing(*servers: ImageServer, config: DownloadConfig = CFG, **changes) -> DownloadConfig:
+    """``config`` with the servers' loopback ports allowed, as the demo config allows its server's."""
+    return dataclasses.replace(config, allow_hosts=tuple(f"127.0.0.1:{s.port}" for s in servers), **changes)
 
 
 def make_image(width: int, height: int, fmt: str = "JPEG", mode: str = "RGB") -> bytes:
@@ -65,14 +70,14 @@ def candidates(urls: list[str | None]) -> pa.Table:
     )
 
 
-def fetch(urls: list[str | None], config: DownloadConfig = CFG) -> list[dict]:
+def fetch(urls: list[str | None], config: DownloadConfig) -> list[dict]:
     out = download_batch(candidates(urls), config)
     assert out.schema.equals(IMAGES.schema)
     assert out.num_rows == len(urls)
     return out.to_pylist()
 
 
-def fetch_one(url: str, config: DownloadConfig = CFG) -> dict:
+def fetch_one(url: str, config: DownloadConfig) -> dict:
     return fetch([url], config)[0]
 
 
@@ -115,7 +120,7 @@ EXPECTED_FAILURES = {
     "/bomb.png": ("decompression_bomb", False, 200),
     "/huge.jpg": ("too_large", False, 200),
     "/huge-chunked.jpg": ("too_large", False, 200),
-    "/noai.jpg": ("opted_out", False, 200),
+    "/noai.jpg": ("opted_out:x-robots-tag", False, 200),
     "/loop-a": ("too_many_redirects", False, None),
     "/to-metadata": ("address_refused", False, None),
 }
@@ -126,7 +131,7 @@ def site():
     """The shared site and the rows of one batch over all of it (fetched once for the module)."""
     with ImageServer({path: res for path, res in SITE.items() if res is not None}) as server:
         paths = list(SITE)
-        rows = fetch([server.url + p for p in paths])
+        rows = fetch([server.url + p for p in paths], allowing(server))
         yield server, dict(zip(paths, rows))
 
 
@@ -211,13 +216,13 @@ def test_decompression_bomb_does_not_allocate():
     ],
 )
 def test_x_robots_tag_parsing(value, ours):
-    assert opted_out([value], CFG.user_agent) is ours
+    assert x_robots_tag_opts_out([value], CFG.user_agent) is ours
 
 
 def test_x_robots_tag_ignored_when_not_honoured():
     with ImageServer({"/a.jpg": Resource(JPEG, headers={"X-Robots-Tag": "noai, noimageai"})}) as server:
-        assert fetch_one(server.url + "/a.jpg")["error"] == "opted_out"
-        assert fetch_one(server.url + "/a.jpg", dataclasses.replace(CFG, honour_x_robots_tag=False))["status"] == "ok"
+        assert fetch_one(server.url + "/a.jpg", allowing(server))["error"] == "opted_out:x-robots-tag"
+        assert fetch_one(server.url + "/a.jpg", allowing(server, honour_x_robots_tag=False))["status"] == "ok"
 
 
 def test_robots_txt_disallow():
@@ -231,7 +236,7 @@ def test_robots_txt_disallow():
     }
     with ImageServer(site) as server:
         paths = ["/private/a.jpg", "/no-pairlake/a.jpg", "/public/a.jpg", "/public/b.jpg"]
-        rows = fetch([server.url + p for p in paths])
+        rows = fetch([server.url + p for p in paths], allowing(server))
         assert [r["error"] for r in rows] == [None, "robots_disallowed", None, None]
         assert ("GET", "/no-pairlake/a.jpg") not in server.access_log
         assert server.access_log.count(("GET", "/robots.txt")) == 1  # once per host, shared by all its URLs
@@ -239,36 +244,60 @@ def test_robots_txt_disallow():
         assert rows[0]["status"] == "ok"
 
     with ImageServer(site) as server:
-        row = fetch_one(server.url + "/no-pairlake/a.jpg", dataclasses.replace(CFG, honour_robots_txt=False))
+        config = allowing(server, honour_robots_txt=False, honour_robots_txt_ai_agents=False)
+        row = fetch_one(server.url + "/no-pairlake/a.jpg", config)
         assert row["status"] == "ok" and ("GET", "/robots.txt") not in server.access_log
 
 
 def test_robots_txt_server_error_is_retryable_and_skips_the_image():
     with ImageServer({"/robots.txt": Resource(b"", status=503), "/a.jpg": Resource(JPEG)}) as server:
-        row = fetch_one(server.url + "/a.jpg")
+        row = fetch_one(server.url + "/a.jpg", allowing(server))
         assert (row["error"], row["retryable"]) == ("robots_unavailable", True)
         assert ("GET", "/a.jpg") not in server.access_log
 
 
 def test_loopback_refused_unless_allowed():
     with ImageServer({"/a.jpg": Resource(JPEG)}) as server:
-        closed = dataclasses.replace(CFG, allow_hosts=())
         for host in ("127.0.0.1", "localhost", "127.1"):
             url = f"http://{host}:{server.port}/a.jpg"
-            row = fetch_one(url, closed)
+            row = fetch_one(url, CFG)
             assert (row["error"], row["retryable"], row["attempts"]) == ("address_refused", False, 1), url
         assert server.access_log == []  # not even robots.txt: nothing connected
-        assert fetch_one(server.url + "/a.jpg")["status"] == "ok"
-        cidr, name = (dataclasses.replace(CFG, allow_hosts=(allow,)) for allow in ("127.0.0.0/8", "localhost"))
-        assert fetch_one(server.url + "/a.jpg", cidr)["status"] == "ok"
-        assert fetch_one(f"http://localhost:{server.port}/a.jpg", name)["status"] == "ok"
+        assert fetch_one(server.url + "/a.jpg", allowing(server))["status"] == "ok"
+        for allow, host in [("127.0.0.0/8", "127.0.0.1"), ("localhost", "localhost")]:
+            config = dataclasses.replace(CFG, allow_hosts=(f"{allow}:{server.port}",))
+            assert fetch_one(f"http://{host}:{server.port}/a.jpg", config)["status"] == "ok", allow
+
+
+def test_allowed_host_is_allowed_on_its_port_only():
+    with ImageServer({"/a.jpg": Resource(JPEG)}) as listed, ImageServer({"/a.jpg": Resource(JPEG)}) as other:
+        for allow in (f"127.0.0.1:{listed.port}", f"127.0.0.0/8:{listed.port}", f"localhost:{listed.port}"):
+            config = dataclasses.replace(CFG, allow_hosts=(allow,))
+            host = "localhost" if allow.startswith("localhost") else "127.0.0.1"
+            assert fetch_one(f"http://{host}:{listed.port}/a.jpg", config)["status"] == "ok", allow
+            row = fetch_one(f"http://{host}:{other.port}/a.jpg", config)
+            assert (row["error"], row["retryable"], row["attempts"]) == ("address_refused", False, 1), allow
+            # A redirect from the listed port to another port of the same host is refused too.
+            listed.add("/hop", Resource(redirect_to=f"http://{host}:{other.port}/a.jpg"))
+            assert fetch_one(f"http://{host}:{listed.port}/hop", config)["error"] == "address_refused", allow
+        assert other.access_log == []
+
+
+@pytest.mark.parametrize(
+    "entry", ["127.0.0.1", "localhost", "10.0.0.0/8", "[::1]", "::1", "127.0.0.1:", "127.0.0.1:http", ":80"]
+)
+def test_allow_list_entry_without_a_port_is_a_config_error(entry):
+    with pytest.raises(ConfigError) as exc:
+        download_batch(candidates(["http://example.com/a.jpg"]), dataclasses.replace(CFG, allow_hosts=(entry,)))
+    message = str(exc.value)
+    assert "\n" not in message and repr(entry) in message and "download.allow_hosts" in message
 
 
 def test_redirect_to_a_refused_address():
     # 127.0.0.1 is allowed but 127.0.0.2 is not: the guard applies to every hop.
     with ImageServer() as server:
         server.add("/hop", Resource(redirect_to=f"http://127.0.0.2:{server.port}/a.jpg"))
-        row = fetch_one(server.url + "/hop")
+        row = fetch_one(server.url + "/hop", allowing(server))
         assert row["error"] == "address_refused" and row["final_url"] == f"http://127.0.0.2:{server.port}/a.jpg"
 
 
@@ -285,18 +314,23 @@ def test_redirect_to_a_refused_address():
 )
 def test_private_addresses_refused_without_connecting(url):
     start = time.monotonic()
-    row = fetch_one(url, dataclasses.replace(CFG, timeout_s=5.0))
+    row = fetch_one(url, dataclasses.replace(CFG, timeout_s=5.0, allow_hosts=("10.0.0.0/8:8080",)))
     assert (row["error"], row["retryable"], row["attempts"], row["http_status"]) == ("address_refused", False, 1, None)
     assert time.monotonic() - start < 2.0  # no connect attempt, let alone the 5 s deadline
 
 
 def test_address_guard_rules():
-    guard = AddressGuard(["127.0.0.1", "192.168.0.0/16", "images.internal"])
+    guard = AddressGuard(["127.0.0.1:8080", "192.168.0.0/16:443", "images.internal:80", "[fd00::/8]:443"])
     allowed = {"127.0.0.1": True, "127.0.0.2": False, "192.168.4.5": True, "10.0.0.1": False, "8.8.8.8": True,
-               "100.64.0.1": False, "224.0.0.1": False, "::1": False, "2606:4700::1111": True, "::ffff:10.0.0.1": False}
+               "100.64.0.1": False, "224.0.0.1": False, "::1": False, "2606:4700::1111": True, "::ffff:10.0.0.1": False,
+               "fd12::1": True, "::ffff:192.168.0.1": True}
+    ports = {"127.0.0.1": 8080, "192.168.4.5": 443, "fd12::1": 443, "::ffff:192.168.0.1": 443}
     for ip, expected in allowed.items():
-        assert guard.allowed_ip(_literal_ip(ip)) is expected, ip
-    assert guard.allowed_name("Images.Internal.") and not guard.allowed_name("images.external")
+        assert guard.allowed_ip(_literal_ip(ip), ports.get(ip, 80)) is expected, ip
+    for ip, port in ports.items():  # listed networks on any other port: refused like any private address
+        assert not guard.allowed_ip(_literal_ip(ip), port + 1), ip
+    assert guard.allowed_name("Images.Internal.", 80) and not guard.allowed_name("images.internal", 8080)
+    assert not guard.allowed_name("images.external", 80)
 
 
 @pytest.mark.parametrize(
@@ -346,7 +380,7 @@ def test_one_row_per_input_with_duplicates_and_bad_urls():
     with ImageServer({"/a.jpg": Resource(JPEG)}) as server:
         a = server.url + "/a.jpg"
         urls = [a, "", "not a url", a, "ftp://example.com/x.jpg", "http://", "http://[::1", None, a]
-        out = download_batch(candidates(urls), CFG)
+        out = download_batch(candidates(urls), allowing(server))
         assert out.schema.equals(IMAGES.schema) and out.num_rows == len(urls)
         assert out.column("uid").to_pylist() == [f"u{i}" for i in range(len(urls))]
         assert out.column("status").to_pylist() == ["ok"] + ["failed"] * 2 + ["ok"] + ["failed"] * 4 + ["ok"]
@@ -359,8 +393,8 @@ def test_one_row_per_input_with_duplicates_and_bad_urls():
 @pytest.mark.parametrize("concurrency, per_host, expected", [(64, 3, 3), (2, 8, 2)])
 def test_concurrency_limits(concurrency, per_host, expected):
     with ImageServer({f"/{i}.jpg": Resource(JPEG, delay_s=0.3) for i in range(10)}) as server:
-        config = dataclasses.replace(
-            CFG, concurrency=concurrency, per_host_concurrency=per_host, honour_robots_txt=False, timeout_s=5.0
+        config = allowing(
+            server, concurrency=concurrency, per_host_concurrency=per_host, honour_robots_txt=False, timeout_s=5.0
         )
         rows = fetch([f"{server.url}/{i}.jpg" for i in range(10)], config)
         assert all(r["status"] == "ok" for r in rows)
@@ -375,5 +409,9 @@ def test_callable_from_running_event_loop():
 
 
 def test_retryable_reasons():
-    assert all(map(is_retryable, ["timeout", "connection_error", "http_429", "http_500", "http_503", "http_408"]))
-    assert not any(map(is_retryable, ["http_404", "http_403", "not_image", "address_refused", "opted_out"]))
+    retryable = ["timeout", "connection_error", "http_429", "http_500", "http_503", "http_408", "host_unresponsive",
+                 "robots_unavailable", "tdmrep_unavailable", "ai_txt_unavailable"]
+    assert all(map(is_retryable, retryable))
+    final = ["http_404", "http_403", "not_image", "address_refused", "robots_disallowed", "decode_memory_exceeded",
+             *(f"opted_out:{s}" for s in ("x-robots-tag", "tdm-header", "tdmrep-json", "ai-txt", "robots-txt"))]
+    assert not any(map(is_retryable, final))

@@ -1,0 +1,121 @@
+"""Decode memory is bounded per downloader by ``download.decode_memory_mb`` (real Pillow decodes of
+valid huge images, served by a real ImageServer, peak memory measured in a fresh process)."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import struct
+import subprocess
+import sys
+import textwrap
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from infra.image_server import ImageServer, Resource
+from spark_jobs.download.resizer import ImageRejected, decode_cost, resize_image
+from tests.spark_jobs.test_download import CFG, allowing, fetch, make_image
+
+ROOT = Path(__file__).resolve().parents[2]
+SIDE = 6000  # 36 M pixels: within the pixel cap; ~138 MiB decoded as RGB, from a ~100 KB file
+
+
+def huge_png(width: int, height: int) -> bytes:
+    """A valid black RGB PNG, compressed row by row so that making it costs no pixel buffer."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer, row = zlib.compressobj(9), b"\0" + bytes(width * 3)  # filter byte + pixels
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+# Runs in a fresh process, so that its peak RSS (ru_maxrss) shows the decodes alone: four huge
+# PNGs fetched at once and handed to four decode threads.
+CHILD = textwrap.dedent(
+    """
+    import dataclasses, json, resource, sys
+    import pyarrow as pa
+    from infra.config import DownloadConfig
+    from infra.image_server import ImageServer, Resource
+    from spark_jobs.download import download_batch
+
+    png = open(sys.argv[1], "rb").read()
+    peak_mib = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10
+    with ImageServer({f"/{i}.png": Resource(png, content_type="image/png") for i in range(4)}) as server:
+        config = dataclasses.replace(
+            DownloadConfig(), image_size=64, allow_hosts=(f"127.0.0.1:{server.port}",), **json.loads(sys.argv[2])
+        )
+        urls = [f"{server.url}/{i}.png" for i in range(4)]
+        table = pa.table({"uid": [str(i) for i in range(4)], "url": urls, "warc_file": ["w"] * 4})
+        before = peak_mib()
+        rows = download_batch(table, config, decode_threads=4).to_pylist()
+    print(json.dumps({"grew_mib": peak_mib() - before, "errors": [r["error"] for r in rows]}))
+    """
+)
+
+
+def run_child(png: Path, **config) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(png), json.dumps(config)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def png_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("decode") / "huge.png"
+    path.write_bytes(huge_png(SIDE, SIDE))
+    return path
+
+
+def test_concurrent_huge_decodes_stay_under_the_budget(png_file):
+    with Image.open(png_file) as img:
+        one = decode_cost(img, dataclasses.replace(CFG, image_size=64)) >> 20
+    assert 130 < one < 150  # each image alone fits the 200 MiB budget, two at once do not
+    out = run_child(png_file, decode_memory_mb=200)
+    assert out["errors"] == [None] * 4
+    # Four threads decoding at once would hold ~4 × 138 MiB; within the budget one decode runs at a time.
+    assert out["grew_mib"] < 200, out
+
+
+def test_an_image_over_the_budget_alone_is_refused_before_decoding(png_file):
+    out = run_child(png_file, decode_memory_mb=100)
+    assert out["errors"] == ["decode_memory_exceeded"] * 4
+    assert out["grew_mib"] < 30, out  # no pixel buffer was allocated
+
+
+def test_refusal_is_a_final_row_reason(png_file):
+    with ImageServer({"/huge.png": Resource(png_file.read_bytes(), content_type="image/png")}) as server:
+        (row,) = fetch([server.url + "/huge.png"], allowing(server, decode_memory_mb=64))
+    assert (row["status"], row["error"], row["retryable"]) == ("failed", "decode_memory_exceeded", False)
+    assert row["http_status"] == 200
+    assert "MiB" in row["error_detail"]
+
+
+def test_jpeg_draft_decodes_within_a_budget_its_full_size_would_exceed():
+    jpeg = make_image(4000, 3000)  # 46 MiB decoded at full size, 0.7 MiB at the 1/8 DCT scale
+    small_budget = dataclasses.replace(CFG, decode_memory_mb=16)
+    out = resize_image(jpeg, small_budget)
+    assert (out.width, out.height, out.original_width, out.original_height) == (64, 64, 4000, 3000)
+    with pytest.raises(ImageRejected) as exc:  # kept at full size, nothing to draft
+        resize_image(jpeg, dataclasses.replace(small_budget, resize_mode="no"))
+    assert exc.value.reason == "decode_memory_exceeded"
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "LA", "L", "P"])
+def test_cost_estimate_covers_the_flattening_copies(mode):
+    buf = io.BytesIO()
+    Image.new(mode, (200, 100)).save(buf, format="PNG")
+    with Image.open(io.BytesIO(buf.getvalue())) as img:
+        cost = decode_cost(img, dataclasses.replace(CFG, resize_mode="no"))
+    per_pixel = {"RGB": 4, "RGBA": 4 + 4 + 1, "LA": 4 + 4 + 4 + 1, "L": 1 + 4, "P": 1 + 4}[mode]
+    assert cost == 200 * 100 * per_pixel
