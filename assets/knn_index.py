@@ -6,6 +6,7 @@ from gpu_jobs import knn_index as knn
 from gpu_jobs import retrieval
 from gpu_jobs.clip_model import model_identity
 from infra.tables import CLIP_SCORES, CURATED
+from orchestration.optout_requests import removal_lease
 from orchestration.resources import PairlakeResource, code_version
 
 CODE_VERSION = code_version(knn, retrieval)
@@ -21,10 +22,13 @@ CODE_VERSION = code_version(knn, retrieval)
 )
 def knn_index(context: dg.AssetExecutionContext, pairlake: PairlakeResource) -> dg.MaterializeResult:
     settings = pairlake.settings
-    lineage = pairlake.lineage(context, (CURATED, CLIP_SCORES), CODE_VERSION)
-    manifest = retrieval.build_variant_index(
-        pairlake.lake, settings.index, model_identity(settings.clip), lineage, progress=True
-    )
+    # Under the removal lease: a removal that lands mid-build would miss this index (not yet
+    # published) while the build still holds the removed vectors.
+    with removal_lease(settings, f"knn_index build (run {context.run.run_id})"):
+        lineage = pairlake.lineage(context, (CURATED, CLIP_SCORES), CODE_VERSION)
+        manifest = retrieval.build_variant_index(
+            pairlake.lake, settings.index, model_identity(settings.clip), lineage, progress=True
+        )
     context.log.info(f"index {manifest['factory']} over {manifest['vectors']} vectors: recall@10 {manifest['recall_at_10']}")
     return dg.MaterializeResult(
         metadata={

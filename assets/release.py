@@ -5,6 +5,7 @@ import dagster as dg
 
 from gpu_jobs.clip_model import model_identity
 from infra.tables import BLOCKLIST, BLOCKLIST_MATCHES, CLIP_SCORES, CURATED, DEDUP, IMAGE_TAGS, IMAGES, KEPT_PAIRS, REMOVALS
+from orchestration.optout_requests import removal_lease
 from orchestration.resources import PairlakeResource, code_version
 from spark_jobs import release as release_module
 from spark_jobs import shard_export
@@ -53,15 +54,18 @@ def release(context: dg.AssetExecutionContext, config: ReleaseRunConfig, pairlak
     lake, settings = pairlake.lake, pairlake.settings
     if lake.version(CURATED) is None:
         raise dg.Failure("curated has never been materialized: nothing to release")
-    source_versions = {spec.name: v for spec in PINNED if (v := lake.version(spec)) is not None}
-    try:
-        made = release_module.make_release(
-            lake, settings.release, release_rules(pairlake), source_versions,
-            pairlake.lineage(context, PINNED, CODE_VERSION), image_ext=settings.download.encode_format,
-            mode=config.mode, confirmed_by=config.confirmed_by.strip() or None,
-        )
-    except ReleaseNeedsConfirmation as exc:
-        raise dg.Failure(str(exc), metadata={"needs_confirmation": True}) from None
+    # Under the removal lease: a removal rewrites the shards on disk, so it must not run while a
+    # version is being written from tables it is about to purge.
+    with removal_lease(settings, f"release export (run {context.run.run_id})"):
+        source_versions = {spec.name: v for spec in PINNED if (v := lake.version(spec)) is not None}
+        try:
+            made = release_module.make_release(
+                lake, settings.release, release_rules(pairlake), source_versions,
+                pairlake.lineage(context, PINNED, CODE_VERSION), image_ext=settings.download.encode_format,
+                mode=config.mode, confirmed_by=config.confirmed_by.strip() or None,
+            )
+        except ReleaseNeedsConfirmation as exc:
+            raise dg.Failure(str(exc), metadata={"needs_confirmation": True}) from None
     last = release_module.latest(lake, settings.release.name)
     if made is None:
         context.log.info(f"{settings.release.name} v{last['version']} is current: nothing to release")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +18,12 @@ from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 from deltalake import DeltaTable, Schema, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
 
+from infra.removal_fence import UNPINNED, check_commit, pinned_version
 from infra.tables import TableSpec
 
 LINEAGE_PREFIX = "pairlake."
@@ -39,6 +42,9 @@ class Lineage:
     partition_keys: tuple[str, ...] = ()
     code_version: str = ""
     upstream: dict[str, int] = field(default_factory=dict)  # table name -> version read
+    # The removals version this writer's reads reflect: commits to sample tables are checked against
+    # removals that landed after it (infra/removal_fence.py). Not part of the commit metadata.
+    removals_version: int = UNPINNED
 
     def commit_metadata(self) -> dict[str, str]:
         return {
@@ -309,6 +315,8 @@ class Lake:
                predicate: str | None = None) -> int:
         if self.is_local:
             self.ensure_writable()
+        if isinstance(data, pa.Table):  # streamed rewrites are the purge's own, already without them
+            check_commit(self, spec, data, lineage.removals_version)
         exists = self.table(spec) is not None
         write_deltalake(
             self.uri(spec),
@@ -325,6 +333,16 @@ class Lake:
         )
         return self.version(spec)  # type: ignore[return-value]
 
+    def _check_added_files(self, spec: TableSpec, add_actions: list[AddAction], lineage: Lineage) -> None:
+        """The removal fence over files written by others (Spark executors), read column by column."""
+        if not add_actions or pinned_version(self) == lineage.removals_version:
+            return
+        filesystem, base = pafs.FileSystem.from_uri(self.uri(spec))
+        columns = [c for c in ("uid", "url", "final_url", "status", "sha256", "md5") if c in spec.schema.names]
+        paths = [f"{base}/{urllib.parse.unquote(a.path)}" for a in add_actions]
+        rows = pads.dataset(paths, format="parquet", filesystem=filesystem).to_table(columns=columns)
+        check_commit(self, spec, rows, lineage.removals_version)
+
     def commit_files(
         self,
         spec: TableSpec,
@@ -338,6 +356,7 @@ class Lake:
         With ``replace_partitions`` the files of those partitions are removed in the same commit;
         with ``overwrite`` every current file is.
         """
+        self._check_added_files(spec, add_actions, lineage)
         schema = Schema.from_arrow(spec.schema)
         partition_by = list(spec.partition_by) or None
         props = self.commit_properties(lineage)

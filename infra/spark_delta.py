@@ -169,9 +169,14 @@ class _DeltaWriter(DataSourceArrowWriter):
         ]
         lineage = _lineage_from_json(self.options["lineage"]) if self.options.get("lineage") else Lineage()
         replace = json.loads(self.options["replace_partitions"]) if self.options.get("replace_partitions") else None
-        Lake(self.options["root"]).commit_files(
-            self.spec, adds, lineage, replace_partitions=replace, overwrite=self.overwrite and replace is None
-        )
+        try:
+            Lake(self.options["root"]).commit_files(
+                self.spec, adds, lineage, replace_partitions=replace, overwrite=self.overwrite and replace is None
+            )
+        except Exception:
+            # A refused commit (the removal fence, a conflict) leaves no written file behind.
+            self.abort(messages)
+            raise
 
     def abort(self, messages: list[WriterCommitMessage | None]) -> None:
         filesystem, table_path = _filesystem(self.table_uri)

@@ -14,6 +14,7 @@ from pyspark.sql import SparkSession
 
 from infra.config import CONFIG_ENV, KEY_ENV_PREFIX, PROFILE_ENV, PairlakeConfig, load_config
 from infra.delta_store import Lake, Lineage
+from infra.removal_fence import pinned_version
 from infra.spark import shared_spark_session
 from infra.tables import STAGE_STATS, TableSpec
 
@@ -61,6 +62,7 @@ class PairlakeResource(dg.ConfigurableResource):
             partition_keys=keys,
             code_version=version,
             upstream={spec.name: v for spec in upstream if (v := self.lake.version(spec)) is not None},
+            removals_version=pinned_version(self.lake),  # before the step reads anything
         )
 
     def record_stats(self, stage: str, counts: dict[str, dict[str, int]], lineage: Lineage) -> None:

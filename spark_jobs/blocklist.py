@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 
 from infra.config import InputError
 from infra.delta_store import Lake, Lineage
+from infra.removal_fence import REMOVAL_SOURCE, URL_DOMAIN_KIND, URL_PREFIX_KIND
 from infra.spark import read_table
 from infra.tables import BLOCKLIST
 
@@ -41,10 +42,9 @@ KINDS: dict[str, HashKind] = {
     for target in ("image", "url")
     for algorithm, length in (("md5", 32), ("sha1", 40), ("sha256", 64))
 }
-# Opt-out removals add to this list; besides digests it holds URL rules, kind url-prefix (the
-# digest column holds the prefix) and url-domain (the host; subdomains match too).
-REMOVAL_SOURCE = "optout"
-URL_RULE_KINDS = ("url-prefix", "url-domain")
+# Opt-out removals add to this list (source REMOVAL_SOURCE); besides digests it holds URL rules, kind
+# url-prefix (the digest column holds the prefix) and url-domain (the host; subdomains match too).
+URL_RULE_KINDS = (URL_PREFIX_KIND, URL_DOMAIN_KIND)
 _HEX = re.compile(r"[0-9a-f]+")
 _SHOWN_ERRORS = 10
 

@@ -32,6 +32,7 @@ from PIL import Image, UnidentifiedImageError
 from infra.config import InputError
 from infra.delta_store import Lake, Lineage
 from infra.purge import PurgeResult, purge_uids
+from infra.removal_fence import url_rule_mask
 from infra.tables import BLOCKLIST, CANDIDATES, IMAGES, OPTOUT_REQUESTS, REMOVALS, SAMPLE_TABLES
 from spark_jobs.blocklist import REMOVAL_SOURCE, URL_RULE_KINDS
 
@@ -176,11 +177,7 @@ def parse_request_file(path: Path) -> OptOutRequest:
 def _url_mask(urls: pa.ChunkedArray, request: OptOutRequest) -> pa.ChunkedArray:
     if request.kind == "url":
         return pc.fill_null(pc.equal(urls, request.value), False)
-    if request.kind == "url_prefix":
-        return pc.fill_null(pc.starts_with(urls, request.value), False)
-    # The host itself or any subdomain, any scheme, userinfo or port.
-    pattern = r"^[A-Za-z][A-Za-z0-9+.-]*://([^/?#@]*@)?([^/?#@:]*\.)?" + re.escape(request.value) + r"(:[0-9]*)?([/?#]|$)"
-    return pc.fill_null(pc.match_substring_regex(urls, pattern, ignore_case=True), False)
+    return url_rule_mask(urls, _RULE_KIND[request.kind], request.value)
 
 
 @dataclass
