@@ -57,6 +57,13 @@ KINDS: tuple[str, ...] = (
     "huge",
     "noai",
     "robots_disallowed",
+    # Every machine-readable opt-out signal (issue D): in the page, in a header, in an origin file.
+    "meta_robots",
+    "tdm_meta",
+    "tdm_header",
+    "tdmrep_json",
+    "ai_txt",
+    "robots_ai",
     "redirect",
     "data_url",
     "no_alt",
@@ -82,6 +89,12 @@ _DOWNLOAD = {
     "huge": "failed",
     "noai": "skipped",
     "robots_disallowed": "skipped",
+    "meta_robots": "skipped",
+    "tdm_meta": "skipped",
+    "tdm_header": "skipped",
+    "tdmrep_json": "skipped",
+    "ai_txt": "skipped",
+    "robots_ai": "skipped",
     "blocklisted_url": "skipped",
 }
 _NOT_EXTRACTED = {"data_url", "no_alt", "malformed_record"}
@@ -90,6 +103,11 @@ TIMEOUT_DELAY_S = 10.0  # well past the demo's 3 s download timeout
 SLOW_DELAY_S = 1.0  # slow, but inside it
 HUGE_SIDE = 15_000  # 225 Mpx: over twice PIL's 89 Mpx bomb limit, so even plain PIL refuses it
 DISALLOWED_PREFIX = "/private/"
+# Paths the origin's opt-out files reserve: TDMRep's tdmrep.json, Spawning's ai.txt, and a robots.txt
+# group for an AI-training crawler (pairlake honours those groups as if it were that crawler).
+TDMREP_PREFIX = "/tdm-reserved/"
+AI_TXT_PREFIX = "/ai-reserved/"
+AI_CRAWLER_PREFIX = "/ccbot-reserved/"
 MIN_PAGES = 8
 IMAGES_PER_PAGE = 4
 FAKE_HOSTS = ("shop.example", "blog.example", "news.example", "forum.example", "recipes.example")
@@ -136,6 +154,7 @@ class _Page:
     charset: str = "utf-8"
     base_href: str | None = None
     malformed: bool = False  # written as a truncated gzip member
+    meta: dict[str, str] = field(default_factory=dict)  # <meta name content> in the head
     imgs: list[tuple[str, str | None]] = field(default_factory=list)  # (src attribute, alt or None)
 
 
@@ -147,8 +166,15 @@ class _Builder:
         self.rng = rng
         self.resources: dict[str, Resource] = {
             "/robots.txt": Resource(
-                body=f"User-agent: *\nDisallow: {DISALLOWED_PREFIX}\n".encode(), content_type="text/plain"
-            )
+                body=f"User-agent: *\nDisallow: {DISALLOWED_PREFIX}\n\nUser-agent: CCBot\nDisallow: {AI_CRAWLER_PREFIX}\n"
+                .encode(), content_type="text/plain"
+            ),
+            "/.well-known/tdmrep.json": Resource(
+                body=json.dumps([{"location": f"{TDMREP_PREFIX}*", "tdm-reservation": 1},
+                                 {"location": "/*", "tdm-reservation": 0}]).encode(),
+                content_type="application/json",
+            ),
+            "/ai.txt": Resource(body=f"User-Agent: *\nDisallow: {AI_TXT_PREFIX}\n".encode(), content_type="text/plain"),
         }
         self.images: dict[str, dict[str, Any]] = {}
 
@@ -282,8 +308,8 @@ def _fill_pages(b: _Builder, pages: list[_Page]) -> None:
     malformed.malformed = True
     rest = [p for p in pages if p is not malformed]
     order = [rest[int(i)] for i in rng.permutation(len(rest))]  # the seed moves the special pages
-    deep, shallow, based, non_utf8 = order[:4]
-    normal = order[4:]
+    deep, shallow, based, non_utf8, meta_robots, tdm_meta = order[:6]
+    normal = order[6:]
 
     def pick() -> _Page:
         return normal[int(rng.integers(len(normal)))]
@@ -302,6 +328,15 @@ def _fill_pages(b: _Builder, pages: list[_Page]) -> None:
     b.shape(pick(), "timeout", delay_s=TIMEOUT_DELAY_S)
     b.shape(pick(), "noai", headers={"X-Robots-Tag": "noai, noimageai"})
     b.shape(pick(), "robots_disallowed", prefix=DISALLOWED_PREFIX)
+    # The page's own opt-outs cover its every image: these two pages hold one image each.
+    meta_robots.meta["robots"] = "index, follow, noai, noimageai"
+    b.shape(meta_robots, "meta_robots")
+    tdm_meta.meta["tdm-reservation"] = "1"
+    b.shape(tdm_meta, "tdm_meta")
+    b.shape(pick(), "tdm_header", headers={"tdm-reservation": "1"})
+    b.shape(pick(), "tdmrep_json", prefix=TDMREP_PREFIX)
+    b.shape(pick(), "ai_txt", prefix=AI_TXT_PREFIX)
+    b.shape(pick(), "robots_ai", prefix=AI_CRAWLER_PREFIX)
     b.shape(malformed, "malformed_record")
 
     # A 302 to a plain image that no page references directly.
@@ -348,10 +383,12 @@ def _fill_pages(b: _Builder, pages: list[_Page]) -> None:
 
     _fill_curation(b, pick)
 
-    # The bulk: three matches to two mismatches, dealt so that every well-formed page gets some.
-    fill = max(len(pages) * IMAGES_PER_PAGE - len(b.images), len(rest))
+    # The bulk: three matches to two mismatches, dealt so that every well-formed page gets some
+    # (not the pages that opt all their images out).
+    bulk = [p for p in rest if not p.meta]
+    fill = max(len(pages) * IMAGES_PER_PAGE - len(b.images), len(bulk))
     for n in range(fill):
-        page = rest[n % len(rest)]
+        page = bulk[n % len(bulk)]
         if n % 5 < 3:
             b.shape(page, "match")
         else:
@@ -425,6 +462,7 @@ def _html(page: _Page, rng: np.random.Generator) -> bytes:
         for src, alt in page.imgs
     )
     base = f'<base href="{html.escape(page.base_href)}">' if page.base_href else ""
+    base += "".join(f'<meta name="{html.escape(n)}" content="{html.escape(c)}">' for n, c in sorted(page.meta.items()))
     doc = (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="{page.charset}">{base}'
         f"<title>{html.escape(page.title)}</title></head>\n<body><h1>{html.escape(page.title)}</h1>\n"

@@ -40,11 +40,19 @@ class Funnel:
             previous = count
         if self.failure_reasons:
             lines.append("")
-            lines.append("download failures: " + ", ".join(f"{k} {v}" for k, v in sorted(self.failure_reasons.items())))
+            signals = {k.removeprefix(OPTED_OUT): v for k, v in self.failure_reasons.items() if k.startswith(OPTED_OUT)}
+            failures = {k: v for k, v in self.failure_reasons.items() if not k.startswith(OPTED_OUT)}
+            lines.append("download failures: " + ", ".join(f"{k} {v}" for k, v in sorted(failures.items())))
+            if signals:
+                lines.append("opted out by the site: " + ", ".join(f"{k} {v}" for k, v in sorted(signals.items())))
         for name, counts in self.curation.items():
             if counts:
                 lines.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
         return "\n".join(lines)
+
+
+# Reason codes of images refused by a machine-readable opt-out signal: opted_out:<signal>.
+OPTED_OUT = "opted_out:"
 
 
 def build_funnel(lake: Lake, threshold: float) -> Funnel:

@@ -11,7 +11,8 @@ from PIL import Image
 from warcio.archiveiterator import ArchiveIterator
 
 from infra.image_server import load_site
-from infra.sample_crawl import KINDS, MIN_PAGES, NON_UTF8_CAPTION, TIMEOUT_DELAY_S, generate_sample_crawl
+from infra.sample_crawl import (AI_TXT_PREFIX, KINDS, MIN_PAGES, NON_UTF8_CAPTION, TDMREP_PREFIX, TIMEOUT_DELAY_S,
+                                generate_sample_crawl)
 
 BASE = "http://127.0.0.1:18765"
 
@@ -151,6 +152,14 @@ def test_trouble_resources_misbehave_as_labelled(expected, site):
             assert "noai" in resource.headers["X-Robots-Tag"]
         elif kind == "robots_disallowed":
             assert not robots.can_fetch("pairlake", url)
+        elif kind == "robots_ai":
+            assert robots.can_fetch("pairlake", url) and not robots.can_fetch("CCBot", url)
+        elif kind == "tdm_header":
+            assert resource.headers["tdm-reservation"] == "1"
+        elif kind == "tdmrep_json":
+            assert urlsplit(url).path.startswith(TDMREP_PREFIX) and TDMREP_PREFIX in site["/.well-known/tdmrep.json"].body.decode()
+        elif kind == "ai_txt":
+            assert urlsplit(url).path.startswith(AI_TXT_PREFIX) and AI_TXT_PREFIX in site["/ai.txt"].body.decode()
         elif kind == "not_image":
             with pytest.raises(Image.UnidentifiedImageError):
                 Image.open(io.BytesIO(resource.body))

@@ -23,6 +23,12 @@ FAILURE_BY_KIND = {
     "timeout": "timeout",
     "noai": "opted_out:x-robots-tag",
     "robots_disallowed": "robots_disallowed",
+    "meta_robots": "opted_out:meta-robots",
+    "tdm_meta": "opted_out:tdm-meta",
+    "tdm_header": "opted_out:tdm-header",
+    "tdmrep_json": "opted_out:tdmrep-json",
+    "ai_txt": "opted_out:ai-txt",
+    "robots_ai": "opted_out:robots-txt",
     "not_image": "not_image",
     "truncated": "decode_error",
     "huge": "decompression_bomb",
@@ -93,6 +99,23 @@ def test_robots_disallowed_image_is_never_requested(pipeline):
     paths = {path for _, path in pipeline.server.access_log}
     assert "/robots.txt" in paths
     assert private and not any(u.split("127.0.0.1", 1)[1].split("/", 1)[1] in p for u in private for p in paths)
+
+
+def test_every_opt_out_signal_refuses_its_image_and_only_the_header_costs_a_request(pipeline):
+    truth = pipeline.truth["images"]
+    paths = [path for _, path in pipeline.log_after_first]
+    for kind in ("meta_robots", "tdm_meta", "tdmrep_json", "ai_txt", "robots_ai", "tdm_header"):
+        urls = [u for u, e in truth.items() if e["kind"] == kind]
+        assert urls, kind
+        requested = ["/" + u.split("/", 3)[3] in paths for u in urls]
+        # Only a response header cannot be known before the request.
+        assert requested == [kind == "tdm_header"] * len(urls), kind
+    for origin_file in ("/robots.txt", "/.well-known/tdmrep.json", "/ai.txt"):
+        assert origin_file in paths
+    images = pipeline.first["images"]
+    errors = [e for e in images.column("error").to_pylist() if e and e.startswith("opted_out:")]
+    assert {e.split(":", 1)[1] for e in errors} >= {"meta-robots", "tdm-meta", "tdm-header", "tdmrep-json", "ai-txt",
+                                                  "robots-txt", "x-robots-tag"}
 
 
 def test_clip_filter_keeps_matching_captions_and_drops_mismatching_ones(pipeline):
