@@ -11,6 +11,7 @@ from spark_jobs import (
     candidates_job,
     caption_language,
     html_images,
+    html_nesting,
     http_response,
     page_charset,
     warc_pairs,
@@ -19,7 +20,7 @@ from spark_jobs import (
 
 
 CODE_VERSION = code_version(
-    warc_reader, http_response, page_charset, html_images, caption_language, warc_pairs, candidates_job
+    warc_reader, http_response, page_charset, html_nesting, html_images, caption_language, warc_pairs, candidates_job
 )
 
 

@@ -200,7 +200,7 @@ class Pairs:
                     "page_url": s(self.page_url),
                     "crawl_id": const(CRAWL, pa.string()), "warc_file": s(self.warc_file),
                     "record_offset": pa.array(np.arange(rows.start, rows.stop, dtype=np.int64) * 4096),
-                    "fetch_date": const(FETCHED, pa.timestamp("us", tz="UTC"))}
+                    "fetch_date": const(FETCHED, pa.timestamp("us", tz="UTC")), "optout_signal": const(None, pa.string())}
         elif spec is IMAGES:
             cols = {"uid": s(self.uid), "url": s(self.url), "warc_file": s(self.warc_file),
                     "status": const("ok", pa.string()), "error": const(None, pa.string()),

@@ -240,7 +240,11 @@ class Lake:
         if partitions is not None:
             part_expr = pads.field(spec.partition_by[0]).isin(sorted(set(partitions)))
             expr = part_expr if expr is None else expr & part_expr
-        data = table.to_pyarrow_dataset().to_table(columns=columns, filter=expr)
+        # A table written by an older pairlake lacks the columns added since: they read as null.
+        stored = set(table.schema().to_arrow().names)
+        data = table.to_pyarrow_dataset().to_table(columns=[n for n in schema.names if n in stored], filter=expr)
+        for missing in (f for f in schema if f.name not in stored):
+            data = data.append_column(missing, pa.nulls(data.num_rows, missing.type))
         return data.select(schema.names).cast(schema)
 
     def history(self, spec: TableSpec | str) -> list[dict[str, Any]]:

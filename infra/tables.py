@@ -54,6 +54,9 @@ CANDIDATES = TableSpec(
             pa.field("warc_file", pa.string(), nullable=False),
             pa.field("record_offset", pa.int64(), nullable=False),
             pa.field("fetch_date", _TS),
+            # The page's own opt-out, read at parse time ("meta-robots", "tdm-meta"): the image is
+            # never requested. Null when none (and in tables written before the column existed).
+            pa.field("optout_signal", pa.string()),
         ]
     ),
 )

@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 
 from infra.config import InputError
 from infra.delta_store import Lake, Lineage
-from infra.removal_fence import REMOVAL_SOURCE, URL_DOMAIN_KIND, URL_PREFIX_KIND
+from infra.removal_fence import URL_DOMAIN_KIND, URL_PREFIX_KIND
 from infra.spark import read_table
 from infra.tables import BLOCKLIST
 

@@ -20,9 +20,10 @@ from pyspark.sql.pandas.types import from_arrow_schema
 from infra.config import ExtractConfig
 from infra.crawl_source import WarcFile
 from infra.delta_store import Lake, Lineage
+from infra.removal_fence import REMOVAL_SOURCE
 from infra.spark import read_table, write_table
 from infra.tables import CANDIDATES, WARC_REJECTS
-from spark_jobs.blocklist import REMOVAL_SOURCE, url_matches
+from spark_jobs.blocklist import url_matches
 from spark_jobs.warc_pairs import extract_pairs
 
 # Side rows travel in the same Arrow stream as the pairs: kind "pair", "reject" or "counts". Side

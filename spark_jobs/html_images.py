@@ -1,15 +1,38 @@
-"""Find the (image URL, alt text) candidates of one HTML page with selectolax's Lexbor parser."""
+"""Find the (image URL, alt text) candidates of one HTML page with selectolax's Lexbor parser, the
+page's own opt-out signals, and refuse pages that would cost the parser super-linear time."""
 
 from __future__ import annotations
 
 import html
 import re
+from typing import NamedTuple
 from urllib.parse import urljoin, urlsplit
 
 from selectolax.lexbor import LexborHTMLParser
 
+from infra.config import ExtractConfig
+from spark_jobs.html_nesting import over_parse_budget
+
 _HTTP_SCHEMES = ("http", "https")
 _IMG_TAG = re.compile(rb"<im(?:g|age)", re.IGNORECASE)  # the parser reads <image> as <img>
+
+# Values of the candidates' ``optout_signal`` column (the images stage records them as
+# ``opted_out:<signal>`` without a request).
+META_ROBOTS = "meta-robots"
+TDM_META = "tdm-meta"
+# Robots directives that opt images out of datasets (img2dataset's set, plus "none"), in
+# <meta name="robots"> here and in X-Robots-Tag at download time (spark_jobs/download/fetcher.py).
+OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai", "noindex", "noimageindex", "none"})
+_DIRECTIVE_SPLIT = re.compile(r"[\s,]+")
+
+
+class PageTooComplex(Exception):
+    """The page is over the parse budget (extract.max_page_elements / extract.max_nesting_depth)."""
+
+
+class PageImages(NamedTuple):
+    pairs: list[tuple[str, str]]  # (absolute URL, caption) in document order
+    optout: str | None  # META_ROBOTS or TDM_META when the page opts its images out, else None
 
 
 def normalize_caption(alt: str) -> str:
@@ -74,16 +97,18 @@ _ODD_CHARS = re.compile(r"[\[\\\t\r\n]")
 _SCHEME_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 
 
-def page_images(
-    page: bytes, page_url: str, min_chars: int, max_chars: int, counts: dict[str, int]
-) -> list[tuple[str, str]]:
-    """(absolute URL, caption) of every ``<img>`` with a usable alt and src, in document order.
+def page_images(page: bytes, page_url: str, config: ExtractConfig, counts: dict[str, int]) -> PageImages:
+    """The usable ``<img>`` of a UTF-8 ``page`` and its opt-out signal.
 
-    ``page`` is UTF-8. Every image is counted once in ``counts``: images_seen, plus the reason it
-    was dropped (no_alt, empty_alt, no_src, non_http_url, caption_too_short, caption_too_long).
+    Every image is counted once in ``counts``: images_seen, plus the reason it was dropped (no_alt,
+    empty_alt, no_src, non_http_url, caption_too_short, caption_too_long). Raises PageTooComplex,
+    before parsing, for a page over the parse budget.
     """
     if not _IMG_TAG.search(page):
-        return []  # no parse needed
+        return PageImages([], None)  # no parse needed
+    problem = over_parse_budget(page, config.max_page_elements, config.max_nesting_depth)
+    if problem:
+        raise PageTooComplex(problem)
     tree = LexborHTMLParser(page)
     base = page_url
     for node in tree.tags("base"):
@@ -115,10 +140,25 @@ def page_images(
         if url is None:
             counts["non_http_url"] += 1
             continue
-        if len(caption) < min_chars:
+        if len(caption) < config.min_caption_chars:
             counts["caption_too_short"] += 1
-        elif len(caption) > max_chars:
+        elif len(caption) > config.max_caption_chars:
             counts["caption_too_long"] += 1
         else:
             found.append((url, caption))
-    return found
+    return PageImages(found, _optout_signal(tree, config) if found else None)
+
+
+def _optout_signal(tree: LexborHTMLParser, config: ExtractConfig) -> str | None:
+    """The page's own opt-out: ``<meta name="robots">`` with an AI or index directive, else TDMRep's
+    ``<meta name="tdm-reservation" content="1">`` (the TDMRep header's rule: exactly "1")."""
+    robots = tdm = False
+    for node in tree.tags("meta"):
+        attrs = node.attributes
+        name = (attrs.get("name") or "").strip().lower()
+        content = (attrs.get("content") or "").strip().lower()
+        if name == "robots" and config.honour_meta_robots:
+            robots = robots or not OPT_OUT_DIRECTIVES.isdisjoint(_DIRECTIVE_SPLIT.split(content))
+        elif name == "tdm-reservation" and config.honour_tdm_meta:
+            tdm = tdm or content == "1"
+    return META_ROBOTS if robots else TDM_META if tdm else None

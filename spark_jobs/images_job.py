@@ -1,9 +1,12 @@
 """Image download on Spark: every candidate gets exactly one row in ``images``.
 
-Candidates whose URL digest is on an imported hash list get a ``blocklisted`` row without any
-request; a downloaded image whose digest an opt-out removed is recorded ``removed_by_request``,
-without its bytes. A re-run keeps earlier successes and non-retryable failures as they are and fetches only the
-candidates that have no row yet or whose last attempt failed in a retryable way. Each Spark task
+Candidates whose page opted out at parse time (``candidates.optout_signal``) get an
+``opted_out:<signal>`` row and candidates whose URL digest is on an imported hash list a
+``blocklisted`` row, both without any request; a downloaded image whose digest an opt-out removed
+is recorded ``removed_by_request``, without its bytes. A re-run keeps earlier successes and
+non-retryable failures as they are and fetches only the candidates that have no row yet or whose
+last attempt failed in a retryable way; a parse-time signal that appeared or went away since (the
+candidates were parsed again with other ``extract.honour_*`` switches) is applied again. Each Spark task
 downloads its share with the async downloader (its own event loop, concurrency and host limits).
 """
 
@@ -14,16 +17,24 @@ from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from infra.config import DownloadConfig
 from infra.delta_store import Lake, Lineage
+from infra.removal_fence import REMOVAL_SOURCE
 from infra.spark import read_table, write_table
 from infra.tables import BLOCKLIST, CANDIDATES, IMAGES
-from spark_jobs.blocklist import REMOVAL_SOURCE, url_matches
+from spark_jobs.blocklist import url_matches
 from spark_jobs.download.downloader import download_batch
+from spark_jobs.html_images import META_ROBOTS, TDM_META
+
+_SIGNAL_DETAILS = {
+    META_ROBOTS: "the page's <meta name=robots> opts its images out of AI use",
+    TDM_META: "the page's <meta name=tdm-reservation content=1> reserves TDM rights",
+}
+_SIGNAL_ERRORS = [f"opted_out:{signal}" for signal in _SIGNAL_DETAILS]
 
 
 def _download_task(config: DownloadConfig, removed: dict[str, set[str]]):
@@ -70,26 +81,39 @@ def _removed_digests(lake: Lake) -> dict[str, set[str]]:
     return digests
 
 
-def _blocklisted(todo: DataFrame, matches: DataFrame) -> DataFrame:
-    """IMAGES rows, never fetched, for candidates whose URL digest is on a hash list."""
-    sources = matches.groupBy("uid").agg(F.concat_ws(",", F.array_sort(F.collect_set("source"))).alias("sources"))
+def _unfetched(rows: DataFrame, error: Column, detail: Column) -> DataFrame:
+    """IMAGES rows for candidates that are never requested: failed, not retryable, no attempt."""
     values = {
         "status": F.lit("failed"),
-        "error": F.lit("blocklisted"),
-        "error_detail": F.concat(F.lit("URL digest on hash list: "), F.col("sources")),
+        "error": error,
+        "error_detail": detail,
         "retryable": F.lit(False),
         "attempts": F.lit(0),
         "fetched_at": F.current_timestamp(),
     }
-    rows = todo.join(sources, "uid")
     return rows.select(
         [
-            (values.get(f.name, F.col(f.name) if f.name in todo.columns else F.lit(None)))
+            (values.get(f.name, F.col(f.name) if f.name in rows.columns else F.lit(None)))
             .cast(from_arrow_schema(pa.schema([f]))[0].dataType)
             .alias(f.name)
             for f in IMAGES.schema
         ]
     )
+
+
+def _blocklisted(todo: DataFrame, matches: DataFrame) -> DataFrame:
+    """Candidates whose URL digest is on a hash list."""
+    sources = matches.groupBy("uid").agg(F.concat_ws(",", F.array_sort(F.collect_set("source"))).alias("sources"))
+    return _unfetched(
+        todo.join(sources, "uid"), F.lit("blocklisted"), F.concat(F.lit("URL digest on hash list: "), F.col("sources"))
+    )
+
+
+def _opted_out_at_parse(todo: DataFrame) -> DataFrame:
+    """Candidates whose page opted its images out (read from the WARC, so known before any request)."""
+    signal = F.col("optout_signal")
+    detail = F.coalesce(*[F.when(signal == name, F.lit(text)) for name, text in _SIGNAL_DETAILS.items()])
+    return _unfetched(todo.where(signal.isNotNull()), F.concat(F.lit("opted_out:"), signal), detail)
 
 
 def download_images(
@@ -100,19 +124,30 @@ def download_images(
     lineage: Lineage,
 ) -> tuple[int, dict[str, dict[str, int]]]:
     """Download the candidates of ``partitions``; returns the images version and counts per partition."""
-    candidates = read_table(spark, lake, CANDIDATES, partitions=partitions).select("uid", "url", "warc_file")
+    candidates = read_table(spark, lake, CANDIDATES, partitions=partitions).select(
+        "uid", "url", "warc_file", "optout_signal"
+    )
     previous = read_table(spark, lake, IMAGES, partitions=partitions)
-    settled = previous.where("status = 'ok' OR NOT retryable").join(candidates.select("uid"), "uid", "left_semi")
+    # A candidate's parse-time signal is applied on every run, so settled rows are those of
+    # candidates without one, and never a row that records a signal the candidate no longer has.
+    settled = (
+        previous.where("status = 'ok' OR NOT retryable")
+        .where(F.col("error").isNull() | ~F.col("error").isin(*_SIGNAL_ERRORS))
+        .join(candidates.where(F.col("optout_signal").isNull()).select("uid"), "uid", "left_semi")
+    )
     todo = candidates.join(settled.select("uid"), "uid", "left_anti")
-    blocked = _blocklisted(todo, url_matches(spark, lake, todo))
+    opted_out = _opted_out_at_parse(todo)
+    requestable = todo.where(F.col("optout_signal").isNull()).drop("optout_signal")
+    blocked = _blocklisted(requestable, url_matches(spark, lake, requestable))
     tasks = config.tasks or spark.sparkContext.defaultParallelism
     fetched = (
-        todo.join(blocked.select("uid"), "uid", "left_anti")
+        requestable.join(blocked.select("uid"), "uid", "left_anti")
         .repartition(tasks, "uid")
         .mapInArrow(_download_task(config, _removed_digests(lake)), from_arrow_schema(IMAGES.schema))
     )
     version = write_table(
-        settled.unionByName(blocked).unionByName(fetched), lake, IMAGES, lineage, replace_partitions=partitions
+        settled.unionByName(opted_out).unionByName(blocked).unionByName(fetched), lake, IMAGES, lineage,
+        replace_partitions=partitions,
     )
 
     outcome = lake.read(IMAGES, version=version, columns=["warc_file", "status", "error"], partitions=partitions)

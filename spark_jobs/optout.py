@@ -32,9 +32,9 @@ from PIL import Image, UnidentifiedImageError
 from infra.config import InputError
 from infra.delta_store import Lake, Lineage
 from infra.purge import PurgeResult, purge_uids
-from infra.removal_fence import url_rule_mask
+from infra.removal_fence import REMOVAL_SOURCE, url_rule_mask
 from infra.tables import BLOCKLIST, CANDIDATES, IMAGES, OPTOUT_REQUESTS, REMOVALS, SAMPLE_TABLES
-from spark_jobs.blocklist import REMOVAL_SOURCE, URL_RULE_KINDS
+from spark_jobs.blocklist import URL_RULE_KINDS
 
 KINDS = ("url", "url_prefix", "domain", "sha256", "md5", "image")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")

@@ -6,14 +6,16 @@ kept. Only a WARC file that cannot be opened or read at all (missing, I/O error,
 record-gzipped WARC) raises: that is the caller's error, not a skip.
 
 Per file: gzip members → WARC records (warc_reader) → HTTP head and body (http_response) → UTF-8
-page (page_charset) → <img> candidates (html_images) → uid dedup → one language-ID pass over the
-distinct captions (caption_language) → Arrow tables built once from column lists.
+page (page_charset) → <img> candidates and the page's own opt-out signal (html_images; a page over
+the parse budget is a reject) → uid dedup → one language-ID pass over the distinct captions
+(caption_language) → Arrow tables built once from column lists.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -22,10 +24,10 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from infra.config import ExtractConfig
+from infra.config import ExtractConfig, InputError
 from infra.tables import CANDIDATES, WARC_REJECTS
 from spark_jobs.caption_language import detect_languages
-from spark_jobs.html_images import page_images
+from spark_jobs.html_images import META_ROBOTS, TDM_META, PageImages, PageTooComplex, page_images
 from spark_jobs.http_response import BadHttpHeaders, BodyTooLarge, UndecodableBody, decode_body, parse_head
 from spark_jobs.page_charset import UndecodablePage, charset_from_content_type, to_utf8
 from spark_jobs.warc_reader import RecordError, WarcRecord, read_records
@@ -51,12 +53,17 @@ COUNTERS = (
     "caption_too_short",
     "caption_too_long",
     "duplicate_uid",
+    # pairs (of "pairs") whose page opts its images out: optout_signal meta-robots / tdm-meta
+    "optout_meta_robots",
+    "optout_tdm_meta",
     # rejects (one WARC_REJECTS row each)
     "malformed_record",
     "truncated_record",
     "bad_http_headers",
     "undecodable_page",
+    "page_too_complex",
 )
+_SIGNAL_COUNTERS = {META_ROBOTS: "optout_meta_robots", TDM_META: "optout_tdm_meta"}
 # Room for the HTTP status line and headers on top of max_page_bytes of body.
 _HTTP_HEAD_ROOM = 1 << 16
 _DETAIL_CHARS = 200
@@ -82,7 +89,9 @@ class _Extraction:
         self.config = config
         self.counts = dict.fromkeys(COUNTERS, 0)
         self.seen: set[str] = set()
-        self.pairs: dict[str, list] = {n: [] for n in ("uid", "url", "caption", "page_url", "record_offset", "fetch_date")}
+        self.pairs: dict[str, list] = {
+            n: [] for n in ("uid", "url", "caption", "page_url", "record_offset", "fetch_date", "optout_signal")
+        }
         self.rejects: dict[str, list] = {n: [] for n in ("record_offset", "page_url", "reason", "detail")}
 
     def reject(self, offset: int, page_url: str | None, reason: str, detail: str) -> None:
@@ -134,13 +143,17 @@ class _Extraction:
         except (UndecodableBody, UndecodablePage) as exc:
             self.reject(record.offset, page_url, "undecodable_page", str(exc))
             return
-        found = page_images(page, page_url, self.config.min_caption_chars, self.config.max_caption_chars, counts)
-        if found:
+        try:
+            found = page_images(page, page_url, self.config, counts)
+        except PageTooComplex as exc:
+            self.reject(record.offset, page_url, "page_too_complex", str(exc))
+            return
+        if found.pairs:
             self._add_pairs(found, record.offset, page_url, _parse_warc_date(headers.get("warc-date")))
 
-    def _add_pairs(self, found: list[tuple[str, str]], offset: int, page_url: str, fetch_date: datetime | None) -> None:
+    def _add_pairs(self, found: PageImages, offset: int, page_url: str, fetch_date: datetime | None) -> None:
         cols = self.pairs
-        for url, caption in found:
+        for url, caption in found.pairs:
             uid = pair_uid(url, caption)
             if uid in self.seen:
                 self.counts["duplicate_uid"] += 1
@@ -152,6 +165,9 @@ class _Extraction:
             cols["page_url"].append(page_url)
             cols["record_offset"].append(offset)
             cols["fetch_date"].append(fetch_date)
+            cols["optout_signal"].append(found.optout)
+            if found.optout:
+                self.counts[_SIGNAL_COUNTERS[found.optout]] += 1
 
     def result(self, crawl_id: str) -> ExtractResult:
         cols = self.pairs
@@ -171,6 +187,7 @@ class _Extraction:
                 pa.repeat(pa.scalar(self.warc_file, pa.string()), n),
                 pa.array(cols["record_offset"], pa.int64()),
                 pa.array(cols["fetch_date"], CANDIDATES.schema.field("fetch_date").type),
+                pa.array(cols["optout_signal"], pa.string()),
             ],
             schema=CANDIDATES.schema,
         )
@@ -206,7 +223,7 @@ def extract_pairs(warc_uri: str, warc_file: str, crawl_id: str, config: ExtractC
     """Candidate pairs, rejects and counts of one WARC file (a local path or an fsspec URL).
 
     Raises FileNotFoundError / OSError naming the file when it cannot be opened or read, and
-    ValueError for an uncompressed WARC.
+    ValueError for an uncompressed WARC or a file that is not a WARC at all.
     """
     extraction = _Extraction(warc_file, config)
     max_block = config.max_page_bytes + _HTTP_HEAD_ROOM
@@ -232,13 +249,47 @@ def warc_file_name(warc_uri: str) -> str:
 
 
 def write_pairs_parquet(warc_uris: list[str], out: str, crawl_id: str, config: ExtractConfig) -> dict[str, int]:
-    """Extract each file into one Parquet file of CANDIDATES rows (unique by uid per WARC file);
-    returns the counts summed over the files."""
+    """Extract each file into one Parquet file of CANDIDATES rows (unique by uid per WARC file) at the
+    local path ``out``; returns the counts summed over the files.
+
+    ``out`` is written whole or not at all (a temporary file beside it, renamed at the end). Raises
+    InputError, writing nothing, for an input that is missing, a directory or not a record-gzipped
+    WARC, and for an ``out`` that is a directory or in a missing folder.
+    """
+    _check_paths(warc_uris, out)
     totals = dict.fromkeys(COUNTERS, 0)
-    with fsspec.open(out, "wb") as fh, pq.ParquetWriter(fh, CANDIDATES.schema) as writer:
-        for uri in warc_uris:
-            result = extract_pairs(uri, warc_file_name(uri), crawl_id, config)
-            writer.write_table(result.pairs)
-            for name, value in result.counts.items():
-                totals[name] += value
+    folder, name = os.path.split(os.path.abspath(out))
+    partial = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        with pq.ParquetWriter(partial, CANDIDATES.schema) as writer:
+            for uri in warc_uris:
+                try:
+                    result = extract_pairs(uri, warc_file_name(uri), crawl_id, config)
+                except (FileNotFoundError, IsADirectoryError, ValueError) as exc:
+                    raise InputError(str(exc)) from None
+                writer.write_table(result.pairs)
+                for counter, value in result.counts.items():
+                    totals[counter] += value
+        os.replace(partial, out)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
     return totals
+
+
+def _check_paths(warc_uris: list[str], out: str) -> None:
+    """Refuse what can be told before reading anything: local inputs that are not files, and an
+    output that is a directory or whose folder does not exist."""
+    for uri in warc_uris:
+        if "://" in uri:
+            continue  # fsspec URLs are checked by opening them
+        if os.path.isdir(uri):
+            raise InputError(f"{uri} is a directory, not a WARC file")
+        if not os.path.exists(uri):
+            raise InputError(f"WARC file not found: {uri}")
+    if os.path.isdir(out):
+        example = os.path.join(out, "pairs.parquet")
+        raise InputError(f"output {out} is a directory: name the Parquet file to write, e.g. {example}")
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise InputError(f"output folder {folder} does not exist")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 GZIP_MAGIC = b"\x1f\x8b\x08"
+_WARC_MAGIC = b"WARC/"
 _READ_BLOCK = 1 << 20
 # Compressed bytes per inflate call: small, because past a member's end zlib copies the rest of the
 # window into unused_data, once per member.
@@ -81,7 +82,11 @@ class _Source:
 
 
 class _Truncated(Exception):
-    pass
+    """The file ends inside a member; ``head`` is the start of what it inflated to."""
+
+    def __init__(self, head: bytes) -> None:
+        super().__init__()
+        self.head = head
 
 
 def _inflate_member(src: _Source, start: int, limit: int) -> tuple[int, bytes, int]:
@@ -98,7 +103,7 @@ def _inflate_member(src: _Source, start: int, limit: int) -> tuple[int, bytes, i
         i = pos - src.base
         if i >= len(src.buf):
             if not src.more(start):
-                raise _Truncated
+                raise _Truncated(b"".join(parts)[: len(_WARC_MAGIC)])
             i = pos - src.base
         window = memoryview(src.buf)[i : i + _FEED]
         chunk = d.decompress(window)
@@ -113,7 +118,7 @@ def _inflate_member(src: _Source, start: int, limit: int) -> tuple[int, bytes, i
 def _parse_record(offset: int, content: bytes, total: int, max_block_bytes: int) -> WarcRecord | RecordError:
     """Parse one record from its inflated member (``content`` may be cut; ``total`` is not)."""
     head_end = content.find(b"\r\n\r\n")
-    if not content.startswith(b"WARC/") or head_end < 0:
+    if not content.startswith(_WARC_MAGIC) or head_end < 0:
         return RecordError(offset, "malformed_record", "member does not hold a WARC header")
     headers: dict[str, str] = {}
     for line in content[:head_end].decode("utf-8", "replace").split("\r\n")[1:]:
@@ -137,20 +142,26 @@ def _parse_record(offset: int, content: bytes, total: int, max_block_bytes: int)
 def read_records(fh: BinaryIO, max_block_bytes: int) -> Iterator[WarcRecord | RecordError]:
     """Yield every record of a record-gzipped WARC, and a RecordError for each unreadable stretch.
 
-    Raises ValueError for an uncompressed WARC (use ``warcio recompress`` to make it record-gzipped).
+    Raises ValueError for an uncompressed WARC (use ``warcio recompress`` to make it record-gzipped)
+    and, once read to the end, for a file in which no gzip member inflates to a WARC record (not a
+    WARC file at all, rather than a WARC with bad records).
     """
     src = _Source(fh)
     # Inflated bytes kept per member: the block limit plus room for WARC and HTTP headers.
     limit = max_block_bytes + (1 << 16)
     pos = 0
     resyncing = False  # after an error: accept only a member that inflates to a WARC record
-    if src.peek(0, 5) == b"WARC/":
-        raise ValueError("uncompressed WARC: only record-gzipped .warc.gz files are supported")
+    seen_warc = False
+    if not src.peek(0, 1):
+        return  # an empty file: no records
+    if src.peek(0, len(_WARC_MAGIC)) == _WARC_MAGIC:
+        raise ValueError("uncompressed WARC: only record-gzipped .warc.gz files are supported "
+                         "(`warcio recompress` makes one)")
     while src.peek(pos, 1):
         if resyncing:
             pos = src.find_magic(pos)
             if pos < 0:
-                return
+                break
         elif src.peek(pos, len(GZIP_MAGIC)) != GZIP_MAGIC:
             yield RecordError(pos, "malformed_record", "no gzip member at this offset")
             resyncing, pos = True, pos + 1
@@ -158,6 +169,7 @@ def read_records(fh: BinaryIO, max_block_bytes: int) -> Iterator[WarcRecord | Re
         try:
             end, content, total = _inflate_member(src, pos, limit)
         except (zlib.error, _Truncated) as exc:
+            seen_warc = seen_warc or (isinstance(exc, _Truncated) and exc.head == _WARC_MAGIC)
             if not resyncing:
                 if isinstance(exc, _Truncated):
                     yield RecordError(pos, "truncated_record", "file ends inside this gzip member")
@@ -165,10 +177,13 @@ def read_records(fh: BinaryIO, max_block_bytes: int) -> Iterator[WarcRecord | Re
                     yield RecordError(pos, "malformed_record", f"corrupt gzip member: {exc}")
             resyncing, pos = True, pos + 1
             continue
-        if resyncing and not content.startswith(b"WARC/"):
+        is_warc = content.startswith(_WARC_MAGIC)
+        if resyncing and not is_warc:
             pos += 1
             continue
-        resyncing = False
+        resyncing, seen_warc = False, seen_warc or is_warc
         yield _parse_record(pos, content, total, max_block_bytes)
         pos = end
+    if not seen_warc:
+        raise ValueError("not a WARC file: no gzip member in it holds a WARC record")
 

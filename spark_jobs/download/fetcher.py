@@ -25,11 +25,10 @@ from spark_jobs.download.address_guard import AddressGuard, AddressRefused, Guar
 from spark_jobs.download.hosts import Host, HostKey, host_key
 from spark_jobs.download.origin_policies import MAX_POLICY_BYTES, OriginPolicies, PolicyUnavailable
 from spark_jobs.download.tdmrep import header_reserves
+from spark_jobs.html_images import OPT_OUT_DIRECTIVES  # the same in X-Robots-Tag and <meta name="robots">
 
 MAX_REDIRECTS = 5
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-# X-Robots-Tag directives that opt an image out of datasets (img2dataset's set, plus "none").
-OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai", "noindex", "noimageindex", "none"})
 # Directives that carry a value after ":", so "name:" does not start a user-agent scope.
 _VALUED_DIRECTIVES = frozenset({"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"})
 HOST_UNRESPONSIVE = "host_unresponsive"

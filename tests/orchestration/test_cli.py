@@ -43,7 +43,7 @@ def test_parse_warc_writes_pairs_without_spark(crawl, tmp_path, capsys):
 
 def test_parse_warc_missing_file_is_one_line(tmp_path, capsys):
     missing = tmp_path / "nope.warc.gz"
-    assert main(["parse-warc", str(missing), "--out", str(tmp_path / "o.parquet")]) == 1
+    assert main(["parse-warc", str(missing), "--out", str(tmp_path / "o.parquet")]) == 2
     err = capsys.readouterr().err.strip()
     assert str(missing) in err and len(err.splitlines()) == 1
 

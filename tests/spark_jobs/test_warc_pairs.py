@@ -401,6 +401,20 @@ def test_uncompressed_warc_is_a_clear_error(tmp_path):
         extract_pairs(str(path), path.name, "CC-TEST", CONFIG)
 
 
+@pytest.mark.parametrize("data", [b"some notes, not a crawl\n" * 20, gzip.compress(b"gzipped, but no WARC in it")])
+def test_a_file_holding_no_warc_record_is_a_clear_error(tmp_path, data):
+    path = tmp_path / "notes.warc.gz"
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match="notes.warc.gz: not a WARC file"):
+        extract_pairs(str(path), path.name, "CC-TEST", CONFIG)
+
+
+def test_a_warc_cut_inside_its_only_record_is_a_counted_skip(tmp_path):
+    member = response_member(PAGE, html("<img src='a.jpg' alt='cut short'>" * 50))
+    result = extract(tmp_path, [member[: len(member) // 2]])
+    assert (result.counts["truncated_record"], result.pairs.num_rows) == (1, 0)
+
+
 def test_fsspec_urls_are_read(tmp_path):
     data = response_member(PAGE, html("<img src='m.jpg' alt='read through fsspec'>"))
     with fsspec.open("memory://crawl/m.warc.gz", "wb") as fh:
