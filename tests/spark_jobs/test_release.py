@@ -13,7 +13,8 @@ from infra.delta_store import Lake, Lineage
 from infra.tables import BLOCKLIST_MATCHES, CURATED, IMAGES, REMOVALS, SHARDS
 from spark_jobs import release
 
-CONFIG = ReleaseConfig(name="test-release", variant="safe", samples_per_shard=3)
+# A tiny release: one removal is a large share of it, so the drop guard allows up to half.
+CONFIG = ReleaseConfig(name="test-release", variant="safe", samples_per_shard=3, max_auto_drop_fraction=0.5)
 NOW = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
 
 
@@ -28,9 +29,9 @@ def _lake(tmp_path, uids: list[str]) -> Lake:
     return lake
 
 
-def _make(lake: Lake, mode: str = "auto"):
-    return release.make_release(lake, CONFIG, {"rule": 1}, {"curated": lake.version(CURATED)}, Lineage(run_id="r"),
-                                mode=mode)
+def _make(lake: Lake, mode: str = "auto", config: ReleaseConfig = CONFIG, confirmed_by: str | None = None):
+    return release.make_release(lake, config, {"rule": 1}, {"curated": lake.version(CURATED)}, Lineage(run_id="r"),
+                                mode=mode, confirmed_by=confirmed_by)
 
 
 def _tars(directory) -> dict[str, bytes]:
@@ -89,3 +90,17 @@ def test_rerelease_needs_a_previous_version(tmp_path):
     lake = _lake(tmp_path, ["a"])
     with pytest.raises(release.ReleaseError, match="no previous version"):
         _make(lake, mode="rerelease")
+
+
+def test_a_version_dropping_most_of_the_previous_one_needs_a_confirmation(tmp_path):
+    """An over-broad removal used to publish a release with 0 samples, unasked."""
+    lake = _lake(tmp_path, ["a", "b", "c", "d"])
+    _make(lake)
+    lake = _lake(tmp_path, ["a"])  # curation (or a removal) took three of four away
+    with pytest.raises(release.ReleaseNeedsConfirmation, match=r"would drop 3 of the 4 samples of v1 \(75.0%\)"):
+        _make(lake)
+    assert release.latest(lake, CONFIG.name)["version"] == 1
+    v2 = _make(lake, confirmed_by="ops on-call")
+    assert (v2.version, v2.samples) == (2, 1)
+    manifest = json.loads((tmp_path / "lake/releases/test-release/v2/manifest.json").read_text())
+    assert manifest["rules"]["confirmed_by"] == "ops on-call"
