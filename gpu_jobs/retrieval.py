@@ -158,11 +158,11 @@ def embed_as_stored(clip: LoadedClip, data: bytes, download: DownloadConfig) -> 
 def similar_stored_images(lake: Lake, vector: np.ndarray, model_id: str, min_similarity: float) -> dict[str, float]:
     """uid -> cosine of every stored image embedding (table clip_scores, every pair, curated or
     not) at least ``min_similarity`` to ``vector``: an exact scan, batch by batch."""
-    table = lake.table(CLIP_SCORES)
-    if table is None:
+    dataset = lake.dataset(CLIP_SCORES)
+    if dataset is None:
         return {}
     found: dict[str, float] = {}
-    batches = table.to_pyarrow_dataset().to_batches(
+    batches = dataset.to_batches(
         columns=["uid", "embedding_dim", "image_embedding"],
         filter=(pc.field("model_id") == model_id) & (pc.field("embedding_dim") == len(vector)),
     )

@@ -64,7 +64,7 @@ def delete_uids(lake: Lake, spec: TableSpec, uids: Sequence[str], lineage: Linea
         if not deleted:
             return 0
     kept = ~matching if scope is None else scope & ~matching
-    dataset = lake.table(spec).to_pyarrow_dataset()
+    dataset = lake.dataset(spec)
     batches = (b.select(spec.schema.names).cast(spec.schema) for b in dataset.to_batches(filter=kept))
     lake.rewrite(spec, pa.RecordBatchReader.from_batches(spec.schema, batches), lineage, touched)
     return deleted

@@ -203,7 +203,7 @@ def _cmd_optout_preview(args: argparse.Namespace, config: PairlakeConfig) -> Non
         print(f"  matches {shown['matched']:,} of {shown['lake_pairs']:,} pairs ({shown['fraction']:.4%})")
         print(f"  matched by: {', '.join(f'{k} {v}' for k, v in shown['matched_by'].items()) or '-'}")
         print(f"  hosts: {', '.join(f'{k} {v}' for k, v in shown['hosts'].items()) or '-'}")
-        print(f"  first uids: {' '.join(shown['uids']) or '-'}")
+        print(f"  first uids: {' '.join(shown['uids'][:5]) or '-'}{' ...' if len(shown['uids']) > 5 else ''}")
     reason = shown.get("would_hold") or shown.get("hold_reason")
     if reason:
         print(f"  needs confirmation: {reason}")
