@@ -14,13 +14,32 @@ from orchestration.resources import PairlakeResource
 from spark_jobs import release
 
 
+# A request whose run failed (another removal held the lake past optout.lock_wait_s, a killed
+# process) is tried again under a new run key, this many times in all.
+MAX_ATTEMPTS = 5
+_ENDED_BADLY = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+
+
+def _attempt_key(instance: dg.DagsterInstance, key: str) -> str | None:
+    """The run key of the next attempt at a request file, or None when every attempt failed."""
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        candidate = key if attempt == 1 else f"{key}:attempt-{attempt}"
+        runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/run_key": candidate}), limit=1)
+        if not runs or runs[0].status not in _ENDED_BADLY:
+            return candidate  # not run yet, or running or done: the daemon skips a key it has seen
+    return None
+
+
 @dg.sensor(job=apply_optout_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
 def optout_inbox_sensor(context: dg.SensorEvaluationContext, pairlake: PairlakeResource):
     """One run per request file. The run key holds the file's mtime: a request is applied once,
-    and a file replaced under the same name (new mtime) is seen again."""
+    and a file replaced under the same name (new mtime) is seen again; a failed run is retried."""
     requests = []
     for path in pending_requests(pairlake.settings):
-        key = f"{path.name}:{path.stat().st_mtime_ns}"
+        key = _attempt_key(context.instance, f"{path.name}:{path.stat().st_mtime_ns}")
+        if key is None:
+            context.log.warning(f"{path.name}: {MAX_ATTEMPTS} runs failed; fix the cause, then touch the file")
+            continue
         requests.append(dg.RunRequest(
             run_key=key,
             run_config={"ops": {"optout_requests": {"config": {"request_file": path.name}}}},
