@@ -12,7 +12,7 @@ import pytest
 from selectolax.lexbor import LexborHTMLParser
 
 from infra.config import ExtractConfig
-from spark_jobs import html_images
+from spark_jobs import html_nesting
 from spark_jobs.html_nesting import over_parse_budget
 from spark_jobs.warc_pairs import extract_pairs
 from tests.spark_jobs.test_warc_pairs import html, response_member, write_warc
@@ -91,7 +91,7 @@ def _sloppy_page(repeats: int) -> bytes:
 
 def test_sloppy_markup_is_within_a_tight_depth_budget(tmp_path):
     page = _sloppy_page(400)
-    assert page.count(b"<") > html_images._UNCHECKED_TAGS  # big enough to be read
+    assert page.count(b"<") > html_nesting._UNCHECKED_TAGS  # big enough to be read
     assert over_parse_budget(page, 10**9, 24) is None
     path = tmp_path / "sloppy.warc.gz"
     write_warc(path, [response_member("https://sloppy.example.com/", page)])
@@ -120,7 +120,7 @@ def _tree_depth(page: bytes) -> int:
 ])
 def test_the_model_is_never_shallower_than_the_parser(monkeypatch, pattern):
     page = ("<html><body>" + "".join(pattern.replace("{i}", str(i)) for i in range(300))).encode()
-    monkeypatch.setattr(html_images, "_UNCHECKED_TAGS", 0)
+    monkeypatch.setattr(html_nesting, "_UNCHECKED_TAGS", 0)
     depth = _tree_depth(page) - 2  # below <html> and <body>, which the model leaves out
     assert depth > 250
     assert over_parse_budget(page, 10**9, depth - 1) is not None
