@@ -1,8 +1,8 @@
 """A run whose process was killed is failed, so the queue (opt-out runs) moves again.
 
 Real processes, a real SQLite instance made from infra/dagster/dagster.yaml and, in the slow test,
-a real `dagster-daemon`. This module is also the code location the daemon and the killed
-processes load (`-m tests.orchestration.test_run_recovery`).
+a real `dagster-daemon` on pairlake's code location. This module is the code location of the killed
+processes (`-m tests.orchestration.test_run_recovery`).
 """
 
 from __future__ import annotations
@@ -32,19 +32,6 @@ def block() -> None:
 @dg.job
 def blocking_job():
     block()
-
-
-@dg.op
-def quick() -> None:
-    pass
-
-
-@dg.job
-def quick_job():
-    quick()
-
-
-defs = dg.Definitions(jobs=[blocking_job, quick_job], sensors=[dead_run_sensor])
 
 
 def run_blocking() -> None:
@@ -121,37 +108,46 @@ def test_a_run_whose_process_is_gone_is_failed_and_a_live_one_is_not(dagster_hom
                 kill(process)
 
 
-def launch_queued_quick_run(instance: dg.DagsterInstance) -> dg.DagsterRun:
-    subprocess.run([Path(sys.executable).parent / "dagster", "job", "launch", "-m", MODULE, "-j", "quick_job"],
-                   cwd=REPO, check=True, capture_output=True, timeout=120)
-    run, = instance.get_runs(filters=dg.RunsFilter(job_name="quick_job"))
-    return run
-
-
 @pytest.mark.slow
-def test_the_daemon_fails_a_killed_run_and_then_launches_the_queued_one(dagster_home):
+def test_the_daemon_fails_a_killed_run_and_then_applies_the_queued_opt_out(dagster_home, tmp_path, monkeypatch):
+    """The daemon on pairlake's own code location: a kill -9'd run holds the only run slot, the inbox
+    sensor queues an opt-out run behind it, the dead-run sensor fails the stale run, and the opt-out
+    is applied."""
+    from infra.config import load_config
+    from orchestration.optout_requests import request_status, submit_request
+
+    monkeypatch.setenv("PAIRLAKE_CONFIG", "")
+    monkeypatch.setenv("PAIRLAKE__LAKE__ROOT", str(tmp_path / "lake"))
+    config = load_config()
     blocked = daemon = None
     try:
         with dg.DagsterInstance.get() as instance, (dagster_home / "daemon.log").open("w") as log:
             blocked = start_blocked_run()
             stale = started_run_of(instance, blocked)
             kill(blocked)
-            queued = launch_queued_quick_run(instance)
-            assert queued.status == dg.DagsterRunStatus.QUEUED  # behind the stale run: max_concurrent_runs 1
             assert instance.get_run_by_id(stale.run_id).status == dg.DagsterRunStatus.STARTED
+            submit_request(config, {"request_id": "after-the-crash", "kind": "md5", "value": "0" * 32,
+                                    "requester": "ticket", "reason": "queued behind a dead run"})
 
-            daemon = subprocess.Popen([Path(sys.executable).parent / "dagster-daemon", "run", "-m", MODULE],
+            daemon = subprocess.Popen([Path(sys.executable).parent / "dagster-daemon", "run", "-m",
+                                       "orchestration.definitions"],
                                       cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            deadline = time.monotonic() + 120
-            while instance.get_run_by_id(queued.run_id).status != dg.DagsterRunStatus.SUCCESS:
+            deadline = time.monotonic() + 300
+
+            def applied() -> list[dg.DagsterRun]:
+                return instance.get_runs(filters=dg.RunsFilter(job_name="apply_optout",
+                                                               statuses=[dg.DagsterRunStatus.SUCCESS]))
+
+            while not applied():
                 assert time.monotonic() < deadline, (dagster_home / "daemon.log").read_text()[-3000:]
                 time.sleep(1)
 
             assert instance.get_run_by_id(stale.run_id).status == dg.DagsterRunStatus.FAILURE
             assert "no longer exists" in failure_message(instance, stale.run_id)
-            # The queued run was launched only once the stale one was failed.
+            # The opt-out run was launched only once the stale one was failed.
             stale_end = instance.get_run_record_by_id(stale.run_id).end_time
-            assert stale_end <= instance.get_run_record_by_id(queued.run_id).start_time
+            assert stale_end <= instance.get_run_record_by_id(applied()[0].run_id).start_time
+            assert request_status(config, "after-the-crash")[0]["status"] == "applied"
     finally:
         if blocked is not None and blocked.poll() is None:
             kill(blocked)
