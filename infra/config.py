@@ -426,13 +426,12 @@ def format_config(config: PairlakeConfig, sources: dict[str, str]) -> str:
             else:
                 table(inner, value)
 
-    for f in dataclasses.fields(config):
-        value = dataclasses.asdict(config)[f.name]
-        if f.name == "tags":
+    for name, value in dataclasses.asdict(config).items():
+        if name == "tags":
             for tag, scorer in value.items():
                 table(f"tags.{_quoted(tag)}", scorer, origin("tags"))
         else:
-            table(f.name, value)
+            table(name, value)
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
