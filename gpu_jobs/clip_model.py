@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
+import importlib.resources
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -47,19 +49,39 @@ class LoadedClip:
 
 @functools.cache
 def register_model_configs() -> None:
-    """Make the project's model configs (``gpu_jobs/model_configs/*.json``) known to open_clip, once."""
-    open_clip.add_model_config(MODEL_CONFIG_DIR)
+    """Make the project's model configs (``gpu_jobs/model_configs/*.json``) known to open_clip, once.
+
+    On a cluster's executors the project arrives as a zip (``infra.spark``), where open_clip cannot
+    list a folder: the configs are read through importlib and registered from a temporary copy."""
+    if MODEL_CONFIG_DIR.is_dir():
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+        return
+    copy = Path(tempfile.mkdtemp(prefix="pairlake-model-configs-"))
+    for entry in importlib.resources.files("gpu_jobs").joinpath("model_configs").iterdir():
+        if entry.name.endswith(".json"):
+            (copy / entry.name).write_bytes(entry.read_bytes())
+    open_clip.add_model_config(copy)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; asking for cuda without one is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ClipModelError("clip.device is 'cuda' but no CUDA device is available")
-    if name not in ("cpu", "cuda"):
+def resolve_device(name: str, assigned_gpu: str | None = None) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; asking for cuda without one is an error.
+
+    ``assigned_gpu`` is the GPU address a Spark task was given (``TaskContext.resources()``): on
+    CUDA the model runs on that device, so tasks sharing an executor never share a GPU. A Spark
+    GPU slot on a host without usable CUDA runs ``auto`` on the CPU.
+    """
+    if name not in ("auto", "cpu", "cuda"):
         raise ClipModelError(f"clip.device must be auto, cpu or cuda, got {name!r}")
-    return torch.device(name)
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        where = f" (Spark assigned this task GPU {assigned_gpu})" if assigned_gpu is not None else ""
+        raise ClipModelError(f"clip.device is 'cuda' but no CUDA device is available{where}")
+    if assigned_gpu is None:
+        return torch.device("cuda")
+    if not assigned_gpu.isdigit() or int(assigned_gpu) >= torch.cuda.device_count():
+        raise ClipModelError(f"Spark assigned GPU {assigned_gpu!r}, but this host has CUDA devices 0..{torch.cuda.device_count() - 1}")
+    return torch.device("cuda", int(assigned_gpu))
 
 
 def model_config(name: str) -> dict:
@@ -73,15 +95,15 @@ def model_config(name: str) -> dict:
     return model_cfg
 
 
-def load_clip(config: ClipConfig, allow_random_init: bool = False) -> LoadedClip:
-    """Build the configured model in eval mode on the configured device.
+def load_clip(config: ClipConfig, allow_random_init: bool = False, device: torch.device | None = None) -> LoadedClip:
+    """Build the configured model in eval mode on ``device`` (the configured device when None).
 
     With neither ``checkpoint`` nor ``pretrained`` set the weights would be random, which is only
     meaningful for timing and plumbing tests, so it needs ``allow_random_init=True``.
     """
     name = config.model
     model_cfg = model_config(name)
-    device = resolve_device(config.device)
+    device = resolve_device(config.device) if device is None else device
 
     create_kwargs: dict = {}
     if config.checkpoint:

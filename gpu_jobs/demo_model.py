@@ -170,8 +170,10 @@ def _encode_texts(clip: LoadedClip, texts: list[str]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(clip: LoadedClip, seed: int = 0, per_class: int = EVAL_PER_CLASS) -> dict[str, float]:
-    """Zero-shot accuracy and caption cosines on fresh renders of every class, seen as scored."""
+def evaluate(clip: LoadedClip, seed: int = 0, per_class: int | None = None) -> dict[str, float]:
+    """Zero-shot accuracy and caption cosines on fresh renders of every class, seen as scored
+    (``per_class`` renders of each; EVAL_PER_CLASS, read at call time, when None)."""
+    per_class = EVAL_PER_CLASS if per_class is None else per_class
     clip.model.eval()
     rng = np.random.default_rng([seed, _EVAL_STREAM])
     samples = list(shapes.dataset(seed * 1000 + _EVAL_STREAM, per_class * len(shapes.CLASSES)))

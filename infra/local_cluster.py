@@ -1,4 +1,4 @@
-"""A Spark standalone cluster (one master, one worker) started from the pyspark install on 127.0.0.1.
+"""A Spark standalone cluster (one master, N workers) started from the pyspark install on 127.0.0.1.
 
 Tests and benchmarks use it to prove the data source works across processes, not only in
 ``local[*]``; ``python -m infra.local_cluster`` runs one in the foreground for trying things out.
@@ -28,9 +28,18 @@ def _free_port() -> int:
 class LocalStandaloneCluster:
     """Start with ``with LocalStandaloneCluster() as master_url: ...``; both JVMs stop on exit."""
 
-    def __init__(self, worker_cores: int = 2, worker_memory: str = "2g", start_timeout_s: float = 90.0):
+    def __init__(
+        self, worker_cores: int = 2, worker_memory: str = "2g", start_timeout_s: float = 90.0, workers: int = 1,
+        gpu_discovery: list[str] | None = None,
+    ):
+        """``gpu_discovery``: per worker, a GPU discovery script (Spark's JSON answer on stdout), so
+        that worker offers those GPUs to its executors; none by default."""
+        if gpu_discovery is not None and len(gpu_discovery) != workers:
+            raise ValueError("give one GPU discovery script per worker")
         self.worker_cores = worker_cores
         self.worker_memory = worker_memory
+        self.workers = workers
+        self.gpu_discovery = gpu_discovery
         self.start_timeout_s = start_timeout_s
         self.spark_home = Path(pyspark.__file__).parent
         self.work_dir = Path(tempfile.mkdtemp(prefix="pairlake-spark-cluster-"))
@@ -48,13 +57,13 @@ class LocalStandaloneCluster:
         )
         return env
 
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = open(self.work_dir / f"{name}.log", "wb")
         proc = subprocess.Popen(
             [str(self.spark_home / "bin" / "spark-class"), *args],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=self._env(),
+            env={**self._env(), **(env or {})},
             start_new_session=True,
         )
         self._procs.append(proc)
@@ -80,12 +89,18 @@ class LocalStandaloneCluster:
         )
         self.master_url = f"spark://127.0.0.1:{port}"
         self._wait_for("master", r"Starting Spark master|I have been elected leader")
-        self._spawn(
-            "worker", "org.apache.spark.deploy.worker.Worker", self.master_url,
-            "--host", "127.0.0.1", "--cores", str(self.worker_cores), "--memory", self.worker_memory,
-            "--webui-port", str(_free_port()),
-        )
-        self._wait_for("worker", r"Successfully registered with master")
+        for i in range(self.workers):
+            name = "worker" if self.workers == 1 else f"worker-{i}"
+            opts = {}
+            if self.gpu_discovery is not None:
+                opts["SPARK_WORKER_OPTS"] = (f"-Dspark.worker.resource.gpu.amount=1 "
+                                             f"-Dspark.worker.resource.gpu.discoveryScript={self.gpu_discovery[i]}")
+            self._spawn(
+                name, "org.apache.spark.deploy.worker.Worker", self.master_url,
+                "--host", "127.0.0.1", "--cores", str(self.worker_cores), "--memory", self.worker_memory,
+                "--webui-port", str(_free_port()), "--work-dir", str(self.work_dir / name), env=opts,
+            )
+            self._wait_for(name, r"Successfully registered with master")
         return self.master_url
 
     def stop(self) -> None:

@@ -1,25 +1,29 @@
-"""Spark sessions for pairlake: local mode by default, any master by config, always on 127.0.0.1.
+"""Spark sessions for pairlake: local mode by default, any master by config, on 127.0.0.1 by default.
 
-Every process binds to loopback, executors run the driver's Python (the venv, so they have
-pyarrow and the project), the Delta data source is registered, and the session is always stopped:
+The driver binds to ``spark.bind_address`` and is reached at ``spark.driver_host`` (loopback
+unless configured), executors run the driver's Python (the venv, so they have pyarrow and the
+project), the Delta data source is registered, and the session is always stopped:
 a driver that ran a Python data source write and exited without ``spark.stop()`` aborted here.
 """
 
 from __future__ import annotations
 
 import atexit
+import importlib
 import json
 import os
+import re
 import sys
 import tempfile
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
+from pyspark.errors.exceptions.captured import PythonException
 from pyspark.sql import DataFrame, SparkSession
 
-from infra.config import SparkConfig
+from infra.config import InputError, SparkConfig
 from infra.delta_store import Lake, Lineage
 from infra.spark_delta import FORMAT, DeltaDataSource, lineage_option
 from infra.tables import TableSpec
@@ -38,20 +42,21 @@ def _project_zip() -> str:
     return str(out)
 
 def build_spark_session(config: SparkConfig) -> SparkSession:
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("SPARK_LOCAL_IP", config.bind_address)
     os.environ["PYSPARK_PYTHON"] = sys.executable
     os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
     builder = (
         SparkSession.builder.master(config.master)
         .appName(config.app_name)
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.driver.host", config.driver_host)
+        .config("spark.driver.bindAddress", config.bind_address)
         .config("spark.pyspark.python", sys.executable)
         .config("spark.executorEnv.PYSPARK_PYTHON", sys.executable)
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.shuffle.partitions", "8")
+        .config("spark.sql.shuffle.partitions", str(config.shuffle_partitions))
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.arrow_batch_rows))
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.driver.extraJavaOptions", "-Dlog4j.rootLogger=WARN")
     )
@@ -94,9 +99,18 @@ def read_table(
     spec: TableSpec,
     version: int | None = None,
     partitions: Iterable[str] | None = None,
+    columns: Iterable[str] | None = None,
+    where: dict[str, Iterable[Any]] | None = None,
 ) -> DataFrame:
-    """``spec`` at ``version`` (latest when None) as a DataFrame, optionally only some partitions."""
+    """``spec`` at ``version`` (latest when None) as a DataFrame, optionally only some partitions,
+    only some columns and only rows whose column holds one of the given values (``where``, as
+    ``{"status": ["ok"]}``). Only those columns are read, and files and row groups whose partition
+    or statistics exclude the values are skipped."""
     reader = spark.read.format(FORMAT).option("root", lake.root).option("table", spec.name)
+    if columns is not None:
+        reader = reader.option("columns", json.dumps(list(columns)))
+    if where:
+        reader = reader.option("where", json.dumps({column: list(values) for column, values in where.items()}))
     if version is not None:
         reader = reader.option("version", str(version))
     if partitions is not None:
@@ -130,5 +144,26 @@ def write_table(
     )
     if replace_partitions is not None:
         writer = writer.option("replace_partitions", json.dumps(sorted(set(replace_partitions))))
-    writer.save()
+    try:
+        writer.save()
+    except PythonException as exc:
+        raise _task_error(exc) from None
     return lake.version(spec)  # type: ignore[return-value]
+
+
+# The last "module.Class: message" line of a Python traceback that Spark relays from a task.
+_RAISED = re.compile(r"^((?:[A-Za-z_]\w*\.)+)([A-Za-z_]\w*): (.*)$", re.MULTILINE)
+
+
+def _task_error(exc: PythonException) -> Exception:
+    """A task's InputError (a bad config, a bad input) as itself, one line; anything else as Spark
+    reported it. Spark aborts the write first, so nothing of it was committed."""
+    for module, name, message in reversed(_RAISED.findall(str(exc))):
+        try:
+            cls = getattr(importlib.import_module(module.rstrip(".")), name)
+        except (ImportError, AttributeError):
+            continue
+        if isinstance(cls, type) and issubclass(cls, InputError):
+            return cls(message.strip())
+        break
+    return exc

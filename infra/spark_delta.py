@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 from pyspark.sql.datasource import (
@@ -36,12 +37,28 @@ from infra.delta_store import Lake, Lineage
 from infra.tables import TableSpec, table_spec
 
 FORMAT = "pairlake_delta"
+_READ_BATCH_ROWS = 1024  # rows per Arrow batch a read hands Spark (option batch_rows)
 
 
 def _spec(options: dict[str, str]) -> TableSpec:
     if "table" not in options or "root" not in options:
         raise ValueError(f"the {FORMAT} data source needs the options 'root' and 'table'")
     return table_spec(options["table"])
+
+
+def _projected(options: dict[str, str]) -> pa.Schema:
+    """The columns a read asks for (option ``columns``, a JSON list), in the table's order.
+
+    Spark does not tell a Python data source which columns a query uses, so callers name them:
+    without it, every read of ``images`` would move every image's bytes."""
+    spec = _spec(options)
+    if not options.get("columns"):
+        return spec.schema
+    wanted = json.loads(options["columns"])
+    unknown = sorted(set(wanted) - set(spec.schema.names))
+    if unknown:
+        raise ValueError(f"table {spec.name} has no column {', '.join(unknown)}")
+    return pa.schema([f for f in spec.schema if f.name in wanted])
 
 
 def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -62,10 +79,38 @@ class _FilePartition(InputPartition):
     partition_values: dict[str, str]
 
 
+def _wanted(options: dict[str, str], spec: TableSpec) -> dict[str, list[Any]]:
+    """The read's row selection (option ``where``, JSON ``{column: [values]}``): rows whose column
+    holds one of the values. Files of other partitions, and files and row groups whose statistics
+    exclude the values, are never opened.
+
+    Spark's own filter pushdown for Python data sources (``pushFilters``) is not used: in Spark
+    4.3 the filters pushed for one scan of a DataFrame leaked into another scan of it in the same
+    plan (a union of two filtered copies returned no rows), and a wrong answer is worse than a slow one."""
+    where = json.loads(options["where"]) if options.get("where") else {}
+    unknown = sorted(set(where) - set(spec.schema.names))
+    if unknown:
+        raise ValueError(f"table {spec.name} has no column {', '.join(unknown)}")
+    return {column: list(values) for column, values in where.items()}
+
+
+def _may_hold(values: list[Any], lo: Any, hi: Any) -> bool:
+    """Whether a file whose column spans [lo, hi] can hold one of ``values``; unknown statistics
+    (None) never skip a file."""
+    if lo is None or hi is None:
+        return True
+    try:
+        return any(v is not None and lo <= v <= hi for v in values)
+    except TypeError:  # statistics of another type than the values
+        return True
+
+
 class _DeltaReader(DataSourceReader):
     def __init__(self, options: dict[str, str], schema: StructType):
         self.options = options
         self.spec = _spec(options)
+        self.schema = _projected(options)
+        self.where = _wanted(options, self.spec)
 
     def partitions(self) -> list[InputPartition]:
         lake = Lake(self.options["root"])
@@ -80,20 +125,47 @@ class _DeltaReader(DataSourceReader):
             values = {c: action[f"partition.{c}"] for c in self.spec.partition_by}
             if wanted is not None and values[self.spec.partition_by[0]] not in wanted:
                 continue
+            if not all(self._file_may_hold(column, allowed, action, values) for column, allowed in self.where.items()):
+                continue
             path = f"{table.table_uri.rstrip('/')}/{urllib.parse.unquote(action['path'])}"
             parts.append(_FilePartition(path=path.removeprefix("file://"), partition_values=values))
         return parts
+
+    def _file_may_hold(self, column: str, allowed: list[Any], action: dict[str, Any], values: dict[str, str]) -> bool:
+        if column in values:
+            return values[column] in allowed
+        if not _has_statistics(self.spec.schema.field(column).type):
+            return True
+        return _may_hold(allowed, action.get(f"min.{column}"), action.get(f"max.{column}"))
 
     def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
         if not isinstance(partition, _FilePartition):
             return  # a table with no files: Spark still reads one (empty) default partition
         filesystem, path = _filesystem(partition.path)
-        data = pq.read_table(path, filesystem=filesystem)
-        for col, value in partition.partition_values.items():
-            data = data.append_column(col, pa.array([value] * data.num_rows, pa.string()))
-        for missing in set(self.spec.schema.names) - set(data.column_names):  # written before the column existed
-            data = data.append_column(self.spec.schema.field(missing), pa.nulls(data.num_rows, self.spec.schema.field(missing).type))
-        yield from data.select(self.spec.schema.names).cast(self.spec.schema).to_batches()
+        dataset = pads.dataset(path, filesystem=filesystem, format="parquet")
+        stored = set(dataset.schema.names)
+        row_filter = None
+        for column, allowed in self.where.items():
+            if column in partition.partition_values:
+                continue  # the file was chosen by it
+            # A column the file predates is null there, and null is never one of the values.
+            part = pads.field(column).isin(allowed) if column in stored else pads.scalar(False)
+            row_filter = part if row_filter is None else row_filter & part
+        # Streamed a batch at a time, one batch ahead: a file of images is never held whole.
+        scanner = dataset.scanner(
+            columns=[n for n in self.schema.names if n in stored], filter=row_filter,
+            batch_size=int(self.options.get("batch_rows") or _READ_BATCH_ROWS), batch_readahead=1, fragment_readahead=1,
+        )
+        for batch in scanner.to_batches():
+            if not batch.num_rows:
+                continue
+            data = pa.Table.from_batches([batch])
+            for field in self.schema:
+                if field.name in partition.partition_values:
+                    data = data.append_column(field, pa.array([partition.partition_values[field.name]] * data.num_rows, field.type))
+                elif field.name not in stored:  # written before the column existed
+                    data = data.append_column(field, pa.nulls(data.num_rows, field.type))
+            yield from data.select(self.schema.names).cast(self.schema).to_batches()
 
 
 @dataclass
@@ -119,36 +191,41 @@ class _DeltaWriter(DataSourceArrowWriter):
         return f"{table_path}/{_ABORTED_DIR}/{self.write_id}"
 
     def write(self, iterator: Iterator[pa.RecordBatch]) -> _WrittenFiles:
-        batches = [b for b in iterator if b.num_rows]
-        if not batches:
-            return _WrittenFiles(files=[])
-        data = pa.Table.from_batches(batches).select(self.spec.schema.names).cast(self.spec.schema)
+        """Stream the task's rows into one Parquet file per table partition they fall in."""
         filesystem, table_path = _filesystem(self.table_uri)
-        files: list[dict[str, Any]] = []
-        groups = [((), data)] if not self.spec.partition_by else _split_by_partition(data, self.spec)
-        for values, rows in groups:
-            rel_dir = _partition_dir(self.spec, values)
-            name = f"part-{self.write_id}-{uuid.uuid4().hex}.parquet"
-            rel_path = f"{rel_dir}/{name}" if rel_dir else name
-            full = f"{table_path}/{rel_path}"
-            filesystem.create_dir(full.rsplit("/", 1)[0], recursive=True)
-            pq.write_table(rows.drop_columns(list(self.spec.partition_by)), full, filesystem=filesystem)
-            files.append(
-                {
-                    "path": rel_path,
-                    "size": filesystem.get_file_info(full).size,
-                    "partition_values": dict(zip(self.spec.partition_by, values)),
-                    "num_records": rows.num_rows,
-                }
-            )
-            # A task that outlives the job's failure (Spark kills it asynchronously) finds the abort
-            # marker here and removes its own files: either this check sees the marker, or the file
-            # was complete before the marker existed and the abort's sweep deletes it.
-            if filesystem.get_file_info(self._abort_marker(table_path)).type != pafs.FileType.NotFound:
-                for written in files:
-                    filesystem.delete_file(f"{table_path}/{written['path']}")
-                raise RuntimeError(f"write {self.write_id} was aborted")
+        open_files: dict[tuple[str, ...], _OpenFile] = {}
+        try:
+            for batch in iterator:
+                if not batch.num_rows:
+                    continue
+                data = pa.Table.from_batches([batch]).select(self.spec.schema.names).cast(self.spec.schema)
+                groups = [((), data)] if not self.spec.partition_by else _split_by_partition(data, self.spec)
+                for values, rows in groups:
+                    if values not in open_files:
+                        open_files[values] = self._open(filesystem, table_path, values)
+                    open_files[values].write(rows.drop_columns(list(self.spec.partition_by)))
+            files = [f.close(filesystem) for f in open_files.values()]
+        except BaseException:
+            for f in open_files.values():
+                f.discard(filesystem)
+            raise
+        # A task that outlives the job's failure (Spark kills it asynchronously) finds the abort
+        # marker here and removes its own files: either this check sees the marker, or the files
+        # were complete before the marker existed and the abort's sweep deletes them.
+        if filesystem.get_file_info(self._abort_marker(table_path)).type != pafs.FileType.NotFound:
+            for written in files:
+                filesystem.delete_file(f"{table_path}/{written['path']}")
+            raise RuntimeError(f"write {self.write_id} was aborted")
         return _WrittenFiles(files=files)
+
+    def _open(self, filesystem: pafs.FileSystem, table_path: str, values: tuple[str, ...]) -> "_OpenFile":
+        rel_dir = _partition_dir(self.spec, values)
+        name = f"part-{self.write_id}-{uuid.uuid4().hex}.parquet"
+        rel_path = f"{rel_dir}/{name}" if rel_dir else name
+        full = f"{table_path}/{rel_path}"
+        filesystem.create_dir(full.rsplit("/", 1)[0], recursive=True)
+        schema = pa.schema([f for f in self.spec.schema if f.name not in self.spec.partition_by])
+        return _OpenFile(rel_path, full, dict(zip(self.spec.partition_by, values)), pq.ParquetWriter(full, schema, filesystem=filesystem))
 
     def commit(self, messages: list[WriterCommitMessage | None]) -> None:
         from deltalake.transaction import AddAction
@@ -161,7 +238,7 @@ class _DeltaWriter(DataSourceArrowWriter):
                 f["partition_values"],
                 now_ms,
                 True,
-                json.dumps({"numRecords": f["num_records"]}),
+                json.dumps(f["stats"]),
             )
             for m in messages
             if isinstance(m, _WrittenFiles)
@@ -194,6 +271,65 @@ class _DeltaWriter(DataSourceArrowWriter):
                     pass  # its writer found the marker and removed it first
 
 
+# Statistics longer than this are left out (a reader then never skips the file on that column):
+# Delta's statistics are for skipping files, and long captions or URLs would bloat the log.
+_MAX_STAT_CHARS = 64
+
+
+class _OpenFile:
+    """One Parquet file a task is writing, with the Delta statistics of what went into it."""
+
+    def __init__(self, rel_path: str, full: str, partition_values: dict[str, str], writer: pq.ParquetWriter):
+        self.rel_path, self.full, self.partition_values, self.writer = rel_path, full, partition_values, writer
+        self.rows = 0
+        self.lo: dict[str, Any] = {}
+        self.hi: dict[str, Any] = {}
+        self.nulls: dict[str, int] = {}
+
+    def write(self, rows: pa.Table) -> None:
+        self.writer.write_table(rows)
+        self.rows += rows.num_rows
+        for name, column in zip(rows.column_names, rows.columns):
+            self.nulls[name] = self.nulls.get(name, 0) + column.null_count
+            if not _has_statistics(column.type) or column.null_count == len(column):
+                continue
+            bounds = pc.min_max(column).as_py()
+            self.lo[name] = bounds["min"] if name not in self.lo else min(self.lo[name], bounds["min"])
+            self.hi[name] = bounds["max"] if name not in self.hi else max(self.hi[name], bounds["max"])
+
+    def close(self, filesystem: pafs.FileSystem) -> dict[str, Any]:
+        self.writer.close()
+        kept = [n for n in self.lo if _stat_fits(self.lo[n]) and _stat_fits(self.hi[n])]
+        stats = {
+            "numRecords": self.rows,
+            "minValues": {n: self.lo[n] for n in kept},
+            "maxValues": {n: self.hi[n] for n in kept},
+            "nullCount": self.nulls,
+        }
+        return {
+            "path": self.rel_path,
+            "size": filesystem.get_file_info(self.full).size,
+            "partition_values": self.partition_values,
+            "stats": stats,
+        }
+
+    def discard(self, filesystem: pafs.FileSystem) -> None:
+        try:
+            self.writer.close()
+            filesystem.delete_file(self.full)
+        except (OSError, pa.ArrowException):
+            pass  # the abort's sweep removes it by its write id
+
+
+def _has_statistics(kind: pa.DataType) -> bool:
+    # Not timestamps: Delta truncates their statistics to milliseconds, too coarse to skip on.
+    return pa.types.is_string(kind) or pa.types.is_integer(kind)
+
+
+def _stat_fits(value: Any) -> bool:
+    return not isinstance(value, str) or len(value) <= _MAX_STAT_CHARS
+
+
 def _split_by_partition(data: pa.Table, spec: TableSpec) -> list[tuple[tuple[str, ...], pa.Table]]:
     keys = data.select(list(spec.partition_by)).group_by(list(spec.partition_by)).aggregate([]).to_pylist()
     out = []
@@ -212,7 +348,7 @@ class DeltaDataSource(DataSource):
         return FORMAT
 
     def schema(self) -> StructType:
-        return from_arrow_schema(_spec(self.options).schema)
+        return from_arrow_schema(_projected(self.options))
 
     def reader(self, schema: StructType) -> DataSourceReader:
         return _DeltaReader(dict(self.options), schema)

@@ -139,7 +139,7 @@ def url_matches(spark: SparkSession, lake: Lake, pairs: DataFrame, source: str |
     """(uid, source, kind) for each pair whose URL digest is on a URL list, or whose URL an opt-out
     prefix or domain rule covers; computed from the URL string, so no request is made. ``source``
     narrows to one list."""
-    lists = read_table(spark, lake, BLOCKLIST).where("target = 'url'").select("source", "kind", "digest")
+    lists = read_table(spark, lake, BLOCKLIST, columns=["source", "kind", "digest"], where={"target": ["url"]})
     if source is not None:
         lists = lists.where(F.col("source") == source)
     digests = pairs.select(
@@ -157,7 +157,7 @@ def url_matches(spark: SparkSession, lake: Lake, pairs: DataFrame, source: str |
 
 def image_matches(spark: SparkSession, lake: Lake, images: DataFrame) -> DataFrame:
     """(uid, source, kind) for each downloaded image whose stored digest is on an image list."""
-    lists = read_table(spark, lake, BLOCKLIST).where("target = 'image'").select("source", "kind", "digest")
+    lists = read_table(spark, lake, BLOCKLIST, columns=["source", "kind", "digest"], where={"target": ["image"]})
     digests = images.where("status = 'ok'").select(
         "uid", *[F.col(algorithm).alias(f"image-{algorithm}") for algorithm in ("md5", "sha1", "sha256")]
     )

@@ -86,7 +86,7 @@ def build_candidates(
         # partition stays there, so re-running a partition never moves or duplicates a pair.
         first = Window.partitionBy("uid").orderBy("warc_file", "record_offset")
         unique = pairs.withColumn("_n", F.row_number().over(first)).where("_n = 1").drop("_n")
-        elsewhere = read_table(spark, lake, CANDIDATES).where(~F.col("warc_file").isin(names)).select("uid")
+        elsewhere = read_table(spark, lake, CANDIDATES, columns=["uid", "warc_file"]).where(~F.col("warc_file").isin(names)).select("uid")
         # Pairs whose image URL an opt-out removed are never ingested again (counted per file).
         opted_out = url_matches(spark, lake, unique, source=REMOVAL_SOURCE).select("uid").distinct()
         kept = unique.join(elsewhere, "uid", "left_anti").join(opted_out, "uid", "left_anti").persist()

@@ -36,8 +36,8 @@ from spark_jobs.blocklist import image_matches, url_matches
 def match_blocklists(spark: SparkSession, lake: Lake, lineage: Lineage) -> tuple[int, dict[str, int]]:
     """Rewrite ``blocklist_matches`` from every list against every pair; returns (version, matches
     per "source/kind"). Uses stored digests only: no URL is fetched."""
-    pairs = read_table(spark, lake, CANDIDATES).select("uid", "url", "warc_file")
-    images = read_table(spark, lake, IMAGES).select("uid", "status", "md5", "sha1", "sha256")
+    pairs = read_table(spark, lake, CANDIDATES, columns=["uid", "url", "warc_file"])
+    images = read_table(spark, lake, IMAGES, columns=["uid", "status", "md5", "sha1", "sha256"])
     matches = (
         url_matches(spark, lake, pairs)
         .unionByName(image_matches(spark, lake, images))
@@ -52,7 +52,7 @@ def match_blocklists(spark: SparkSession, lake: Lake, lineage: Lineage) -> tuple
 
 
 def _unblocked_kept(spark: SparkSession, lake: Lake) -> DataFrame:
-    blocked = read_table(spark, lake, BLOCKLIST_MATCHES).select("uid")
+    blocked = read_table(spark, lake, BLOCKLIST_MATCHES, columns=["uid"])
     return read_table(spark, lake, KEPT_PAIRS).join(blocked, "uid", "left_anti")
 
 
@@ -65,7 +65,7 @@ def deduplicate(
     CLIP image embeddings. Both prefer the highest CLIP similarity, then the earliest fetch, then
     the smallest uid, so the choice is deterministic.
     """
-    fetched = read_table(spark, lake, CANDIDATES).select("uid", "fetch_date")
+    fetched = read_table(spark, lake, CANDIDATES, columns=["uid", "fetch_date"])
     kept = _unblocked_kept(spark, lake).select("uid", "warc_file", "sha256", "similarity", "model_id").join(fetched, "uid")
     preference = [F.col("similarity").desc(), F.col("fetch_date").asc_nulls_last(), F.col("uid").asc()]
     # Both collections below read the ranking: computed once, not once per action.
@@ -75,7 +75,7 @@ def deduplicate(
     try:
         members = ranked.select("uid", "warc_file", "sha256", "exact_representative").toArrow()
         reps = ranked.where("uid = exact_representative").join(
-            read_table(spark, lake, CLIP_SCORES).select("uid", "model_id", "embedding_dim", "image_embedding"),
+            read_table(spark, lake, CLIP_SCORES, columns=["uid", "model_id", "embedding_dim", "image_embedding"]),
             ["uid", "model_id"],
         )
         reps_table = reps.orderBy(*preference).select("uid", "embedding_dim", "image_embedding").toArrow()
@@ -122,9 +122,9 @@ def curate(
     tagged, per safety variant (``punsafe`` at most the variant's limit). Returns (version, rows
     per variant, pairs dropped per rule)."""
     kept = _unblocked_kept(spark, lake).where(F.col("model_id") == model_id)
-    dedup = read_table(spark, lake, DEDUP).where("reason = 'kept'").select("uid", "cluster_size")
-    tags = read_table(spark, lake, IMAGE_TAGS).where(F.col("model_id") == model_id).select(
-        "uid", "punsafe", "pwatermark", "aesthetic"
+    dedup = read_table(spark, lake, DEDUP, columns=["uid", "cluster_size"], where={"reason": ["kept"]})
+    tags = read_table(
+        spark, lake, IMAGE_TAGS, columns=["uid", "punsafe", "pwatermark", "aesthetic"], where={"model_id": [model_id]}
     )
     # The counts and every variant read the same join: computed once, not once per action.
     joined = kept.join(dedup, "uid").join(tags, "uid", "left").persist()

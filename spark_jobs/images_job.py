@@ -39,7 +39,7 @@ _SIGNAL_ERRORS = [f"opted_out:{signal}" for signal in _SIGNAL_DETAILS]
 
 def _download_task(config: DownloadConfig, removed: dict[str, set[str]]):
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        # One downloader call per Arrow batch (up to spark.sql.execution.arrow.maxRecordsPerBatch
+        # One downloader call per Arrow batch (up to spark.arrow_batch_rows
         # rows): concurrency spans the batch, and results are held for one batch only.
         for batch in batches:
             if batch.num_rows:
@@ -124,8 +124,8 @@ def download_images(
     lineage: Lineage,
 ) -> tuple[int, dict[str, dict[str, int]]]:
     """Download the candidates of ``partitions``; returns the images version and counts per partition."""
-    candidates = read_table(spark, lake, CANDIDATES, partitions=partitions).select(
-        "uid", "url", "warc_file", "optout_signal"
+    candidates = read_table(
+        spark, lake, CANDIDATES, partitions=partitions, columns=["uid", "url", "warc_file", "optout_signal"]
     )
     previous = read_table(spark, lake, IMAGES, partitions=partitions)
     # A candidate's parse-time signal is applied on every run, so settled rows are those of

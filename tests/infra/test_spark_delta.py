@@ -12,7 +12,6 @@ import pyarrow as pa
 import pytest
 
 from infra.delta_store import Lake, Lineage
-from infra.local_cluster import LocalStandaloneCluster
 from infra.spark import read_table, write_table
 from infra.spark_delta import _DeltaWriter
 from infra.tables import STAGE_STATS
@@ -99,13 +98,12 @@ def test_a_task_that_outlives_the_abort_removes_its_own_files(tmp_path):
 
 
 @pytest.mark.slow
-def test_standalone_cluster_master_and_worker_on_loopback(tmp_path):
+def test_standalone_cluster_master_and_workers_on_loopback(standalone_cluster, tmp_path):
     driver = Path(__file__).with_name("cluster_driver.py")
-    with LocalStandaloneCluster(worker_cores=2, worker_memory="1g") as master:
-        result = subprocess.run(
-            [sys.executable, str(driver), master, str(tmp_path)],
-            capture_output=True, text=True, timeout=300, env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"},
-        )
+    result = subprocess.run(
+        [sys.executable, str(driver), standalone_cluster, str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     line = [l for l in result.stdout.splitlines() if l.startswith("counts=")][-1]
     assert "'0': 10000" in line and "'1': 10000" in line

@@ -1,0 +1,61 @@
+"""Scoring holds one Arrow batch of images per task, whatever the size of the run: a Python
+worker's peak RSS after scoring 4x the images stays within 1.2x of its peak after 1x."""
+
+import io
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from infra.delta_store import Lake, Lineage
+from infra.tables import CANDIDATES, IMAGES
+from spark_jobs.clip_scores_job import score_partitions
+from tests.imaging import captions_for, images_table
+from tests.spark_jobs.scoring_lake import random_checkpoint_config
+
+BATCH_ROWS = 8
+
+
+def big_jpeg() -> bytes:
+    """~1 MB of noise: the image bytes of a run dwarf a worker's baseline if a task holds them all."""
+    pixels = np.random.default_rng(0).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def lake_of(root, n: int, payload: bytes) -> tuple[Lake, list[str]]:
+    images = images_table(n)
+    images = images.set_column(images.schema.get_field_index("image"), "image", pa.array([payload] * n, pa.binary()))
+    captions = captions_for(images)
+    uids = images["uid"].to_pylist()
+    names = images["warc_file"].to_pylist()
+    candidates = {"uid": uids, "url": images["url"].to_pylist(), "caption": [captions[u] for u in uids],
+                  "page_url": ["http://page.example/"] * n, "crawl_id": ["t"] * n, "warc_file": names,
+                  "record_offset": list(range(n))}
+    lake = Lake(str(root))
+    partitions = sorted(set(names))
+    rows = {f.name: candidates.get(f.name, [None] * n) for f in CANDIDATES.schema}
+    lake.replace_partitions(CANDIDATES, pa.Table.from_pydict(rows, schema=CANDIDATES.schema), partitions, Lineage())
+    lake.replace_partitions(IMAGES, images, partitions, Lineage())
+    return lake, partitions
+
+
+@pytest.mark.slow
+def test_a_run_four_times_larger_does_not_grow_the_workers(spark, tmp_path):
+    config = random_checkpoint_config(tmp_path)
+    payload = big_jpeg()
+    assert len(payload) > 700_000
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(BATCH_ROWS))
+    try:
+        peaks = []
+        for n in (60, 240):  # 60 MB, then 240 MB of image bytes
+            lake, partitions = lake_of(tmp_path / f"lake-{n}", n, payload)
+            outcome = score_partitions(spark, lake, partitions, config, Lineage(), threshold=0.0)
+            assert sum(c["scored"] for c in outcome.counts.values()) == n
+            peaks.append(outcome.worker_peak_rss_mb)
+    finally:
+        spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
+    small, large = peaks
+    assert large <= 1.2 * small, peaks
