@@ -57,9 +57,10 @@ class SparkConfig:
     # (and bind_address "0.0.0.0" or that address).
     driver_host: str = "127.0.0.1"
     bind_address: str = "127.0.0.1"
-    # Rows per Arrow batch between Spark and its Python tasks: with the image size cap, the bound
-    # on image bytes a task holds at once (2,048 resized images of <= 100 KB: ~200 MB).
+    # Rows and bytes per Arrow batch between Spark and its Python tasks, whichever comes first: the
+    # bound on the image bytes a task holds at once.
     arrow_batch_rows: int = 2048
+    arrow_batch_mb: int = 128
     # Extra spark.* settings, passed through as-is.
     conf: dict[str, str] = field(default_factory=dict)
 
@@ -490,8 +491,8 @@ def _validate(config: PairlakeConfig) -> None:
         raise ConfigError("config download.decode_memory_mb must be at least 1")
     if dl.timeout_s <= 0 or dl.concurrency < 1 or dl.per_host_concurrency < 1:
         raise ConfigError("config download.timeout_s, concurrency and per_host_concurrency must be positive")
-    if config.spark.shuffle_partitions < 1 or config.spark.arrow_batch_rows < 1:
-        raise ConfigError("config spark.shuffle_partitions and spark.arrow_batch_rows must be at least 1")
+    if min(config.spark.shuffle_partitions, config.spark.arrow_batch_rows, config.spark.arrow_batch_mb) < 1:
+        raise ConfigError("config spark.shuffle_partitions, arrow_batch_rows and arrow_batch_mb must be at least 1")
     if config.clip.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"config clip.device must be auto, cpu or cuda, got {config.clip.device!r}")
     if config.release.samples_per_shard < 1:

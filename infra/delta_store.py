@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
-from deltalake import DeltaTable, Schema, write_deltalake
+from deltalake import DeltaTable, Schema, WriterProperties, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
 
@@ -119,6 +119,10 @@ def _rollback(log: str, number: int, latest: int, missing: bool = False) -> str:
     which = after if missing else "it" if later <= 0 else f"it and {after}"
     return (f"or delete {which} to roll back to version {number - 1} (the data files of the deleted commits "
             f"stay on disk unreferenced until a full vacuum)")
+
+
+def _row_groups_for(spec: TableSpec) -> WriterProperties | None:
+    return WriterProperties(max_row_group_size=spec.row_group_rows) if spec.row_group_rows else None
 
 
 class Lake:
@@ -348,6 +352,7 @@ class Lake:
             # A table written by an older pairlake gains the columns added since (nullable, so
             # its earlier rows read as null); _conform has already refused anything else.
             schema_mode="merge" if exists else None,
+            writer_properties=_row_groups_for(spec),
         )
         return self.version(spec)  # type: ignore[return-value]
 

@@ -57,6 +57,7 @@ def build_spark_session(config: SparkConfig) -> SparkSession:
         .config("spark.sql.shuffle.partitions", str(config.shuffle_partitions))
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.arrow_batch_rows))
+        .config("spark.sql.execution.arrow.maxBytesPerBatch", str(config.arrow_batch_mb * 2**20))
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.driver.extraJavaOptions", "-Dlog4j.rootLogger=WARN")
     )

@@ -225,7 +225,8 @@ class _DeltaWriter(DataSourceArrowWriter):
         full = f"{table_path}/{rel_path}"
         filesystem.create_dir(full.rsplit("/", 1)[0], recursive=True)
         schema = pa.schema([f for f in self.spec.schema if f.name not in self.spec.partition_by])
-        return _OpenFile(rel_path, full, dict(zip(self.spec.partition_by, values)), pq.ParquetWriter(full, schema, filesystem=filesystem))
+        writer = pq.ParquetWriter(full, schema, filesystem=filesystem)
+        return _OpenFile(rel_path, full, dict(zip(self.spec.partition_by, values)), writer, self.spec.row_group_rows)
 
     def commit(self, messages: list[WriterCommitMessage | None]) -> None:
         from deltalake.transaction import AddAction
@@ -279,15 +280,17 @@ _MAX_STAT_CHARS = 64
 class _OpenFile:
     """One Parquet file a task is writing, with the Delta statistics of what went into it."""
 
-    def __init__(self, rel_path: str, full: str, partition_values: dict[str, str], writer: pq.ParquetWriter):
+    def __init__(self, rel_path: str, full: str, partition_values: dict[str, str], writer: pq.ParquetWriter,
+                 row_group_rows: int | None):
         self.rel_path, self.full, self.partition_values, self.writer = rel_path, full, partition_values, writer
+        self.row_group_rows = row_group_rows
         self.rows = 0
         self.lo: dict[str, Any] = {}
         self.hi: dict[str, Any] = {}
         self.nulls: dict[str, int] = {}
 
     def write(self, rows: pa.Table) -> None:
-        self.writer.write_table(rows)
+        self.writer.write_table(rows, row_group_size=self.row_group_rows)  # each call: row groups of its own
         self.rows += rows.num_rows
         for name, column in zip(rows.column_names, rows.columns):
             self.nulls[name] = self.nulls.get(name, 0) + column.null_count

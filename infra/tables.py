@@ -18,6 +18,9 @@ class TableSpec:
     partition_by: tuple[str, ...] = ()
     key: tuple[str, ...] = ()  # the columns that identify a row
     description: str = ""
+    # Rows per Parquet row group, for tables of large rows: a reader decodes a whole row group at
+    # once, so this bounds what one read of the table holds. None: the writer's default.
+    row_group_rows: int | None = None
 
 
 _TS = pa.timestamp("us", tz="UTC")
@@ -82,6 +85,7 @@ IMAGES = TableSpec(
     description="One row per candidate: the resized image bytes on success, a failure reason otherwise.",
     partition_by=("warc_file",),
     key=("uid",),
+    row_group_rows=1024,  # resized images of <= ~100 KB: ~100 MB per row group at most
     schema=pa.schema(
         [
             pa.field("uid", pa.string(), nullable=False),

@@ -52,6 +52,24 @@ _models: dict[tuple, object] = {}
 _captions: OrderedDict[tuple, dict[str, str]] = OrderedDict()
 
 
+def _reset_peak_rss() -> None:
+    """Start this task's peak RSS afresh (Linux: writing 5 to clear_refs resets VmHWM); elsewhere
+    the peak is the worker process's since it started."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mb() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) // 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # KiB on Linux
+
+
 def _assigned_gpu(context: TaskContext | None) -> str | None:
     gpu = context.resources().get("gpu") if context is not None else None
     return gpu.addresses[0] if gpu is not None and gpu.addresses else None
@@ -85,6 +103,7 @@ def _scoring_task(root: str, storage_options: dict | None, captions_version: int
 
         from gpu_jobs.clip_scoring import score_images
 
+        _reset_peak_rss()
         context = TaskContext.get()
         assigned = _assigned_gpu(context)
         clip = _model(config, assigned)
@@ -103,8 +122,7 @@ def _scoring_task(root: str, storage_options: dict | None, captions_version: int
             scores = score_images(images, captions, clip, config.batch_size, config.workers)
             scored += scores.num_rows
             yield from scores.to_batches()
-        # ru_maxrss: the worker process's peak so far (KiB on Linux), tasks before this one included.
-        devices.add({label: scored, _PEAK: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024})
+        devices.add({label: scored, _PEAK: _peak_rss_mb()})
 
     return run
 
