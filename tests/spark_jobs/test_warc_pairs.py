@@ -401,7 +401,9 @@ def test_uncompressed_warc_is_a_clear_error(tmp_path):
         extract_pairs(str(path), path.name, "CC-TEST", CONFIG)
 
 
-@pytest.mark.parametrize("data", [b"some notes, not a crawl\n" * 20, gzip.compress(b"gzipped, but no WARC in it")])
+@pytest.mark.parametrize(
+    "data", [b"some notes, not a crawl\n" * 20, gzip.compress(b"gzipped, but no WARC in it")], ids=["plain", "gzipped"]
+)
 def test_a_file_holding_no_warc_record_is_a_clear_error(tmp_path, data):
     path = tmp_path / "notes.warc.gz"
     path.write_bytes(data)
