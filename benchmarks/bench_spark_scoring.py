@@ -31,27 +31,17 @@ from gpu_jobs.clip_model import load_clip
 from infra.config import ClipConfig, SparkConfig
 from infra.delta_store import Lake, Lineage
 from infra.spark import spark_session
-from infra.tables import CANDIDATES, CLIP_SCORES, IMAGES
+from infra.tables import CLIP_SCORES
 from spark_jobs.clip_scores_job import score_partitions
+from tests.spark_jobs.scoring_lake import write_scoring_lake
 
 RESULTS = Path(__file__).parent / "results" / "spark_scoring.json"
 
 
 def build_lake(root: Path, images: pa.Table, captions: dict[str, str], files: int) -> tuple[Lake, list[str]]:
-    n = images.num_rows
-    names = [f"bench-{i % files:03d}.warc.gz" for i in range(n)]
+    names = [f"bench-{i % files:03d}.warc.gz" for i in range(images.num_rows)]
     images = images.set_column(images.schema.get_field_index("warc_file"), "warc_file", pa.array(names))
-    uids = images["uid"].to_pylist()
-    rows = {"uid": uids, "url": images["url"].to_pylist(), "caption": [captions[u] for u in uids],
-            "page_url": ["http://page.example/"] * n, "crawl_id": ["bench"] * n, "warc_file": names,
-            "record_offset": list(range(n))}
-    lake = Lake(str(root))
-    partitions = sorted(set(names))
-    candidates = pa.Table.from_pydict({f.name: rows.get(f.name, [None] * n) for f in CANDIDATES.schema},
-                                      schema=CANDIDATES.schema)
-    lake.replace_partitions(CANDIDATES, candidates, partitions, Lineage())
-    lake.replace_partitions(IMAGES, images, partitions, Lineage())
-    return lake, partitions
+    return write_scoring_lake(root, images, captions)
 
 
 def main() -> None:

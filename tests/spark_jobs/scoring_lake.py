@@ -36,21 +36,27 @@ def random_checkpoint_config(root: Path) -> ClipConfig:
     return ClipConfig(model="pairlake-demo-tiny", pretrained="", checkpoint=str(checkpoint), batch_size=3, workers=0)
 
 
+def write_scoring_lake(root: Path, images: pa.Table, captions: dict[str, str]) -> tuple[Lake, list[str]]:
+    """A lake at ``root`` holding ``images`` (IMAGES rows) and a candidates row with its caption for
+    each; returns it and its WARC files."""
+    n = images.num_rows
+    uids, names = images["uid"].to_pylist(), images["warc_file"].to_pylist()
+    rows = {"uid": uids, "url": images["url"].to_pylist(), "caption": [captions[u] for u in uids],
+            "page_url": ["http://page.example/"] * n, "crawl_id": ["test"] * n, "warc_file": names,
+            "record_offset": list(range(n))}
+    lake = Lake(str(root))
+    partitions = sorted(set(names))
+    candidates = pa.Table.from_pydict({f.name: rows.get(f.name, [None] * n) for f in CANDIDATES.schema},
+                                      schema=CANDIDATES.schema)
+    lake.replace_partitions(CANDIDATES, candidates, partitions, Lineage())
+    lake.replace_partitions(IMAGES, images, partitions, Lineage())
+    return lake, partitions
+
+
 def build_scoring_lake(root: Path) -> tuple[Lake, ClipConfig, list[str]]:
     config = random_checkpoint_config(root)
     images = images_table(4 * WARC_FILES, failed=2)
     names = [f"w{i % WARC_FILES}.warc.gz" for i in range(images.num_rows)]
     images = images.set_column(images.schema.get_field_index("warc_file"), "warc_file", pa.array(names))
-    captions = captions_for(images)
-    uids = images["uid"].to_pylist()
-    candidates = {
-        "uid": uids, "url": images["url"].to_pylist(), "caption": [captions[u] for u in uids],
-        "page_url": ["http://page.example/"] * len(uids), "crawl_id": ["test"] * len(uids), "warc_file": names,
-        "record_offset": list(range(len(uids))),
-    }
-    lake = Lake(str(root / "lake"))
-    partitions = sorted(set(names))
-    rows = {f.name: candidates.get(f.name, [None] * len(uids)) for f in CANDIDATES.schema}
-    lake.replace_partitions(CANDIDATES, pa.Table.from_pydict(rows, schema=CANDIDATES.schema), partitions, Lineage())
-    lake.replace_partitions(IMAGES, images, partitions, Lineage())
+    lake, partitions = write_scoring_lake(root / "lake", images, captions_for(images))
     return lake, config, partitions

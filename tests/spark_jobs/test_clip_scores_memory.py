@@ -9,10 +9,9 @@ import pytest
 from PIL import Image
 
 from infra.delta_store import Lake, Lineage
-from infra.tables import CANDIDATES, IMAGES
 from spark_jobs.clip_scores_job import score_partitions
 from tests.imaging import captions_for, images_table
-from tests.spark_jobs.scoring_lake import random_checkpoint_config
+from tests.spark_jobs.scoring_lake import random_checkpoint_config, write_scoring_lake
 
 BATCH_ROWS = 8
 
@@ -28,18 +27,7 @@ def big_jpeg() -> bytes:
 def lake_of(root, n: int, payload: bytes) -> tuple[Lake, list[str]]:
     images = images_table(n)
     images = images.set_column(images.schema.get_field_index("image"), "image", pa.array([payload] * n, pa.binary()))
-    captions = captions_for(images)
-    uids = images["uid"].to_pylist()
-    names = images["warc_file"].to_pylist()
-    candidates = {"uid": uids, "url": images["url"].to_pylist(), "caption": [captions[u] for u in uids],
-                  "page_url": ["http://page.example/"] * n, "crawl_id": ["t"] * n, "warc_file": names,
-                  "record_offset": list(range(n))}
-    lake = Lake(str(root))
-    partitions = sorted(set(names))
-    rows = {f.name: candidates.get(f.name, [None] * n) for f in CANDIDATES.schema}
-    lake.replace_partitions(CANDIDATES, pa.Table.from_pydict(rows, schema=CANDIDATES.schema), partitions, Lineage())
-    lake.replace_partitions(IMAGES, images, partitions, Lineage())
-    return lake, partitions
+    return write_scoring_lake(root, images, captions_for(images))
 
 
 def reset_peak() -> None:
