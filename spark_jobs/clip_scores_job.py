@@ -32,19 +32,25 @@ _CAPTION_FILES_KEPT = 4  # WARC files' captions a worker keeps (a task needs one
 
 
 class _Counts(AccumulatorParam):
-    """Rows scored per device, summed over tasks (a retried task counts again: for the record only),
-    and the largest peak RSS of a scoring worker under the key ``_peak_rss_mb``."""
+    """Rows scored per device, summed over tasks (a retried task counts again: for the record only)."""
 
     def zero(self, value: dict[str, int]) -> dict[str, int]:
         return {}
 
     def addInPlace(self, a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
         for key, n in b.items():
-            a[key] = max(a.get(key, 0), n) if key == _PEAK else a.get(key, 0) + n
+            a[key] = a.get(key, 0) + n
         return a
 
 
-_PEAK = "_peak_rss_mb"
+class _Largest(AccumulatorParam):
+    """The largest value any task reported (a worker's peak RSS)."""
+
+    def zero(self, value: int) -> int:
+        return 0
+
+    def addInPlace(self, a: int, b: int) -> int:
+        return max(a, b)
 
 
 # Per Python worker: the loaded model per (model, device), and recently used WARC files' captions.
@@ -97,7 +103,7 @@ def _captions_of(lake: Lake, version: int, warc_file: str) -> dict[str, str]:
     return _captions[key]
 
 
-def _scoring_task(root: str, storage_options: dict | None, captions_version: int, config: ClipConfig, devices):
+def _scoring_task(root: str, storage_options: dict | None, captions_version: int, config: ClipConfig, devices, peak):
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import torch
 
@@ -122,7 +128,8 @@ def _scoring_task(root: str, storage_options: dict | None, captions_version: int
             scores = score_images(images, captions, clip, config.batch_size, config.workers)
             scored += scores.num_rows
             yield from scores.to_batches()
-        devices.add({label: scored, _PEAK: _peak_rss_mb()})
+        devices.add({label: scored})
+        peak.add(_peak_rss_mb())
 
     return run
 
@@ -149,11 +156,12 @@ def score_partitions(
     if captions_version is None:
         raise ValueError("table candidates does not exist yet: nothing to score")
     devices = spark.sparkContext.accumulator({}, _Counts())
+    peak = spark.sparkContext.accumulator(0, _Largest())
     images = read_table(
         spark, lake, IMAGES, partitions=partitions, columns=["uid", "warc_file", "status", "image"], where={"status": ["ok"]}
     )
     scored = images.mapInArrow(
-        _scoring_task(lake.root, lake.storage_options, captions_version, config, devices),
+        _scoring_task(lake.root, lake.storage_options, captions_version, config, devices, peak),
         from_arrow_schema(CLIP_SCORES.schema),
     )
     version = write_table(scored, lake, CLIP_SCORES, lineage, replace_partitions=partitions)
@@ -170,6 +178,4 @@ def score_partitions(
         counts[row["warc_file"]] = {"scored": row["scored"], "above_threshold": int(row["above"] or 0)}
     rows = sum(row["scored"] for row in per_file)
     mean = sum(row["total"] or 0.0 for row in per_file) / rows if rows else 0.0
-    seen = dict(devices.value)
-    peak = seen.pop(_PEAK, 0)
-    return ScoringOutcome(version, counts, seen, mean, peak)
+    return ScoringOutcome(version, counts, dict(devices.value), mean, peak.value)
