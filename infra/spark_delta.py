@@ -16,7 +16,7 @@ import time
 import urllib.parse
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -54,11 +54,15 @@ def _projected(options: dict[str, str]) -> pa.Schema:
     spec = _spec(options)
     if not options.get("columns"):
         return spec.schema
-    wanted = json.loads(options["columns"])
-    unknown = sorted(set(wanted) - set(spec.schema.names))
+    wanted = _known(spec, json.loads(options["columns"]))
+    return pa.schema([f for f in spec.schema if f.name in wanted])
+
+
+def _known(spec: TableSpec, columns: Iterable[str]) -> set[str]:
+    unknown = sorted(set(columns) - set(spec.schema.names))
     if unknown:
         raise ValueError(f"table {spec.name} has no column {', '.join(unknown)}")
-    return pa.schema([f for f in spec.schema if f.name in wanted])
+    return set(columns)
 
 
 def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -88,9 +92,7 @@ def _wanted(options: dict[str, str], spec: TableSpec) -> dict[str, list[Any]]:
     4.3 the filters pushed for one scan of a DataFrame leaked into another scan of it in the same
     plan (a union of two filtered copies returned no rows), and a wrong answer is worse than a slow one."""
     where = json.loads(options["where"]) if options.get("where") else {}
-    unknown = sorted(set(where) - set(spec.schema.names))
-    if unknown:
-        raise ValueError(f"table {spec.name} has no column {', '.join(unknown)}")
+    _known(spec, where)
     return {column: list(values) for column, values in where.items()}
 
 
