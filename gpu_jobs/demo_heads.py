@@ -105,10 +105,13 @@ def ensure_demo_heads(model_dir: Path, seed: int = 0) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train (or reuse) the demo's tag heads and print their accuracy.")
+    parser = argparse.ArgumentParser(
+        description="Train (or reuse) the demo model and its tag heads and print the heads' accuracy."
+    )
     parser.add_argument("--model-dir", type=Path, default=Path(".cache/demo_model"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    demo_model.ensure_demo_model(args.model_dir, args.seed)  # the heads are trained over its embeddings
     ensure_demo_heads(args.model_dir, args.seed)
     print((heads_dir(args.model_dir) / REPORT_NAME).read_text())
 

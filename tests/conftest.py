@@ -19,11 +19,6 @@ DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / ".cache" / "demo_model
 _MODEL_FIXTURES = {"demo_checkpoint", "demo_heads"}
 # Session fixtures worth building once: their users share one pytest-xdist worker.
 _SHARED_FIXTURES = ("pipeline", "standalone_cluster")
-_PREPARE = (
-    "import sys; from pathlib import Path;"
-    "from gpu_jobs.demo_model import ensure_demo_model; from gpu_jobs.demo_heads import ensure_demo_heads;"
-    "ensure_demo_heads(ensure_demo_model(Path(sys.argv[1])).parent)"
-)
 _TEST_NICENESS = 5
 _preparing: subprocess.Popen | None = None
 
@@ -58,7 +53,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         # Huge pages: the same weights bit for bit, twice as fast here (see the Makefile).
         env = {**os.environ, "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE", "1")}
         _preparing = subprocess.Popen(
-            [sys.executable, "-c", _PREPARE, str(DEMO_MODEL_DIR)], stdout=log, stderr=subprocess.STDOUT, env=env
+            [sys.executable, "-m", "gpu_jobs.demo_heads", "--model-dir", str(DEMO_MODEL_DIR)],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
         )
         log.close()
     # The trainer is the suite's critical path: the tests (and the Spark and Dagster processes
