@@ -8,10 +8,10 @@ from infra.tables import BLOCKLIST, BLOCKLIST_MATCHES, CLIP_SCORES, CURATED, DED
 from orchestration.optout_requests import removal_lease
 from orchestration.resources import PairlakeResource, code_version
 from spark_jobs import release as release_module
-from spark_jobs import shard_export
+from spark_jobs import shard_export, shard_export_job
 from spark_jobs.release import ReleaseNeedsConfirmation
 
-CODE_VERSION = code_version(release_module, shard_export)
+CODE_VERSION = code_version(release_module, shard_export, shard_export_job)
 PINNED = (CURATED, KEPT_PAIRS, IMAGES, CLIP_SCORES, IMAGE_TAGS, DEDUP, BLOCKLIST, BLOCKLIST_MATCHES, REMOVALS)
 
 
@@ -60,7 +60,7 @@ def release(context: dg.AssetExecutionContext, config: ReleaseRunConfig, pairlak
         source_versions = {spec.name: v for spec in PINNED if (v := lake.version(spec)) is not None}
         try:
             made = release_module.make_release(
-                lake, settings.release, release_rules(pairlake), source_versions,
+                pairlake.spark(), lake, settings.release, release_rules(pairlake), source_versions,
                 pairlake.lineage(context, PINNED, CODE_VERSION), image_ext=settings.download.encode_format,
                 mode=config.mode, confirmed_by=config.confirmed_by.strip() or None,
             )

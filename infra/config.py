@@ -104,8 +104,9 @@ class DownloadConfig:
     retries: int = 2
     backoff_s: float = 0.5
     concurrency: int = 64
-    # Both per (scheme, host, port). The breaker: once this many of a host's URLs time out in a
-    # row, its remaining URLs fail fast (host_unresponsive, retryable); 0 = never.
+    # Both per (scheme, host, port). per_host_concurrency is the whole run's limit, on any number
+    # of executors: a host's URLs all go to one Spark task. The breaker: once this many of a host's
+    # URLs time out in a row, its remaining URLs fail fast (host_unresponsive, retryable); 0 = never.
     per_host_concurrency: int = 8
     host_breaker_timeouts: int = 5
     user_agent: str = "pairlake/0.1 (+https://github.com/pairlake)"

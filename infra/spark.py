@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import pyarrow as pa
 from pyspark.errors.exceptions.captured import PythonException
 from pyspark.sql import DataFrame, SparkSession
 
@@ -150,6 +151,15 @@ def write_table(
     except PythonException as exc:
         raise _task_error(exc) from None
     return lake.version(spec)  # type: ignore[return-value]
+
+
+def collect(df: DataFrame) -> pa.Table:
+    """``df``'s rows on the driver, for small results (a summary row per task); a task's
+    InputError is raised as itself, as by write_table."""
+    try:
+        return df.toArrow()
+    except PythonException as exc:
+        raise _task_error(exc) from None
 
 
 # The last "module.Class: message" line of a Python traceback that Spark relays from a task.

@@ -17,6 +17,7 @@ from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
@@ -28,6 +29,7 @@ from infra.spark import read_table, write_table
 from infra.tables import BLOCKLIST, CANDIDATES, IMAGES
 from spark_jobs.blocklist import url_matches
 from spark_jobs.download.downloader import download_batch
+from spark_jobs.download.origin_policies import PolicyAnswers
 from spark_jobs.html_images import META_ROBOTS, TDM_META
 
 _SIGNAL_DETAILS = {
@@ -39,12 +41,15 @@ _SIGNAL_ERRORS = [f"opted_out:{signal}" for signal in _SIGNAL_DETAILS]
 
 def _download_task(config: DownloadConfig, removed: dict[str, set[str]]):
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        # One downloader call per Arrow batch (up to spark.arrow_batch_rows
-        # rows): concurrency spans the batch, and results are held for one batch only.
+        # One downloader call per Arrow batch (up to spark.arrow_batch_rows rows): concurrency spans
+        # the batch, and results are held for one batch only. The task holds all of its hosts'
+        # URLs, one batch after another, so it asks each origin for its policy files once per run.
+        answers: PolicyAnswers = {}
         for batch in batches:
             if batch.num_rows:
                 rows = pa.Table.from_batches([batch]).select(["uid", "url", "warc_file"])
-                yield from _drop_removed(download_batch(rows, config), removed).cast(IMAGES.schema).to_batches()
+                images = download_batch(rows, config, policy_answers=answers)
+                yield from _drop_removed(images, removed).cast(IMAGES.schema).to_batches()
 
     return run
 
@@ -79,6 +84,11 @@ def _removed_digests(lake: Lake) -> dict[str, set[str]]:
         if target == "image":
             digests.setdefault(kind.removeprefix("image-"), set()).add(digest)
     return digests
+
+
+def _url_authority(url: Column) -> Column:
+    """The lower-cased ``host[:port]`` of a URL (with its user info, if any): the unit of politeness."""
+    return F.lower(F.regexp_extract(url, r"^[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)", 1))
 
 
 def _unfetched(rows: DataFrame, error: Column, detail: Column) -> DataFrame:
@@ -135,20 +145,26 @@ def download_images(
         .where(F.col("error").isNull() | ~F.col("error").isin(*_SIGNAL_ERRORS))
         .join(candidates.where(F.col("optout_signal").isNull()).select("uid"), "uid", "left_semi")
     )
-    todo = candidates.join(settled.select("uid"), "uid", "left_anti")
+    # Every branch below reads the candidates still to do: computed once, not once per branch.
+    todo = candidates.join(settled.select("uid"), "uid", "left_anti").persist(StorageLevel.MEMORY_AND_DISK)
     opted_out = _opted_out_at_parse(todo)
     requestable = todo.where(F.col("optout_signal").isNull()).drop("optout_signal")
     blocked = _blocklisted(requestable, url_matches(spark, lake, requestable))
     tasks = config.tasks or spark.sparkContext.defaultParallelism
+    # Politeness across the cluster: all of a host's URLs go to one task, whose downloader holds
+    # at most download.per_host_concurrency requests to it at a time, so that is the run's limit.
     fetched = (
         requestable.join(blocked.select("uid"), "uid", "left_anti")
-        .repartition(tasks, "uid")
+        .repartition(tasks, _url_authority(F.col("url")))
         .mapInArrow(_download_task(config, _removed_digests(lake)), from_arrow_schema(IMAGES.schema))
     )
-    version = write_table(
-        settled.unionByName(opted_out).unionByName(blocked).unionByName(fetched), lake, IMAGES, lineage,
-        replace_partitions=partitions,
-    )
+    try:
+        version = write_table(
+            settled.unionByName(opted_out).unionByName(blocked).unionByName(fetched), lake, IMAGES, lineage,
+            replace_partitions=partitions,
+        )
+    finally:
+        todo.unpersist()
 
     outcome = lake.read(IMAGES, version=version, columns=["warc_file", "status", "error"], partitions=partitions)
     counts: dict[str, Counter[str]] = {p: Counter() for p in partitions}

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 import os
 import shutil
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -27,18 +27,21 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_schema
 
 from infra.checksums import file_sha256
 from infra.config import InputError, ReleaseConfig
 from infra.delta_store import Lake, Lineage
-from infra.tables import BLOCKLIST_MATCHES, CURATED, IMAGES, RELEASES, REMOVALS, SHARDS
-from spark_jobs import shard_export
+from infra.spark import read_table
+from infra.tables import BLOCKLIST_MATCHES, CURATED, RELEASES, REMOVALS, SHARDS, TableSpec
+from spark_jobs import shard_export, shard_export_job
 
 MANIFEST = "manifest.json"
 MEMBERS = "members.parquet"
 DIFF = "diff.json"
 DIFF_ROWS = "diff.parquet"
-UIDS_PER_READ = 2000  # image bytes are read this many samples at a time, never all at once
 _MEMBERS_SCHEMA = pa.schema([("shard", pa.string()), ("key", pa.string()), ("uid", pa.string())])
 _DIFF_SCHEMA = pa.schema([("shard", pa.string()), ("key", pa.string()), ("uid_sha256", pa.string()),
                           ("reason", pa.string())])
@@ -82,27 +85,40 @@ def latest(lake: Lake, release: str) -> dict | None:
     return max(rows, key=lambda r: r["version"]) if rows else None
 
 
-def uid_digest(uid: str) -> str:
-    return hashlib.sha256(uid.encode()).hexdigest()
-
-
 # -- reading a version ---------------------------------------------------------------------------
 
-def published_members(directory: Path) -> pa.Table:
+def shard_members(directory: Path) -> Iterator[pa.Table]:
+    """(shard, key, uid) of each shard file on disk now, one shard at a time (a removal may have
+    rewritten some since the version was published)."""
+    for path in sorted(directory.glob("[0-9]*.parquet")):
+        rows = pq.read_table(path, columns=["key", "uid"])
+        yield rows.append_column("shard", pa.array([path.stem] * rows.num_rows, pa.string())).select(
+            _MEMBERS_SCHEMA.names).cast(_MEMBERS_SCHEMA)
+
+
+def _current(spark: SparkSession, directory: Path) -> DataFrame:
+    """shard_members of ``directory`` as a DataFrame."""
+    files = sorted(str(path) for path in directory.glob("[0-9]*.parquet"))
+    if not files:
+        return spark.createDataFrame([], from_arrow_schema(_MEMBERS_SCHEMA))
+    shard = F.regexp_extract(F.input_file_name(), r"(\d+)\.parquet$", 1)
+    return spark.read.parquet(*files).select(shard.alias("shard"), "key", "uid")
+
+
+def _published(spark: SparkSession, directory: Path) -> DataFrame:
     """(shard, key, uid) of a version as it was published."""
-    return pq.read_table(directory / MEMBERS)
+    return spark.read.parquet(str(directory / MEMBERS))
 
 
-def current_members(directory: Path) -> pa.Table:
-    """(shard, key, uid) of the shard files on disk now (a removal may have rewritten some)."""
-    tables = [
-        pq.read_table(path, columns=["key", "uid"]).append_column(
-            "shard", pa.array([path.stem] * pq.read_metadata(path).num_rows, pa.string()))
-        for path in sorted(directory.glob("[0-9]*.parquet"))
-    ]
-    if not tables:
-        return _MEMBERS_SCHEMA.empty_table()
-    return pa.concat_tables(tables).select(_MEMBERS_SCHEMA.names).cast(_MEMBERS_SCHEMA)
+def _uids(spark: SparkSession, lake: Lake, *specs: TableSpec) -> DataFrame:
+    """The uids in any of ``specs`` (tables never written hold none)."""
+    frames = [read_table(spark, lake, spec, columns=["uid"]) for spec in specs if lake.version(spec) is not None]
+    if not frames:
+        return spark.createDataFrame([], "uid string")
+    union = frames[0]
+    for more in frames[1:]:
+        union = union.unionByName(more)
+    return union
 
 
 def _manifest(directory: Path) -> dict:
@@ -111,52 +127,38 @@ def _manifest(directory: Path) -> dict:
 
 # -- making a version ----------------------------------------------------------------------------
 
-def _samples(lake: Lake, rows: pa.Table) -> Iterator[pa.RecordBatch]:
-    """``rows`` (sorted by uid) joined with their image bytes, a slice at a time."""
-    for start in range(0, rows.num_rows, UIDS_PER_READ):
-        chunk = rows.slice(start, UIDS_PER_READ)
-        images = lake.read(IMAGES, columns=["uid", "image"], filter=pc.field("uid").isin(chunk["uid"]))
-        yield from chunk.join(images, "uid", join_type="inner").sort_by("uid").to_batches()
+def _removal_reasons(spark: SparkSession, lake: Lake, gone: DataFrame) -> DataFrame:
+    """``gone`` with why each uid left: an opt-out request, a hash list (the first by name), or
+    (neither) the curation rules."""
+    reason = F.lit("curation")
+    if lake.version(BLOCKLIST_MATCHES) is not None:
+        listed = read_table(spark, lake, BLOCKLIST_MATCHES, columns=["uid", "source"]).groupBy("uid").agg(
+            F.min("source").alias("_list"))
+        gone = gone.join(listed, "uid", "left")
+        reason = F.when(F.col("_list").isNotNull(), F.concat(F.lit("hash-list:"), F.col("_list"))).otherwise(reason)
+    if lake.version(REMOVALS) is not None:
+        removed = read_table(spark, lake, REMOVALS, columns=["uid"]).distinct().withColumn("_removed", F.lit(True))
+        gone = gone.join(removed, "uid", "left")
+        reason = F.when(F.col("_removed"), F.lit("opt-out")).otherwise(reason)
+    return gone.withColumn("reason", reason)
 
 
-def _removal_reasons(lake: Lake, uids: list[str]) -> dict[str, str]:
-    """Why each uid left: an opt-out request, a hash list, or (neither) the curation rules."""
-    wanted = pa.array(uids, pa.string())
-    reasons = {uid: "curation" for uid in uids}
-    matches = lake.read(BLOCKLIST_MATCHES, columns=["uid", "source"], filter=pc.field("uid").isin(wanted))
-    for uid, source in sorted(zip(matches["uid"].to_pylist(), matches["source"].to_pylist()), reverse=True):
-        reasons[uid] = f"hash-list:{source}"
-    removed = lake.read(REMOVALS, columns=["uid"], filter=pc.field("uid").isin(wanted))
-    for uid in removed["uid"].to_pylist():
-        reasons[uid] = "opt-out"
-    return reasons
-
-
-def _diff(lake: Lake, previous: Path, members: pa.Table, shards: list[shard_export.ShardInfo],
-          out: Path, kind: str) -> tuple[int, int]:
-    """Write diff.json/diff.parquet of ``out`` against the published ``previous``; (removed, added)."""
-    old = published_members(previous)
-    old_manifest = _manifest(previous)
-    new_uids = set(members["uid"].to_pylist())
-    old_uids = set(old["uid"].to_pylist())
-    gone = old.filter(pc.invert(pc.is_in(old["uid"], pa.array(sorted(new_uids), pa.string()))))
-    reasons = _removal_reasons(lake, gone["uid"].to_pylist())
-    rows = pa.table(
-        {
-            "shard": gone["shard"], "key": gone["key"],
-            "uid_sha256": [uid_digest(u) for u in gone["uid"].to_pylist()],
-            "reason": [reasons[u] for u in gone["uid"].to_pylist()],
-        },
-        schema=_DIFF_SCHEMA,
-    ).sort_by([("shard", "ascending"), ("key", "ascending")])
+def _diff(spark: SparkSession, lake: Lake, previous: Path, shards: list[shard_export.ShardInfo], out: Path,
+          kind: str) -> tuple[int, int]:
+    """Write diff.json/diff.parquet of ``out`` against the published ``previous``; (removed, added).
+    The removed samples' rows come to the driver: a diff holds what left, not the release."""
+    old, new = _published(spark, previous), _current(spark, out).select("uid")
+    gone = _removal_reasons(spark, lake, old.join(new, "uid", "left_anti"))
+    rows = (
+        gone.select("shard", "key", F.sha2("uid", 256).alias("uid_sha256"), "reason")
+        .toArrow().cast(_DIFF_SCHEMA).sort_by([("shard", "ascending"), ("key", "ascending")])
+    )
     pq.write_table(rows, out / DIFF_ROWS)
+    added = new.join(old.select("uid"), "uid", "left_anti").count()
+    old_manifest = _manifest(previous)
     before = {s["shard"]: s["sha256"] for s in old_manifest["shards"]}
     after = {s.shard: s.sha256 for s in shards}
-    dropped = rows["shard"].to_pylist()
-    by_reason: dict[str, int] = {}
-    for reason in rows["reason"].to_pylist():
-        by_reason[reason] = by_reason.get(reason, 0) + 1
-    added = len(new_uids - old_uids)
+    dropped = Counter(rows["shard"].to_pylist())
     diff = {
         "release": old_manifest["release"],
         "from_version": old_manifest["version"],
@@ -166,10 +168,9 @@ def _diff(lake: Lake, previous: Path, members: pa.Table, shards: list[shard_expo
         "applicable": kind == "rerelease" and added == 0,
         "removed": rows.num_rows,
         "added": added,
-        "removed_by_reason": dict(sorted(by_reason.items())),
+        "removed_by_reason": dict(sorted(Counter(rows["reason"].to_pylist()).items())),
         "shards_changed": [
-            {"shard": name, "from_sha256": before.get(name), "to_sha256": after.get(name),
-             "removed": dropped.count(name)}
+            {"shard": name, "from_sha256": before.get(name), "to_sha256": after.get(name), "removed": dropped[name]}
             for name in sorted(set(before) | set(after))
             if before.get(name) != after.get(name)
         ],
@@ -179,17 +180,28 @@ def _diff(lake: Lake, previous: Path, members: pa.Table, shards: list[shard_expo
     return rows.num_rows, added
 
 
-def _write_version(lake: Lake, config: ReleaseConfig, version: int, kind: str, shards: list[shard_export.ShardInfo],
-                   members: pa.Table, out: Path, previous: Path | None, source_versions: dict[str, int],
-                   rules: dict, lineage: Lineage) -> ReleaseVersion:
-    pq.write_table(members.select(_MEMBERS_SCHEMA.names).cast(_MEMBERS_SCHEMA), out / MEMBERS)
-    removed, added = (0, members.num_rows) if previous is None else _diff(lake, previous, members, shards, out, kind)
+def write_members(out: Path) -> int:
+    """members.parquet from the shard files, a shard at a time; how many samples there are."""
+    samples = 0
+    with pq.ParquetWriter(out / MEMBERS, _MEMBERS_SCHEMA) as writer:
+        writer.write_table(_MEMBERS_SCHEMA.empty_table())  # a version without samples still has the file
+        for rows in shard_members(out):
+            writer.write_table(rows)
+            samples += rows.num_rows
+    return samples
+
+
+def _write_version(spark: SparkSession, lake: Lake, config: ReleaseConfig, version: int, kind: str,
+                   shards: list[shard_export.ShardInfo], out: Path, previous: Path | None,
+                   source_versions: dict[str, int], rules: dict, lineage: Lineage) -> ReleaseVersion:
+    samples = write_members(out)
+    removed, added = (0, samples) if previous is None else _diff(spark, lake, previous, shards, out, kind)
     now = dt.datetime.now(dt.timezone.utc)
     manifest = {
         "release": config.name, "version": version, "kind": kind, "variant": config.variant,
         "previous_version": version - 1 if previous is not None else None,
         "created_at": now.isoformat(timespec="seconds"), "run_id": lineage.run_id,
-        "samples": members.num_rows, "source_versions": source_versions, "rules": rules,
+        "samples": samples, "source_versions": source_versions, "rules": rules,
         "shards": [{"shard": s.shard, "samples": s.samples, "bytes": s.bytes, "sha256": s.sha256} for s in shards],
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
@@ -201,14 +213,14 @@ def _write_version(lake: Lake, config: ReleaseConfig, version: int, kind: str, s
     row = {
         "release": config.name, "version": version, "kind": kind,
         "previous_version": manifest["previous_version"], "variant": config.variant,
-        "samples": members.num_rows, "shards": len(shards), "removed": removed, "added": added,
+        "samples": samples, "shards": len(shards), "removed": removed, "added": added,
         "source_versions": json.dumps(source_versions, sort_keys=True), "rules": json.dumps(rules, sort_keys=True),
         "path": _relative(lake, out), "created_at": now, "run_id": lineage.run_id,
     }
     lake.append(RELEASES, pa.Table.from_pylist([row], schema=RELEASES.schema), lineage)
     if previous is not None:
         _retire(lake, config.name, previous, lineage)
-    return ReleaseVersion(config.name, version, kind, str(out), members.num_rows, len(shards), removed, added)
+    return ReleaseVersion(config.name, version, kind, str(out), samples, len(shards), removed, added)
 
 
 def _relative(lake: Lake, path: str | Path) -> str:
@@ -234,8 +246,9 @@ def _fresh_dir(lake: Lake, release: str, version: int) -> Path:
     return out
 
 
-def make_release(lake: Lake, config: ReleaseConfig, rules: dict, source_versions: dict[str, int], lineage: Lineage,
-                 image_ext: str = "jpg", mode: str = "auto", confirmed_by: str | None = None) -> ReleaseVersion | None:
+def make_release(spark: SparkSession, lake: Lake, config: ReleaseConfig, rules: dict, source_versions: dict[str, int],
+                 lineage: Lineage, image_ext: str = "jpg", mode: str = "auto",
+                 confirmed_by: str | None = None) -> ReleaseVersion | None:
     """Make the next version of ``config.name`` if anything changed; None when nothing did.
 
     ``auto``: the first version, or any version that adds samples, is a snapshot of the curated
@@ -243,81 +256,80 @@ def make_release(lake: Lake, config: ReleaseConfig, rules: dict, source_versions
     samples removed (opt-outs) or hash-listed since, whatever else the curated set gained.
     A version that would drop more than ``config.max_auto_drop_fraction`` of the previous one's
     samples is refused (ReleaseNeedsConfirmation) unless ``confirmed_by`` names who confirmed it.
+    Membership is compared in Spark: no set of the release's uids is held by the driver.
     """
     if mode not in ("auto", "rerelease"):
         raise ReleaseError(f"release mode must be auto or rerelease, got {mode!r}")
     last = latest(lake, config.name)
     previous = version_dir(lake, config.name, last["version"]) if last else None
-    curated_version = source_versions.get("curated")
-    curated = lake.read(CURATED, version=curated_version, filter=pc.field("variant") == config.variant)
-    curated_uids = set(curated["uid"].to_pylist())
     if previous is None or not (previous / MEMBERS).exists():
         if mode == "rerelease":
             raise ReleaseError(f"release {config.name} has no previous version to re-release")
-        return _snapshot(lake, config, curated, 1 if last is None else last["version"] + 1, previous,
+        return _snapshot(spark, lake, config, 1 if last is None else last["version"] + 1, previous,
                          source_versions, rules, lineage, image_ext)
-    members = current_members(previous)
-    held = set(members["uid"].to_pylist())
+    curated = read_table(spark, lake, CURATED, version=source_versions.get("curated"), columns=["uid"],
+                         where={"variant": [config.variant]})
+    held = _current(spark, previous)
     if mode == "rerelease":
-        removed = set(lake.read(REMOVALS, columns=["uid"])["uid"].to_pylist())
-        listed = set(lake.read(BLOCKLIST_MATCHES, columns=["uid"])["uid"].to_pylist())
-        drop = held & (removed | listed)
+        drop = held.join(_uids(spark, lake, REMOVALS, BLOCKLIST_MATCHES), "uid", "left_semi")
     else:
-        if curated_uids - held:
-            _check_drop(config, last, previous, curated_uids, confirmed_by)
-            return _snapshot(lake, config, curated, last["version"] + 1, previous, source_versions,
+        if not curated.join(held, "uid", "left_anti").isEmpty():
+            _check_drop(spark, config, last, previous, curated, confirmed_by)
+            return _snapshot(spark, lake, config, last["version"] + 1, previous, source_versions,
                              {**rules, "confirmed_by": confirmed_by}, lineage, image_ext)
-        drop = held - curated_uids
-    amended = members.num_rows != pq.read_metadata(previous / MEMBERS).num_rows
-    if not drop and not amended:
+        drop = held.join(curated, "uid", "left_anti")
+    amended = held.count() != pq.read_metadata(previous / MEMBERS).num_rows
+    if drop.isEmpty() and not amended:
         return None
-    _check_drop(config, last, previous, held - drop, confirmed_by)
-    return _rerelease(lake, config, previous, members, drop, last["version"] + 1, source_versions,
+    _check_drop(spark, config, last, previous, held.join(drop.select("uid"), "uid", "left_anti"), confirmed_by)
+    return _rerelease(spark, lake, config, previous, drop, last["version"] + 1, source_versions,
                       {**rules, "confirmed_by": confirmed_by}, lineage)
 
 
-def _check_drop(config: ReleaseConfig, last: dict, previous: Path, kept: set[str], confirmed_by: str | None) -> None:
+def _check_drop(spark: SparkSession, config: ReleaseConfig, last: dict, previous: Path, kept: DataFrame,
+                confirmed_by: str | None) -> None:
     """Refuse a version that drops too much of the published one (an over-broad removal, a curation
     gone wrong) until a person confirms it."""
-    published = published_members(previous)["uid"].to_pylist()
-    dropped = len(set(published) - kept)
-    if confirmed_by or not published or dropped <= config.max_auto_drop_fraction * len(published):
+    published = pq.read_metadata(previous / MEMBERS).num_rows
+    if confirmed_by or not published:
+        return
+    dropped = _published(spark, previous).join(kept.select("uid"), "uid", "left_anti").count()
+    if dropped <= config.max_auto_drop_fraction * published:
         return
     raise ReleaseNeedsConfirmation(
-        f"{config.name} v{last['version'] + 1} would drop {dropped:,} of the {len(published):,} samples of "
-        f"v{last['version']} ({dropped / len(published):.1%}), more than release.max_auto_drop_fraction "
+        f"{config.name} v{last['version'] + 1} would drop {dropped:,} of the {published:,} samples of "
+        f"v{last['version']} ({dropped / published:.1%}), more than release.max_auto_drop_fraction "
         f"({config.max_auto_drop_fraction:.1%}); check the removals, then confirm: "
         "pairlake release rerelease --confirmed-by WHO")
 
 
-def _snapshot(lake: Lake, config: ReleaseConfig, curated: pa.Table, version: int, previous: Path | None,
+def _snapshot(spark: SparkSession, lake: Lake, config: ReleaseConfig, version: int, previous: Path | None,
               source_versions: dict[str, int], rules: dict, lineage: Lineage, image_ext: str) -> ReleaseVersion:
-    rows = curated.drop_columns(["variant"]).sort_by("uid")
     out = _fresh_dir(lake, config.name, version)
-    shards = shard_export.export_shards(_samples(lake, rows), out, config.samples_per_shard, image_ext=image_ext)
-    return _write_version(lake, config, version, "snapshot", shards, current_members(out), out, previous,
-                          source_versions, rules, lineage)
+    shards = shard_export_job.export_variant_shards(
+        spark, lake, config.variant, out, config.samples_per_shard, image_ext,
+        curated_version=source_versions.get("curated"), images_version=source_versions.get("images"))
+    return _write_version(spark, lake, config, version, "snapshot", shards, out, previous, source_versions, rules,
+                          lineage)
 
 
-def _rerelease(lake: Lake, config: ReleaseConfig, previous: Path, members: pa.Table, drop: set[str], version: int,
+def _rerelease(spark: SparkSession, lake: Lake, config: ReleaseConfig, previous: Path, drop: DataFrame, version: int,
                source_versions: dict[str, int], rules: dict, lineage: Lineage) -> ReleaseVersion:
+    """The previous version's shards less ``drop`` (shard, key, uid): the shards that lose samples
+    are rewritten in parallel, one Spark task each; the others are shared, no bytes copied."""
     out = _fresh_dir(lake, config.name, version)
-    dropping = members.filter(pc.is_in(members["uid"], pa.array(sorted(drop), pa.string())))
-    keys_by_shard: dict[str, set[str]] = {}
-    for shard, key in zip(dropping["shard"].to_pylist(), dropping["key"].to_pylist()):
-        keys_by_shard.setdefault(shard, set()).add(key)
-    shards = []
+    shards = shard_export_job.rewrite_shards(spark, drop, previous, out)
+    changed = {info.shard for info in shards}
     for tar in sorted(previous.glob("[0-9]*.tar")):
-        if tar.stem in keys_by_shard:
-            shards.append(shard_export.rewrite_shard(tar, keys_by_shard[tar.stem], out))
-        else:  # unchanged: share the files, no bytes copied
+        if tar.stem not in changed:
             for name in (tar.name, f"{tar.stem}.parquet", f"{tar.stem}_stats.json"):
                 os.link(previous / name, out / name)
             stats = json.loads((out / f"{tar.stem}_stats.json").read_text())
             shards.append(shard_export.ShardInfo(tar.stem, str(out / tar.name), stats["count"], stats["bytes"],
                                                  stats["sha256"]))
-    return _write_version(lake, config, version, "rerelease", shards, current_members(out), out, previous,
-                          source_versions, rules, lineage)
+    shards.sort(key=lambda info: info.shard)
+    return _write_version(spark, lake, config, version, "rerelease", shards, out, previous, source_versions, rules,
+                          lineage)
 
 
 # -- removals and old copies ---------------------------------------------------------------------

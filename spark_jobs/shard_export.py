@@ -26,10 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from infra.config import InputError
 from infra.tables import SHARDS
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,10 @@ log = logging.getLogger(__name__)
 SHARD_DIGITS = 5
 REQUIRED_COLUMNS = ("uid", "caption", "image")
 _SHARD_FILE = re.compile(r"^\.?\d{5,}(\.tar|\.parquet|_stats\.json)(\.tmp)?$")
+
+
+class ShardExportError(InputError):
+    """Samples that cannot be exported as given (unsorted, duplicated, without image or caption)."""
 
 
 @dataclass(frozen=True)
@@ -64,43 +70,10 @@ def export_shards(
     """
     if samples_per_shard < 1:
         raise ValueError(f"samples_per_shard must be at least 1, got {samples_per_shard}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    existing = sorted(p for p in out.iterdir() if _SHARD_FILE.match(p.name))
-    if existing and not overwrite:
-        raise FileExistsError(f"{out} already holds shard files ({existing[0].name}, ...); use a fresh directory")
-    for path in existing:
-        path.unlink()
-
-    key_digits = len(str(samples_per_shard - 1))
+    out = prepare_out_dir(out_dir, overwrite)
     start = time.perf_counter()
-    shards: list[ShardInfo] = []
-    writer: _ShardWriter | None = None
-    last_uid: str | None = None
-    try:
-        for batch in _batches_by_uid(samples):
-            metadata = [name for name in batch.schema.names if name != "image"]
-            images = batch.column("image")
-            for i, meta in enumerate(batch.select(metadata).to_pylist()):
-                uid = meta["uid"]
-                if last_uid is not None and not uid > last_uid:
-                    raise ValueError(
-                        f"samples must be sorted by uid without duplicates: {uid!r} came after {last_uid!r}"
-                    )
-                last_uid = uid
-                if writer is None:
-                    writer = _ShardWriter(out, len(shards), key_digits, image_ext, batch.schema)
-                writer.add(meta, images[i].as_py())
-                if writer.count == samples_per_shard:
-                    shards.append(writer.finish())
-                    writer = None
-        if writer is not None:
-            shards.append(writer.finish())
-            writer = None
-    finally:
-        if writer is not None:
-            writer.abort()
-
+    shards = list(write_numbered_shards(_numbered(_batches_by_uid(samples), samples_per_shard), out,
+                                        samples_per_shard, image_ext))
     elapsed = time.perf_counter() - start
     total = sum(s.bytes for s in shards)
     log.info(
@@ -113,6 +86,56 @@ def export_shards(
         total / 1e6 / max(elapsed, 1e-9),
     )
     return shards
+
+
+def prepare_out_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Create ``out_dir``; it must hold no shards unless ``overwrite``, which deletes them first."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    existing = sorted(p for p in out.iterdir() if _SHARD_FILE.match(p.name))
+    if existing and not overwrite:
+        raise FileExistsError(f"{out} already holds shard files ({existing[0].name}, ...); use a fresh directory")
+    for path in existing:
+        path.unlink()
+    return out
+
+
+def write_numbered_shards(
+    samples: Iterable[pa.RecordBatch], out: Path, samples_per_shard: int, image_ext: str = "jpg"
+) -> Iterator[ShardInfo]:
+    """Write samples that carry their shard's index (column ``shard``), sorted by shard then uid,
+    each shard whole: the one writer behind a single-process export and each Spark export task.
+    Yields each shard's ShardInfo once its files are in place."""
+    key_digits = len(str(samples_per_shard - 1))
+    writer: _ShardWriter | None = None
+    last: tuple[int, str] | None = None
+    try:
+        for batch in samples:
+            shard_of = batch.column("shard").to_pylist()
+            batch = batch.drop_columns(["shard"])
+            images = batch.column("image")
+            metadata = [name for name in batch.schema.names if name != "image"]
+            for i, meta in enumerate(batch.select(metadata).to_pylist()):
+                at = (shard_of[i], meta["uid"])
+                if last is not None and not at > last:
+                    raise ShardExportError(
+                        f"samples must be sorted by uid without duplicates: {at[1]!r} came after {last[1]!r}"
+                    )
+                last = at
+                if writer is not None and writer.index != at[0]:
+                    yield writer.finish()
+                    writer = None
+                if writer is None:
+                    writer = _ShardWriter(out, at[0], key_digits, image_ext, batch.schema)
+                if writer.count == samples_per_shard:
+                    raise ShardExportError(f"shard {writer.name} would hold more than {samples_per_shard} samples")
+                writer.add(meta, images[i].as_py())
+        if writer is not None:
+            yield writer.finish()
+            writer = None
+    finally:
+        if writer is not None:
+            writer.abort()
 
 
 def manifest_table(
@@ -142,8 +165,17 @@ def _batches_by_uid(samples: Iterable[pa.RecordBatch] | pa.Table) -> Iterator[pa
     for batch in samples:
         missing = [c for c in REQUIRED_COLUMNS if c not in batch.schema.names]
         if missing:
-            raise ValueError(f"samples lack column(s) {', '.join(missing)}")
+            raise ShardExportError(f"samples lack column(s) {', '.join(missing)}")
         yield batch
+
+
+def _numbered(batches: Iterable[pa.RecordBatch], samples_per_shard: int) -> Iterator[pa.RecordBatch]:
+    """Consecutive samples fill consecutive shards."""
+    seen = 0
+    for batch in batches:
+        index = np.arange(seen, seen + batch.num_rows, dtype=np.int64) // samples_per_shard
+        seen += batch.num_rows
+        yield batch.append_column("shard", pa.array(index))
 
 
 def _tmp_path(path: Path) -> Path:
@@ -193,6 +225,7 @@ class _ShardWriter:
     """One shard being written: the tar streams to its temp file; parquet and stats follow on finish."""
 
     def __init__(self, out: Path, index: int, key_digits: int, image_ext: str, schema: pa.Schema) -> None:
+        self.index = index
         self.name = f"{index:0{SHARD_DIGITS}d}"
         self.out = out
         self.key_digits = key_digits
@@ -209,7 +242,7 @@ class _ShardWriter:
 
     def add(self, meta: dict[str, Any], image: bytes | None) -> None:
         if image is None or meta["caption"] is None:
-            raise ValueError(f"sample uid {meta['uid']} has no image bytes or no caption")
+            raise ShardExportError(f"sample uid {meta['uid']} has no image bytes or no caption")
         key = f"{self.name}{self.count:0{self.key_digits}d}"
         row = {"key": key, **meta, "status": "success"}
         text = json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode()

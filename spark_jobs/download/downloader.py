@@ -26,6 +26,7 @@ from infra.config import DownloadConfig
 from infra.tables import IMAGES
 from spark_jobs.download.decode_budget import DecodeBudget
 from spark_jobs.download.fetcher import Fetcher
+from spark_jobs.download.origin_policies import PolicyAnswers
 from spark_jobs.download.hosts import HostKey, host_key
 from spark_jobs.download.resizer import ImageRejected, ResizedImage, resize_image
 
@@ -34,16 +35,19 @@ Outcome = dict[str, Any]  # the IMAGES columns other than uid, url and warc_file
 
 
 def download_batch(
-    candidates: pa.Table, config: DownloadConfig, *, progress: bool = False, decode_threads: int | None = None
+    candidates: pa.Table, config: DownloadConfig, *, progress: bool = False, decode_threads: int | None = None,
+    policy_answers: PolicyAnswers | None = None,
 ) -> pa.Table:
     """Fetch and resize every candidate's image → a table with ``IMAGES.schema``, one row per input row.
 
     Never raises for a bad URL, host or image: each row gets status "ok" or "failed" with a reason.
-    ``progress`` shows a tqdm bar (off by default: executors stay quiet).
+    ``progress`` shows a tqdm bar (off by default: executors stay quiet). ``policy_answers``, kept
+    by the caller between batches, saves asking an origin for its robots.txt (and the like) again.
     """
     urls = ["" if u is None else u for u in candidates.column("url").to_pylist()]
     threads = decode_threads or min(4, os.cpu_count() or 1)
-    outcomes = _run(_download_all(_interleave_by_host(dict.fromkeys(urls)), config, progress, threads))
+    outcomes = _run(_download_all(_interleave_by_host(dict.fromkeys(urls)), config, progress, threads,
+                                  policy_answers))
     rows = [
         {"uid": uid, "url": url, "warc_file": warc_file, **outcomes[url]}
         for uid, url, warc_file in zip(
@@ -79,7 +83,8 @@ def _interleave_by_host(urls: Iterable[str]) -> list[str]:
     return [url for group in itertools.zip_longest(*by_host.values()) for url in group if url is not None]
 
 
-async def _download_all(urls: list[str], config: DownloadConfig, progress: bool, threads: int) -> dict[str, Outcome]:
+async def _download_all(urls: list[str], config: DownloadConfig, progress: bool, threads: int,
+                        policy_answers: PolicyAnswers | None) -> dict[str, Outcome]:
     # URLs between "fetch started" and "decoded" are bounded, and their tasks created only as slots
     # free up: the original bodies held in memory stay bounded when decoding is slower than the
     # network (the usual case on one executor core), and a task's share of 100k rows costs no more.
@@ -91,7 +96,7 @@ async def _download_all(urls: list[str], config: DownloadConfig, progress: bool,
         ThreadPoolExecutor(threads, thread_name_prefix="pairlake-decode") as pool,
         tqdm(total=len(urls), unit="img", desc="download", disable=not progress) as bar,
     ):
-        async with Fetcher(config) as fetcher:
+        async with Fetcher(config, policy_answers) as fetcher:
 
             async def one(url: str) -> None:
                 try:

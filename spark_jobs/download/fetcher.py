@@ -23,7 +23,7 @@ from yarl import URL
 from infra.config import DownloadConfig
 from spark_jobs.download.address_guard import AddressGuard, AddressRefused, GuardedResolver
 from spark_jobs.download.hosts import Host, HostKey, host_key
-from spark_jobs.download.origin_policies import MAX_POLICY_BYTES, OriginPolicies, PolicyUnavailable
+from spark_jobs.download.origin_policies import MAX_POLICY_BYTES, OriginPolicies, PolicyAnswers, PolicyUnavailable
 from spark_jobs.download.tdmrep import header_reserves
 from spark_jobs.html_images import OPT_OUT_DIRECTIVES  # the same in X-Robots-Tag and <meta name="robots">
 
@@ -114,14 +114,15 @@ def _retry_after(value: str | None) -> float | None:
 
 
 class Fetcher:
-    """Fetches URLs for one batch; use as ``async with Fetcher(config) as f: await f.fetch(url)``."""
+    """Fetches URLs for one batch; use as ``async with Fetcher(config) as f: await f.fetch(url)``.
+    ``policy_answers`` carries the origins' policy files over from earlier batches."""
 
-    def __init__(self, config: DownloadConfig):
+    def __init__(self, config: DownloadConfig, policy_answers: PolicyAnswers | None = None):
         self._config = config
         self._guard = AddressGuard(config.allow_hosts)
         self._global = asyncio.Semaphore(config.concurrency)
         self._hosts: dict[HostKey, Host] = {}
-        self._policies = OriginPolicies(config, self._fetch_policy_file)
+        self._policies = OriginPolicies(config, self._fetch_policy_file, policy_answers)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Fetcher:

@@ -71,6 +71,8 @@ MAX_POLICY_BYTES = 500 * 1024  # RFC 9309: crawlers must parse at least 500 KiB 
 
 # Fetches a policy file URL → (HTTP status, body up to MAX_POLICY_BYTES); raises when no HTTP answer came.
 PolicyFetch = Callable[[str], Awaitable[tuple[int, bytes]]]
+# Parsed policy files kept between downloader calls: file key -> origin -> rules (None: no rules).
+PolicyAnswers = dict[str, dict[str, Any]]
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -96,21 +98,29 @@ class Refusal:
 
 
 class OriginFile(Generic[T]):
-    """One policy file, loaded once per origin: concurrent first requests share a single fetch."""
+    """One policy file, loaded once per origin: concurrent first requests share a single fetch, and
+    the answers (``answers``, origin -> parsed file or None) outlive the event loop, so a Spark task
+    that downloads batch after batch asks each origin once."""
 
-    def __init__(self, key: str, path: str, parse: Callable[[bytes], T], fetch: PolicyFetch):
+    def __init__(self, key: str, path: str, parse: Callable[[bytes], T], fetch: PolicyFetch,
+                 answers: dict[str, T | None] | None = None):
         self.key = key
         self.path = path
         self._parse = parse
         self._fetch = fetch
         self._loads: dict[str, asyncio.Task[T | None]] = {}
+        self._answers = {} if answers is None else answers
 
     async def get(self, origin: str) -> T | None:
         """The origin's parsed file, or None when it has none (or none that parses)."""
+        if origin in self._answers:
+            return self._answers[origin]
         task = self._loads.get(origin)
         if task is None:
             task = self._loads[origin] = asyncio.ensure_future(self._load(origin))
-        return await asyncio.shield(task)  # a cancelled waiter must not cancel the shared fetch
+        answer = await asyncio.shield(task)  # a cancelled waiter must not cancel the shared fetch
+        self._answers[origin] = answer  # an unavailable file raised above: asked again next time
+        return answer
 
     async def _load(self, origin: str) -> T | None:
         try:
@@ -139,19 +149,23 @@ def _ai_txt(body: bytes) -> RobotsRules:
 class OriginPolicies:
     """The origin-file signals ``config`` honours; ``check`` says whether a URL may be requested."""
 
-    def __init__(self, config: DownloadConfig, fetch: PolicyFetch):
+    def __init__(self, config: DownloadConfig, fetch: PolicyFetch, answers: PolicyAnswers | None = None):
+        answers = {} if answers is None else answers
         self._token = product_token(config.user_agent)
         self._own_robots = config.honour_robots_txt
         self._ai_robots = config.honour_robots_txt_ai_agents
         # Most explicit first: when several files refuse a URL, the first one's reason is recorded.
         self._checks: list[tuple[OriginFile[Any], Callable[[Any, str], Refusal | None]]] = []
         if config.honour_tdmrep_json:
-            tdmrep = OriginFile("tdmrep", "/.well-known/tdmrep.json", TdmRules.parse, fetch)
+            tdmrep = OriginFile("tdmrep", "/.well-known/tdmrep.json", TdmRules.parse, fetch,
+                                answers.setdefault("tdmrep", {}))
             self._checks.append((tdmrep, _judge_tdmrep))
         if config.honour_ai_txt:
-            self._checks.append((OriginFile("ai_txt", "/ai.txt", _ai_txt, fetch), self._judge_ai_txt))
+            ai_txt = OriginFile("ai_txt", "/ai.txt", _ai_txt, fetch, answers.setdefault("ai_txt", {}))
+            self._checks.append((ai_txt, self._judge_ai_txt))
         if self._own_robots or self._ai_robots:
-            self._checks.append((OriginFile("robots", "/robots.txt", _robots_txt, fetch), self._judge_robots))
+            robots = OriginFile("robots", "/robots.txt", _robots_txt, fetch, answers.setdefault("robots", {}))
+            self._checks.append((robots, self._judge_robots))
 
     async def check(self, url: str) -> Refusal | None:
         """The refusal of ``url`` by its origin's files, or None; raises ``PolicyUnavailable`` when a

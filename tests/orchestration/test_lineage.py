@@ -15,7 +15,7 @@ from infra.tables import (
 from orchestration.cli import main
 from orchestration.lineage import describe, format_lineage
 from spark_jobs import shard_export
-from spark_jobs.release import MEMBERS, current_members, version_dir
+from spark_jobs.release import MEMBERS, version_dir, write_members
 
 WARC = "CC-MAIN-0001.warc.gz"
 KEPT = "a1" * 16  # kept, curated, in releases v1 and v2
@@ -55,7 +55,7 @@ def write_release(lake, release, version, uids):
     samples = pa.table({"uid": uids, "caption": [f"caption {u[:4]}" for u in uids],
                         "url": [f"http://img.example/{u[:4]}.jpg" for u in uids], "image": [b"jpeg"] * len(uids)})
     shard_export.export_shards(samples, out, samples_per_shard=1)
-    pq.write_table(current_members(out), out / MEMBERS)
+    write_members(out)
     return out
 
 

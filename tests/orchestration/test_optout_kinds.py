@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from PIL import Image
@@ -78,7 +79,7 @@ def crawl(pipeline, tmp_path_factory):
         config = load_config(config_path)
         images = lake.read(IMAGES)
         last = release.latest(lake, config.release.name)
-        members = sorted(release.current_members(lake.path(last["path"]))["uid"].to_pylist())
+        members = sorted(pa.concat_tables(release.shard_members(lake.path(last["path"])))["uid"].to_pylist())
         truth = pipeline.truth["images"]
 
         def row(uid):

@@ -61,7 +61,7 @@ def removal(pipeline, tmp_path_factory):
     lake = Lake(str(root / "lake"))
     images = lake.read(IMAGES)
     last = release.latest(lake, config.release.name)
-    members = release.current_members(lake.path(last["path"]))["uid"].to_pylist()
+    members = pa.concat_tables(release.shard_members(lake.path(last["path"])))["uid"].to_pylist()
     truth = pipeline.truth["images"]
     plain = [u for u in sorted(members) if truth[_row(images, u)["url"]]["kind"] in ("match", "relative")]
     by_url, by_md5 = plain[0], plain[1]
@@ -183,7 +183,7 @@ def test_rerelease_publishes_a_diff_that_cleans_an_old_copy(removal):
     assert (last["version"], last["kind"]) == (removal.release_before["version"] + 1, "rerelease")
     new_dir = removal.lake.path(last["path"])
     diff = json.loads((new_dir / "diff.json").read_text())
-    in_release = set(release.current_members(removal.holder)["uid"].to_pylist()) & set(removal.before)
+    in_release = set(pa.concat_tables(release.shard_members(removal.holder))["uid"].to_pylist()) & set(removal.before)
     assert diff["applicable"] and diff["removed"] == len(in_release) > 0
     assert diff["removed_by_reason"] == {"opt-out": len(in_release)}
     for needle in removal.before.values():

@@ -12,8 +12,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from infra.tables import CANDIDATES, CURATED, IMAGES, SHARDS, STAGE_STATS, WARC_FILES
+from infra.tables import CANDIDATES, CURATED, IMAGES, RELEASES, SHARDS, STAGE_STATS, WARC_FILES
 from orchestration.report import build_funnel
+from spark_jobs.shard_export import export_shards
 from tests.orchestration.pipeline_run import THRESHOLD, snapshot
 
 pytestmark = pytest.mark.slow
@@ -151,6 +152,18 @@ def test_shards_hold_the_curated_variant_of_a_pinned_version(pipeline):
     assert any(n.endswith(".jpg") for n in names) and any(n.endswith(".txt") for n in names)
     assert {"punsafe", "pwatermark", "aesthetic", "similarity", "sha1"} <= set(meta)
     assert first_tar.with_suffix(".parquet").exists() and first_tar.with_name(first_tar.stem + "_stats.json").exists()
+
+
+def test_release_shards_are_the_single_process_export_byte_for_byte(pipeline, tmp_path):
+    """The release's Spark tasks write what one process writes from the same pinned tables."""
+    v1 = next(row for row in pipeline.lake.read(RELEASES).to_pylist() if row["version"] == 1)
+    manifest = json.loads((pipeline.lake.path(v1["path"]) / "manifest.json").read_text())
+    pinned = manifest["source_versions"]
+    curated = pipeline.lake.read(CURATED, version=pinned["curated"], filter=pc.field("variant") == manifest["variant"])
+    images = pipeline.lake.read(IMAGES, version=pinned["images"], columns=["uid", "image"],
+                                filter=pc.field("status") == "ok")
+    shards = export_shards(curated.drop_columns(["variant"]).join(images, "uid"), tmp_path, 20)  # as configured
+    assert [(s.shard, s.sha256) for s in shards] == [(s["shard"], s["sha256"]) for s in manifest["shards"]]
 
 
 def test_every_commit_records_lineage(pipeline):

@@ -2,10 +2,12 @@
 an old copy into the new version byte for byte, and snapshots whose diffs cannot do that."""
 
 import datetime as dt
+import hashlib
 import json
 import shutil
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from infra.config import ReleaseConfig
@@ -29,8 +31,8 @@ def _lake(tmp_path, uids: list[str]) -> Lake:
     return lake
 
 
-def _make(lake: Lake, mode: str = "auto", config: ReleaseConfig = CONFIG, confirmed_by: str | None = None):
-    return release.make_release(lake, config, {"rule": 1}, {"curated": lake.version(CURATED)}, Lineage(run_id="r"),
+def _make(spark, lake: Lake, mode: str = "auto", config: ReleaseConfig = CONFIG, confirmed_by: str | None = None):
+    return release.make_release(spark, lake, config, {"rule": 1}, {"curated": lake.version(CURATED)}, Lineage(run_id="r"),
                                 mode=mode, confirmed_by=confirmed_by)
 
 
@@ -38,12 +40,12 @@ def _tars(directory) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.glob("[0-9]*.tar"))}
 
 
-def test_rerelease_diff_turns_an_old_copy_into_the_new_version(tmp_path):
+def test_rerelease_diff_turns_an_old_copy_into_the_new_version(spark, tmp_path):
     uids = [f"u{i:02d}" for i in range(8)]
     lake = _lake(tmp_path, uids)
-    v1 = _make(lake)
+    v1 = _make(spark, lake)
     assert (v1.version, v1.kind, v1.samples, v1.shards) == (1, "snapshot", 8, 3)
-    assert _make(lake) is None  # nothing changed: no new version
+    assert _make(spark, lake) is None  # nothing changed: no new version
     holder = tmp_path / "holder-v1"
     shutil.copytree(v1.path, holder)
 
@@ -51,17 +53,21 @@ def test_rerelease_diff_turns_an_old_copy_into_the_new_version(tmp_path):
     lake.append(REMOVALS, pa.Table.from_pylist([{"uid": "u04", "request_id": "q1", "matched_by": "url",
                                                  "removed_at": NOW, "run_id": "r"}], schema=REMOVALS.schema), Lineage())
     assert release.withdraw(lake, {"u04"}, Lineage()) == ["test-release/v1:00001"]
-    assert "u04" not in release.current_members(tmp_path / "lake/releases/test-release/v1")["uid"].to_pylist()
+    assert "u04" not in pa.concat_tables(release.shard_members(tmp_path / "lake/releases/test-release/v1"))["uid"].to_pylist()
     # A hash list names another sample.
     lake.overwrite(BLOCKLIST_MATCHES, pa.Table.from_pylist([{"uid": "u07", "warc_file": "w", "source": "list-a",
                                                             "kind": "image-md5"}], schema=BLOCKLIST_MATCHES.schema), Lineage())
-    v2 = _make(lake, mode="rerelease")
+    v2 = _make(spark, lake, mode="rerelease")
     assert (v2.version, v2.kind, v2.samples, v2.removed, v2.added) == (2, "rerelease", 6, 2, 0)
 
     diff = json.loads((tmp_path / "lake/releases/test-release/v2/diff.json").read_text())
     assert diff["applicable"] and diff["removed_by_reason"] == {"hash-list:list-a": 1, "opt-out": 1}
     assert [c["shard"] for c in diff["shards_changed"]] == ["00001", "00002"]
     assert "u04" not in (tmp_path / "lake/releases/test-release/v2/diff.parquet").read_bytes().decode("latin-1")
+    removed = pq.read_table(tmp_path / "lake/releases/test-release/v2/diff.parquet").to_pylist()
+    assert [(r["key"][:5], r["uid_sha256"], r["reason"]) for r in removed] == [
+        ("00001", hashlib.sha256(b"u04").hexdigest(), "opt-out"),
+        ("00002", hashlib.sha256(b"u07").hexdigest(), "hash-list:list-a")]
 
     assert release.apply_diff(tmp_path / "lake/releases/test-release/v2", holder) == ["00001", "00002"]
     assert _tars(holder) == _tars(tmp_path / "lake/releases/test-release/v2")
@@ -74,33 +80,33 @@ def test_rerelease_diff_turns_an_old_copy_into_the_new_version(tmp_path):
     assert set(lake.read(SHARDS)["export_id"].to_pylist()) == {"test-release/v2"}
 
 
-def test_a_snapshot_that_adds_samples_has_a_diff_that_cannot_be_applied(tmp_path):
+def test_a_snapshot_that_adds_samples_has_a_diff_that_cannot_be_applied(spark, tmp_path):
     lake = _lake(tmp_path, ["a", "b", "c"])
-    _make(lake)
+    _make(spark, lake)
     holder = tmp_path / "holder"
     shutil.copytree(tmp_path / "lake/releases/test-release/v1", holder)
     lake = _lake(tmp_path, ["a", "c", "d", "e"])
-    v2 = _make(lake)
+    v2 = _make(spark, lake)
     assert (v2.kind, v2.removed, v2.added) == ("snapshot", 1, 2)
     with pytest.raises(release.ReleaseError, match="snapshot"):
         release.apply_diff(tmp_path / "lake/releases/test-release/v2/diff.json", holder)
 
 
-def test_rerelease_needs_a_previous_version(tmp_path):
+def test_rerelease_needs_a_previous_version(spark, tmp_path):
     lake = _lake(tmp_path, ["a"])
     with pytest.raises(release.ReleaseError, match="no previous version"):
-        _make(lake, mode="rerelease")
+        _make(spark, lake, mode="rerelease")
 
 
-def test_a_version_dropping_most_of_the_previous_one_needs_a_confirmation(tmp_path):
+def test_a_version_dropping_most_of_the_previous_one_needs_a_confirmation(spark, tmp_path):
     """An over-broad removal used to publish a release with 0 samples, unasked."""
     lake = _lake(tmp_path, ["a", "b", "c", "d"])
-    _make(lake)
+    _make(spark, lake)
     lake = _lake(tmp_path, ["a"])  # curation (or a removal) took three of four away
     with pytest.raises(release.ReleaseNeedsConfirmation, match=r"would drop 3 of the 4 samples of v1 \(75.0%\)"):
-        _make(lake)
+        _make(spark, lake)
     assert release.latest(lake, CONFIG.name)["version"] == 1
-    v2 = _make(lake, confirmed_by="ops on-call")
+    v2 = _make(spark, lake, confirmed_by="ops on-call")
     assert (v2.version, v2.samples) == (2, 1)
     manifest = json.loads((tmp_path / "lake/releases/test-release/v2/manifest.json").read_text())
     assert manifest["rules"]["confirmed_by"] == "ops on-call"

@@ -1,0 +1,65 @@
+"""CPU seconds and peak RSS of this process and every process under it (the Spark JVM, its Python
+workers), read from /proc (Linux): what a local-mode Spark stage really costs the machine."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            tree.setdefault(int(fields[1]), []).append(int(entry.name))
+    return tree
+
+
+def tree_pids(root: int | None = None) -> list[int]:
+    tree, pids, todo = _children(), [], [root or os.getpid()]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        todo.extend(tree.get(pid, []))
+    return pids
+
+
+def tree_cpu_seconds(root: int | None = None) -> float:
+    """User + system CPU of the live processes in the tree (finished ones are not counted)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in tree_pids(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def reset_peak_rss() -> None:
+    """Start this process's peak RSS afresh (writing 5 to clear_refs resets VmHWM)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_mb(pid: int | None = None) -> float:
+    """VmHWM of one process in MiB."""
+    for line in Path(f"/proc/{pid or 'self'}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def tree_peak_rss_mb(root: int | None = None) -> dict[int, float]:
+    """Each live process's own peak RSS, by pid."""
+    peaks = {}
+    for pid in tree_pids(root):
+        try:
+            peaks[pid] = peak_rss_mb(pid)
+        except OSError:
+            continue
+    return peaks

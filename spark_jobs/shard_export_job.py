@@ -1,0 +1,117 @@
+"""Release shards as Spark tasks: samples numbered in uid order, image bytes joined by uid, and one
+task writing each shard whole (img2dataset's unit of parallel work).
+
+Numbering needs no global sort on one partition: samples are counted per uid prefix (a small table
+on the driver), so a sample's index is its prefix's offset plus its rank within the prefix, and its
+shard is index // samples_per_shard. Rows are hash-partitioned by shard, sorted by uid within it,
+and written by the same writer as a single-process export (``shard_export.write_numbered_shards``):
+the same tars byte for byte, whatever the cluster.
+
+Shard files are written where the executors see the lake (a shared filesystem), each atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_schema
+
+from infra.delta_store import Lake
+from infra.spark import collect, read_table
+from infra.tables import CURATED, IMAGES
+from spark_jobs import shard_export
+from spark_jobs.shard_export import ShardInfo
+
+PREFIX_CHARS = 3  # uids are hex digests: at most 4,096 prefixes counted on the driver
+_INFO_SCHEMA = pa.schema([("shard", pa.string()), ("path", pa.string()), ("samples", pa.int64()),
+                          ("bytes", pa.int64()), ("sha256", pa.string())])
+
+
+def sample_schema() -> pa.Schema:
+    """A released sample: the curated row (less its variant) and the image bytes."""
+    fields = [field for field in CURATED.schema if field.name != "variant"]
+    return pa.schema([*fields, IMAGES.schema.field("image"), pa.field("shard", pa.int64(), nullable=False)])
+
+
+def number_samples(spark: SparkSession, samples: DataFrame, samples_per_shard: int) -> tuple[DataFrame, int]:
+    """``samples`` with column ``shard`` (consecutive samples in uid order fill consecutive shards),
+    and how many samples there are."""
+    prefixed = samples.withColumn("_prefix", F.substring("uid", 1, PREFIX_CHARS))
+    counts = sorted(prefixed.groupBy("_prefix").count().toArrow().to_pylist(), key=lambda row: row["_prefix"])
+    offsets, total = [], 0
+    for row in counts:
+        offsets.append((row["_prefix"], total))
+        total += row["count"]
+    offset_rows = spark.createDataFrame(offsets or [("", 0)], "_prefix string, _offset long")
+    rank = F.row_number().over(Window.partitionBy("_prefix").orderBy("uid"))
+    index = F.col("_offset") + rank - 1
+    numbered = (
+        prefixed.join(F.broadcast(offset_rows), "_prefix")
+        .withColumn("shard", F.floor(index / F.lit(samples_per_shard)).cast("long"))
+        .drop("_prefix", "_offset")
+    )
+    return numbered, total
+
+
+def export_variant_shards(
+    spark: SparkSession,
+    lake: Lake,
+    variant: str,
+    out: Path,
+    samples_per_shard: int,
+    image_ext: str = "jpg",
+    curated_version: int | None = None,
+    images_version: int | None = None,
+) -> list[ShardInfo]:
+    """Write the curated ``variant`` (at ``curated_version``) as shards into ``out`` (holding none), with
+    the image bytes of ``images`` (at ``images_version``); one ShardInfo per tar, in shard order."""
+    if samples_per_shard < 1:
+        raise ValueError(f"samples_per_shard must be at least 1, got {samples_per_shard}")
+    schema = sample_schema()
+    curated = read_table(spark, lake, CURATED, version=curated_version, where={"variant": [variant]}).drop("variant")
+    numbered, total = number_samples(spark, curated, samples_per_shard)
+    if total == 0:
+        return []
+    images = read_table(spark, lake, IMAGES, version=images_version, columns=["uid", "image"], where={"status": ["ok"]})
+    shards = -(-total // samples_per_shard)
+    # A left join: a curated sample without image bytes is an error the writer names, not a gap.
+    samples = (
+        numbered.join(images, "uid", "left")
+        .select(*schema.names)
+        .repartition(shards, "shard")
+        .sortWithinPartitions("shard", "uid")
+    )
+    directory = str(shard_export.prepare_out_dir(out))
+
+    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        conformed = (batch.cast(schema) for batch in batches)
+        for info in shard_export.write_numbered_shards(conformed, Path(directory), samples_per_shard, image_ext):
+            yield pa.RecordBatch.from_pylist([dataclasses.asdict(info)], schema=_INFO_SCHEMA)
+
+    written = collect(samples.mapInArrow(write, from_arrow_schema(_INFO_SCHEMA)))
+    return sorted((ShardInfo(**row) for row in written.to_pylist()), key=lambda info: info.shard)
+
+
+def rewrite_shards(spark: SparkSession, drop: DataFrame, source: Path, out: Path) -> list[ShardInfo]:
+    """Rewrite each shard of ``source`` that holds a sample of ``drop`` (columns shard, key) into
+    ``out`` without those samples, one Spark task per shard; the rewritten shards' ShardInfos."""
+    per_shard = drop.groupBy("shard").agg(F.collect_list("key").alias("keys"))
+    shards = per_shard.count()
+    if not shards:
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    source_dir, out_dir = str(source), str(out)
+
+    def rewrite(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for row in batch.to_pylist():
+                info = shard_export.rewrite_shard(Path(source_dir) / f"{row['shard']}.tar", set(row["keys"]), out_dir)
+                yield pa.RecordBatch.from_pylist([dataclasses.asdict(info)], schema=_INFO_SCHEMA)
+
+    written = collect(per_shard.repartition(shards, "shard").mapInArrow(rewrite, from_arrow_schema(_INFO_SCHEMA)))
+    return sorted((ShardInfo(**row) for row in written.to_pylist()), key=lambda info: info.shard)
