@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from benchmarks.bench_clip_scoring import make_images
-from benchmarks.process_tree import peak_rss_mb, reset_peak_rss, tree_cpu_seconds, tree_peak_rss_mb
+from benchmarks.process_tree import peak_rss_mb, reset_peak_rss, rss_mb, tree_cpu_seconds, tree_peak_rss_mb
 from infra.config import SparkConfig
 from infra.delta_store import Lake, Lineage
 from infra.spark import spark_session
@@ -89,18 +89,19 @@ def build_lake(root: Path, n: int, files: int) -> Lake:
 def measure(spark, lake: Lake, out: Path, samples_per_shard: int) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     reset_peak_rss()  # the driver's peak of the export alone, not of building the lake
+    before = rss_mb()
     cpu0, wall0 = tree_cpu_seconds(), time.perf_counter()
     shards = export_variant_shards(spark, lake, "safe", out, samples_per_shard)
     wall, cpu = time.perf_counter() - wall0, tree_cpu_seconds() - cpu0
     peaks = tree_peak_rss_mb()
-    me = os.getpid()
     return {
         "seconds": round(wall, 1), "cpu_s": round(cpu, 1),
         "samples": sum(s.samples for s in shards), "shards": len(shards),
         "tar_gb": round(sum(s.bytes for s in shards) / 1e9, 2),
         "samples_per_s": round(sum(s.samples for s in shards) / wall),
-        "driver_peak_rss_mb": round(peak_rss_mb()),
-        "spark_processes_peak_rss_mb": round(max((v for pid, v in peaks.items() if pid != me), default=0)),
+        "driver_rss_growth_mb": round(peak_rss_mb() - before),
+        "jvm_peak_rss_mb": round(peaks.get("java", 0)),
+        "python_worker_peak_rss_mb": round(peaks.get("python", 0)),
     }
 
 
@@ -130,8 +131,8 @@ def main() -> None:
             shutil.rmtree(Path(tmp) / f"lake-{n}")
             shutil.rmtree(Path(tmp) / f"shards-{n}")
             print(f"{n:>10,} samples  {row['shards']:>4} shards  {row['tar_gb']:>6.2f} GB  {row['seconds']:>7.1f} s wall  "
-                  f"{row['cpu_s']:>7.1f} s CPU  {row['samples_per_s']:>7,}/s  driver {row['driver_peak_rss_mb']} MB  "
-                  f"spark {row['spark_processes_peak_rss_mb']} MB", flush=True)
+                  f"{row['cpu_s']:>7.1f} s CPU  {row['samples_per_s']:>7,}/s  driver +{row['driver_rss_growth_mb']} MB  "
+                  f"JVM {row['jvm_peak_rss_mb']} MB  Python worker {row['python_worker_peak_rss_mb']} MB", flush=True)
     result = {
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {cores} cores", "spark_master": f"local[{cores}]",

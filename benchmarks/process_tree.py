@@ -54,12 +54,26 @@ def peak_rss_mb(pid: int | None = None) -> float:
     return 0.0
 
 
-def tree_peak_rss_mb(root: int | None = None) -> dict[int, float]:
-    """Each live process's own peak RSS, by pid."""
-    peaks = {}
+def rss_mb(pid: int | None = None) -> float:
+    """VmRSS of one process in MiB."""
+    for line in Path(f"/proc/{pid or 'self'}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def tree_peak_rss_mb(root: int | None = None) -> dict[str, float]:
+    """The largest peak RSS among the live processes under ``root`` (not itself), per command name
+    ("java" for the Spark JVM, "python" for its Python workers)."""
+    me = root or os.getpid()
+    peaks: dict[str, float] = {}
     for pid in tree_pids(root):
+        if pid == me:
+            continue
         try:
-            peaks[pid] = peak_rss_mb(pid)
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+            name = "python" if name.startswith("python") else name
+            peaks[name] = max(peaks.get(name, 0.0), peak_rss_mb(pid))
         except OSError:
             continue
     return peaks

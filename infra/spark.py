@@ -108,7 +108,12 @@ def read_table(
     only some columns and only rows whose column holds one of the given values (``where``, as
     ``{"status": ["ok"]}``). Only those columns are read, and files and row groups whose partition
     or statistics exclude the values are skipped."""
-    reader = spark.read.format(FORMAT).option("root", lake.root).option("table", spec.name)
+    reader = (
+        spark.read.format(FORMAT).option("root", lake.root).option("table", spec.name)
+        # Files are packed into read tasks as Spark packs its own Parquet scans.
+        .option("split_bytes", str(_bytes(spark.conf.get("spark.sql.files.maxPartitionBytes"))))
+        .option("parallelism", str(spark.sparkContext.defaultParallelism))
+    )
     if columns is not None:
         reader = reader.option("columns", json.dumps(list(columns)))
     if where:
@@ -118,6 +123,15 @@ def read_table(
     if partitions is not None:
         reader = reader.option("partitions", json.dumps(sorted(set(partitions))))
     return reader.load()
+
+
+def _bytes(setting: str) -> int:
+    """A Spark size setting ("134217728b", "128m", "1g") in bytes."""
+    units = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+    text = setting.strip().lower().removesuffix("b") or "0"
+    if text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
 
 
 def write_table(

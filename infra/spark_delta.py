@@ -38,6 +38,10 @@ from infra.tables import TableSpec, table_spec
 
 FORMAT = "pairlake_delta"
 _READ_BATCH_ROWS = 1024  # rows per Arrow batch a read hands Spark (option batch_rows)
+# A read task's share of files, as Spark's own Parquet scan (spark.sql.files.maxPartitionBytes and
+# openCostInBytes); read_table passes the session's values (options split_bytes, parallelism).
+_SPLIT_BYTES = 128 * 2**20
+_OPEN_COST_BYTES = 4 * 2**20
 
 
 def _spec(options: dict[str, str]) -> TableSpec:
@@ -78,9 +82,35 @@ def _partition_dir(spec: TableSpec, values: tuple[str, ...]) -> str:
 
 
 @dataclass
-class _FilePartition(InputPartition):
+class _DataFile:
     path: str  # absolute URI or path of one Parquet file
     partition_values: dict[str, str]
+
+
+@dataclass
+class _FilePartition(InputPartition):
+    files: list[_DataFile]  # read one after the other by one task
+
+
+def _packed(files: list[tuple[_DataFile, int]], split_bytes: int, parallelism: int) -> list[_FilePartition]:
+    """Files (with their sizes) packed into read tasks, as Spark packs a Parquet scan: each file
+    costs its size plus an open cost, a task takes files up to a split size, and the split shrinks
+    so that a small table still gives every core a task. A task per file costs tens of ms each."""
+    open_cost = _OPEN_COST_BYTES
+    total = sum(size + open_cost for _, size in files)
+    split = min(split_bytes, max(open_cost, total // max(1, parallelism)))
+    parts: list[_FilePartition] = []
+    current: list[_DataFile] = []
+    filled = 0
+    for file, size in files:
+        if current and filled + size + open_cost > split:
+            parts.append(_FilePartition(current))
+            current, filled = [], 0
+        current.append(file)
+        filled += size + open_cost
+    if current:
+        parts.append(_FilePartition(current))
+    return parts
 
 
 def _wanted(options: dict[str, str], spec: TableSpec) -> dict[str, list[Any]]:
@@ -122,7 +152,7 @@ class _DeltaReader(DataSourceReader):
             return []
         wanted = set(json.loads(self.options["partitions"])) if self.options.get("partitions") else None
         actions = pa.table(table.get_add_actions(flatten=True)).to_pylist()
-        parts: list[InputPartition] = []
+        files: list[tuple[_DataFile, int]] = []
         for action in actions:
             values = {c: action[f"partition.{c}"] for c in self.spec.partition_by}
             if wanted is not None and values[self.spec.partition_by[0]] not in wanted:
@@ -130,8 +160,9 @@ class _DeltaReader(DataSourceReader):
             if not all(self._file_may_hold(column, allowed, action, values) for column, allowed in self.where.items()):
                 continue
             path = f"{table.table_uri.rstrip('/')}/{urllib.parse.unquote(action['path'])}"
-            parts.append(_FilePartition(path=path.removeprefix("file://"), partition_values=values))
-        return parts
+            files.append((_DataFile(path.removeprefix("file://"), values), action["size_bytes"]))
+        split_bytes = int(self.options.get("split_bytes") or _SPLIT_BYTES)
+        return _packed(files, split_bytes, int(self.options.get("parallelism") or 1))
 
     def _file_may_hold(self, column: str, allowed: list[Any], action: dict[str, Any], values: dict[str, str]) -> bool:
         if column in values:
@@ -143,12 +174,16 @@ class _DeltaReader(DataSourceReader):
     def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
         if not isinstance(partition, _FilePartition):
             return  # a table with no files: Spark still reads one (empty) default partition
-        filesystem, path = _filesystem(partition.path)
+        for file in partition.files:
+            yield from self._read_file(file)
+
+    def _read_file(self, file: _DataFile) -> Iterator[pa.RecordBatch]:
+        filesystem, path = _filesystem(file.path)
         dataset = pads.dataset(path, filesystem=filesystem, format="parquet")
         stored = set(dataset.schema.names)
         row_filter = None
         for column, allowed in self.where.items():
-            if column in partition.partition_values:
+            if column in file.partition_values:
                 continue  # the file was chosen by it
             # A column the file predates is null there, and null is never one of the values.
             part = pads.field(column).isin(allowed) if column in stored else pads.scalar(False)
@@ -163,8 +198,8 @@ class _DeltaReader(DataSourceReader):
                 continue
             data = pa.Table.from_batches([batch])
             for field in self.schema:
-                if field.name in partition.partition_values:
-                    data = data.append_column(field, pa.array([partition.partition_values[field.name]] * data.num_rows, field.type))
+                if field.name in file.partition_values:
+                    data = data.append_column(field, pa.array([file.partition_values[field.name]] * data.num_rows, field.type))
                 elif field.name not in stored:  # written before the column existed
                     data = data.append_column(field, pa.nulls(data.num_rows, field.type))
             yield from data.select(self.schema.names).cast(self.schema).to_batches()

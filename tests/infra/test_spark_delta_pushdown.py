@@ -37,6 +37,11 @@ def lake(spark, tmp_path_factory):
     return lake
 
 
+def files(source) -> list:
+    """The data files a read chose (the source packs them into read tasks)."""
+    return [file for part in source.partitions() for file in part.files]
+
+
 def test_one_file_per_task_and_partition_each_with_statistics(lake):
     actions = pa.table(lake.table(STAGE_STATS).get_add_actions(flatten=True)).to_pylist()
     # 4 tasks, each with rows of all 3 partitions, each streaming 10 batches: 12 files, not 120.
@@ -59,21 +64,27 @@ def test_named_columns_are_all_that_is_read(spark, lake):
         reader(lake, columns=json.dumps(["nope"]))
 
 
+def test_small_files_are_packed_into_read_tasks_but_every_core_gets_one(lake):
+    packed = reader(lake, parallelism="4").partitions()  # 12 small files, 4 cores
+    assert 4 <= len(packed) < 12 and sum(len(p.files) for p in packed) == 12
+    assert len(reader(lake, parallelism="1").partitions()) == 1
+    assert len(reader(lake, parallelism="1", split_bytes=str(2**20)).partitions()) == 12  # a split under one file
+
+
 def test_a_where_on_a_partition_column_selects_files(lake):
-    parts = reader(lake, where=json.dumps({"partition": ["1"]})).partitions()
-    assert len(parts) == 4 and {p.partition_values["partition"] for p in parts} == {"1"}
-    assert len(reader(lake, where=json.dumps({"partition": ["0", "2"]})).partitions()) == 8
+    chosen = files(reader(lake, where=json.dumps({"partition": ["1"]})))
+    assert len(chosen) == 4 and {f.partition_values["partition"] for f in chosen} == {"1"}
+    assert len(files(reader(lake, where=json.dumps({"partition": ["0", "2"]})))) == 8
 
 
 def test_statistics_skip_files_and_rows_are_selected_exactly(lake):
     source = reader(lake, where=json.dumps({"metric": ["m000010"]}))
-    parts = source.partitions()
-    assert len(parts) == 3  # of 12: only the first task's files (one per partition) span m000010
-    rows = pa.Table.from_batches([b for p in parts for b in source.read(p)])
+    assert len(files(source)) == 3  # of 12: only the first task's files (one per partition) span m000010
+    rows = pa.Table.from_batches([b for p in source.partitions() for b in source.read(p)])
     assert rows["metric"].to_pylist() == ["m000010"]
     # 7 lies within all three of the first task's files; 2999, the largest id, only within the
     # last task's file of partition "2" (the other two end at 2997 and 2998).
-    assert len(reader(lake, where=json.dumps({"value": [7, 2999]})).partitions()) == 4
+    assert len(files(reader(lake, where=json.dumps({"value": [7, 2999]})))) == 4
     with pytest.raises(ValueError, match="has no column nope"):
         reader(lake, where=json.dumps({"nope": [1]}))
 

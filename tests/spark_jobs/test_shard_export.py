@@ -1,4 +1,5 @@
 import hashlib
+import io
 import json
 import subprocess
 import sys
@@ -168,3 +169,26 @@ def test_open_clip_trainer_runs_on_exported_shards(tmp_path):
     # The trained checkpoint is what clip.checkpoint points at next: the scoring side must load it.
     clip = load_clip(ClipConfig(model="pairlake-demo-tiny", checkpoint=str(checkpoint), device="cpu"))
     assert clip.model_id.startswith("pairlake-demo-tiny/sha256:")
+
+
+@pytest.mark.parametrize("sizes", [[0], [1, 511, 512, 513], [10_239, 10_240, 3]])
+def test_tars_are_what_tarfile_writes_for_the_same_members(tmp_path, sizes):
+    """The shard writer emits USTAR headers itself (speed); they must stay tarfile's, byte for byte."""
+    from spark_jobs.shard_export import _HashingWriter, _TarWriter
+
+    members = [(f"{i:09d}.{ext}", bytes(range(256)) * (size // 256) + b"x" * (size % 256))
+               for i, size in enumerate(sizes) for ext in ("jpg", "txt")]
+    members.append(("d" * 60 + "/é" + "n" * 50 + ".json", b"{}"))  # past 100 bytes: tarfile's own prefix split
+    ours = tmp_path / "ours.tar"
+    with ours.open("wb") as fh:
+        writer = _TarWriter(_HashingWriter(fh))
+        for name, data in members:
+            writer.add(name, data)
+        writer.close()
+    theirs = tmp_path / "theirs.tar"
+    with tarfile.open(theirs, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = len(data), 0, 0o444, 0, 0, "", ""
+            tar.addfile(info, io.BytesIO(data))
+    assert ours.read_bytes() == theirs.read_bytes()
