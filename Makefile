@@ -42,7 +42,7 @@ ui: setup
 
 # One pytest worker per core: much of the suite waits on servers, timeouts and Dagster runs.
 test: setup
-	$(BIN)/python -m pytest -n auto --dist loadgroup
+	$(BIN)/python -m pytest -n auto --dist loadgroup --durations=25
 
 bench: setup
 	$(BIN)/python -m benchmarks.run_all

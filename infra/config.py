@@ -44,6 +44,8 @@ class LakeConfig:
     # Ordinary history: `pairlake vacuum` deletes files unreferenced for longer than this (time
     # travel reaches back this far). Removals purge regardless (see infra/purge.py).
     history_retention_hours: int = 168
+    # `pairlake optimize` (and the weekly compaction schedule) packs small files into files of ~this.
+    compact_target_mb: int = 256
 
 
 @dataclass(frozen=True)
@@ -496,6 +498,8 @@ def _validate(config: PairlakeConfig) -> None:
         raise ConfigError("config spark.shuffle_partitions, arrow_batch_rows and arrow_batch_mb must be at least 1")
     if config.clip.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"config clip.device must be auto, cpu or cuda, got {config.clip.device!r}")
+    if config.lake.compact_target_mb < 1:
+        raise ConfigError("config lake.compact_target_mb must be at least 1")
     if config.release.samples_per_shard < 1:
         raise ConfigError("config release.samples_per_shard must be at least 1")
     if not config.release.name or "/" in config.release.name:

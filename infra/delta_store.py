@@ -121,7 +121,7 @@ def _rollback(log: str, number: int, latest: int, missing: bool = False) -> str:
             f"stay on disk unreferenced until a full vacuum)")
 
 
-def _row_groups_for(spec: TableSpec) -> WriterProperties | None:
+def row_groups_for(spec: TableSpec) -> WriterProperties | None:
     return WriterProperties(max_row_group_size=spec.row_group_rows) if spec.row_group_rows else None
 
 
@@ -352,7 +352,7 @@ class Lake:
             # A table written by an older pairlake gains the columns added since (nullable, so
             # its earlier rows read as null); _conform has already refused anything else.
             schema_mode="merge" if exists else None,
-            writer_properties=_row_groups_for(spec),
+            writer_properties=row_groups_for(spec),
         )
         return self.version(spec)  # type: ignore[return-value]
 

@@ -295,6 +295,24 @@ def _cmd_vacuum(args: argparse.Namespace, config: PairlakeConfig) -> None:
         print(f"{name:<20} {vacuum_history(lake, spec, hours, lineage):>6} files older than {hours} h deleted")
 
 
+def _cmd_optimize(args: argparse.Namespace, config: PairlakeConfig) -> None:
+    import uuid
+
+    from infra.delta_store import Lineage
+    from infra.tables import ALL_TABLES
+    from orchestration.upkeep import optimize_lake
+
+    unknown = sorted(set(args.table) - set(ALL_TABLES))
+    if unknown:
+        raise InputError(f"unknown table(s) {', '.join(unknown)}; known: {', '.join(sorted(ALL_TABLES))}")
+
+    def report(done) -> None:
+        change = f"v{done.version}" if done.version is not None else "nothing to compact"
+        print(f"{done.table:<20} {done.files_before:>6} files -> {done.files_after:>6}  {change}", flush=True)
+
+    optimize_lake(config, Lineage(run_id=f"optimize-{uuid.uuid4().hex[:12]}"), args.table, report)
+
+
 def _cmd_config_show(args: argparse.Namespace, config: PairlakeConfig) -> None:
     print(format_config(config, args.sources), end="")
 
@@ -395,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("vacuum", help="delete table files older than lake.history_retention_hours (ordinary history)")
     p.set_defaults(run=_cmd_vacuum)
 
+    p = sub.add_parser("optimize", help="compact every table's small files into files of lake.compact_target_mb")
+    p.add_argument("--table", action="append", default=[], help="only this table (repeatable)")
+    p.set_defaults(run=_cmd_optimize)
     p = sub.add_parser("config", help="the effective configuration")
     cfg = p.add_subparsers(dest="config_command", required=True)
     p = cfg.add_parser("show", help="print the effective config as TOML, each value with where it came from")
