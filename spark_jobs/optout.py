@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections import Counter
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from urllib.parse import urlsplit
 
@@ -33,7 +34,7 @@ from infra.config import InputError
 from infra.delta_store import Lake, Lineage
 from infra.purge import PurgeResult, purge_uids
 from infra.removal_fence import REMOVAL_SOURCE, url_rule_mask
-from infra.tables import BLOCKLIST, CANDIDATES, IMAGES, OPTOUT_REQUESTS, REMOVALS, SAMPLE_TABLES
+from infra.tables import BLOCKLIST, CANDIDATES, IMAGES, OPTOUT_REQUESTS, REMOVALS, SAMPLE_TABLES, TableSpec
 from spark_jobs.blocklist import URL_RULE_KINDS
 
 KINDS = ("url", "url_prefix", "domain", "sha256", "md5", "image")
@@ -194,41 +195,70 @@ class Matches:
             self.uids.setdefault(uid, how)
 
 
+_CANDIDATE_COLUMNS = ["uid", "url", "warc_file"]
+_IMAGE_COLUMNS = ["uid", "url", "final_url", "warc_file", "sha256", "md5"]
+_SCAN_BATCH_ROWS = 65_536
+
+
+def _scan(lake: Lake, spec: TableSpec, columns: list[str], on: str, test: Callable[[pa.Array], pa.Array]) -> pa.Table:
+    """The rows of ``spec`` (only ``columns``) whose column ``on`` passes ``test``, read a batch at a
+    time: what is held is one batch and the matches, whatever the size of the lake."""
+    schema = pa.schema([spec.schema.field(name) for name in columns])
+    dataset = lake.dataset(spec)
+    if dataset is None:
+        return schema.empty_table()
+    read = list(dict.fromkeys([*columns, on]))
+    hits = [batch.filter(test(batch.column(on))).select(columns)
+            for batch in dataset.to_batches(columns=read, batch_size=_SCAN_BATCH_ROWS)]
+    return pa.Table.from_batches([h for h in hits if h.num_rows], schema=schema).cast(schema)
+
+
+def _among(values: Iterable[str]) -> Callable[[pa.Array], pa.Array]:
+    chosen = pa.array(sorted(values), pa.string())
+    return lambda column: pc.fill_null(pc.is_in(column, chosen), False)
+
+
 def find_matches(lake: Lake, request: OptOutRequest, similar: dict[str, float] | None = None) -> Matches:
     """Every uid the request names, then every uid sharing a matched pair's URL or image bytes.
 
     ``similar`` (image requests): uids whose stored embedding is close enough to the example's.
+    The tables are scanned a batch at a time (uids, URLs and digests only), never held whole.
     """
-    candidates = lake.read(CANDIDATES, columns=["uid", "url", "warc_file"])
-    images = lake.read(IMAGES, columns=["uid", "url", "final_url", "warc_file", "sha256", "md5"])
     found = Matches()
     if request.kind in ("url", "url_prefix", "domain"):
-        found.add(candidates.filter(_url_mask(candidates["url"], request))["uid"].to_pylist(), request.kind)
-        found.add(images.filter(_url_mask(images["final_url"], request))["uid"].to_pylist(), f"final_{request.kind}")
+        named = _scan(lake, CANDIDATES, ["uid"], "url", lambda urls: _url_mask(urls, request))
+        found.add(named["uid"].to_pylist(), request.kind)
+        named = _scan(lake, IMAGES, ["uid"], "final_url", lambda urls: _url_mask(urls, request))
+        found.add(named["uid"].to_pylist(), f"final_{request.kind}")
     elif request.kind in ("sha256", "md5"):
-        found.add(images.filter(pc.equal(images[request.kind], request.value))["uid"].to_pylist(), request.kind)
+        named = _scan(lake, IMAGES, ["uid"], request.kind,
+                      lambda digests: pc.fill_null(pc.equal(digests, request.value), False))
+        found.add(named["uid"].to_pylist(), request.kind)
     else:
         digest = hashlib.sha256(request.image_bytes).hexdigest()
-        found.add(images.filter(pc.equal(images["sha256"], digest))["uid"].to_pylist(), "image_bytes")
+        named = _scan(lake, IMAGES, ["uid"], "sha256",
+                      lambda digests: pc.fill_null(pc.equal(digests, digest), False))
+        found.add(named["uid"].to_pylist(), "image_bytes")
         found.add(sorted(similar or {}), "image_similarity")
     # Close over copies: the same URL under another caption, the same bytes under another URL.
     while True:
-        chosen = pa.array(sorted(found.uids), pa.string())
-        mine_c = candidates.filter(pc.is_in(candidates["uid"], chosen))
-        mine_i = images.filter(pc.is_in(images["uid"], chosen))
+        chosen = _among(found.uids)
+        mine_c = _scan(lake, CANDIDATES, _CANDIDATE_COLUMNS, "uid", chosen)
+        mine_i = _scan(lake, IMAGES, _IMAGE_COLUMNS, "uid", chosen)
         found.urls = {u for u in mine_c["url"].to_pylist() + mine_i["final_url"].to_pylist() if u}
         found.sha256 = {d for d in mine_i["sha256"].to_pylist() if d}
         before = len(found.uids)
-        found.add(candidates.filter(pc.is_in(candidates["url"], pa.array(sorted(found.urls), pa.string())))["uid"].to_pylist(), "same_url")
-        found.add(images.filter(pc.is_in(images["sha256"], pa.array(sorted(found.sha256), pa.string())))["uid"].to_pylist(), "same_bytes")
+        same_url, same_bytes = _among(found.urls), _among(found.sha256)
+        found.add(_scan(lake, CANDIDATES, ["uid"], "url", same_url)["uid"].to_pylist(), "same_url")
+        found.add(_scan(lake, IMAGES, ["uid"], "sha256", same_bytes)["uid"].to_pylist(), "same_bytes")
         if len(found.uids) == before:
             break
-    for table in (candidates, images):
-        rows = table.filter(pc.is_in(table["uid"], pa.array(sorted(found.uids), pa.string())))
+    # The last round read the rows of exactly the uids found.
+    for rows in (mine_c, mine_i):
         found.partitions.update(zip(rows["uid"].to_pylist(), rows["warc_file"].to_pylist()))
-    found.lake_pairs = candidates.num_rows
-    mine = candidates.filter(pc.is_in(candidates["uid"], pa.array(sorted(found.uids), pa.string())))
-    found.hosts = Counter(urlsplit(u).hostname or "?" for u in mine["url"].to_pylist())
+    dataset = lake.dataset(CANDIDATES)
+    found.lake_pairs = dataset.count_rows() if dataset is not None else 0
+    found.hosts = Counter(urlsplit(u).hostname or "?" for u in mine_c["url"].to_pylist())
     return found
 
 
