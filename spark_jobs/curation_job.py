@@ -21,6 +21,7 @@ from infra.config import CurationConfig
 from infra.delta_store import Lake, Lineage
 from infra.spark import read_table, write_table
 from infra.tables import (
+    BLOCKLIST,
     BLOCKLIST_MATCHES,
     CANDIDATES,
     CLIP_SCORES,
@@ -152,3 +153,36 @@ def curate(
     counts = Counter(lake.read(CURATED, version=version, columns=["variant"])["variant"].to_pylist())
     return version, {v: counts.get(v, 0) for v in sorted(config.variants)}, dropped
 
+
+
+# -- the curated asset's checks, as Spark queries over the whole table ----------------------------
+
+def curated_on_hash_lists(spark: SparkSession, lake: Lake, shown: int = 20) -> tuple[int, list[str]]:
+    """Curated pairs whose URL or image digest is on a list (or whose URL an opt-out rule covers):
+    how many, and the first ``shown`` uids."""
+    if lake.version(BLOCKLIST) is None:
+        return 0, []
+    curated = read_table(spark, lake, CURATED, columns=["uid", "url", "md5", "sha1", "sha256"])
+    hits = (
+        url_matches(spark, lake, curated.select("uid", "url")).select("uid")
+        .unionByName(image_matches(spark, lake, curated.withColumn("status", F.lit("ok"))).select("uid"))
+        .distinct()
+        .persist()
+    )
+    try:
+        return hits.count(), [row["uid"] for row in hits.orderBy("uid").limit(shown).collect()]
+    finally:
+        hits.unpersist()
+
+
+def repeated_curated_uids(spark: SparkSession, lake: Lake) -> int:
+    """(variant, uid) pairs that occur more than once in curated."""
+    counts = read_table(spark, lake, CURATED, columns=["variant", "uid"]).groupBy("variant", "uid").count()
+    return counts.where("count > 1").count()
+
+
+def curated_without_embedding(spark: SparkSession, lake: Lake) -> int:
+    """Curated pairs with no stored CLIP embedding of their scoring model."""
+    scored = read_table(spark, lake, CLIP_SCORES, columns=["uid", "model_id", "embedding_dim"]).where("embedding_dim > 0")
+    curated = read_table(spark, lake, CURATED, columns=["uid", "model_id"])
+    return curated.join(scored.select("uid", "model_id"), ["uid", "model_id"], "left_anti").count()
