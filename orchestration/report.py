@@ -10,12 +10,36 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from collections import Counter
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from infra.delta_store import Lake
-from infra.tables import BLOCKLIST_MATCHES, CLIP_SCORES, CURATED, DEDUP, IMAGE_TAGS, KEPT_PAIRS, SHARDS, STAGE_STATS
+from infra.tables import (
+    BLOCKLIST_MATCHES,
+    CLIP_SCORES,
+    CURATED,
+    DEDUP,
+    IMAGE_TAGS,
+    KEPT_PAIRS,
+    SHARDS,
+    STAGE_STATS,
+    TableSpec,
+)
 
 TAGS = ("punsafe", "pwatermark", "aesthetic")
+SIMILARITY_BINS = np.linspace(-1.0, 1.0, 101)
+TAG_BINS = 20
+_BATCH_ROWS = 65_536
+
+
+@dataclass
+class Histogram:
+    edges: list[float]
+    counts: list[int]
 
 
 @dataclass
@@ -23,11 +47,12 @@ class Funnel:
     steps: list[tuple[str, int]]  # (name, count), in funnel order
     counters: dict[str, dict[str, int]]  # stage -> metric -> value, summed over partitions
     failure_reasons: dict[str, int]
-    similarities: list[float]
+    similarity_kept: Histogram  # CLIP cosines above the threshold, over SIMILARITY_BINS
+    similarity_dropped: Histogram
     threshold: float
     shards: int
     curation: dict[str, dict[str, int]]  # "dedup" -> reason -> pairs, "blocklist matches" -> list -> pairs
-    tags: dict[str, list[float]]  # tag -> values over the tagged images
+    tags: dict[str, Histogram]  # tag -> its values over the tagged images, TAG_BINS bins between min and max
 
     def table(self) -> str:
         """The funnel as a plain-text table."""
@@ -55,42 +80,82 @@ class Funnel:
 OPTED_OUT = "opted_out:"
 
 
+def _batches(lake: Lake, spec: TableSpec, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """``spec``'s ``columns`` a batch at a time (nothing when the table does not exist yet)."""
+    dataset = lake.dataset(spec)
+    if dataset is not None:
+        yield from dataset.to_batches(columns=columns, batch_size=_BATCH_ROWS)
+
+
+def _value_counts(lake: Lake, spec: TableSpec, column: str) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for batch in _batches(lake, spec, [column]):
+        for entry in pc.value_counts(batch.column(column)).to_pylist():
+            counts[entry["values"]] += entry["counts"]
+    return counts
+
+
+def _histogram(lake: Lake, spec: TableSpec, column: str, edges: np.ndarray, keep=None) -> Histogram:
+    counts = np.zeros(len(edges) - 1, dtype=np.int64)
+    for batch in _batches(lake, spec, [column]):
+        values = batch.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
+        values = values[~np.isnan(values)]
+        counts += np.histogram(values if keep is None else values[keep(values)], bins=edges)[0]
+    return Histogram(edges.tolist(), counts.tolist())
+
+
+def _tag_histogram(lake: Lake, tag: str) -> Histogram:
+    """Two passes (range, then counts): the values are never held."""
+    low, high = np.inf, -np.inf
+    for batch in _batches(lake, IMAGE_TAGS, [tag]):
+        values = pc.min_max(batch.column(tag)).as_py()
+        if values["min"] is not None:
+            low, high = min(low, values["min"]), max(high, values["max"])
+    if low > high:
+        return Histogram([], [])
+    return _histogram(lake, IMAGE_TAGS, tag, np.linspace(low, high if high > low else low + 1, TAG_BINS + 1))
+
+
 def build_funnel(lake: Lake, threshold: float) -> Funnel:
-    stats = lake.read(STAGE_STATS)
+    """The funnel from every table, each scanned a batch at a time: counts and histograms are
+    accumulated, so memory stays that of a batch (and of the hash-list matches) at any lake size."""
     counters: dict[str, dict[str, int]] = {}
-    for row in stats.to_pylist():
-        stage = counters.setdefault(row["stage"], {})
-        stage[row["metric"]] = stage.get(row["metric"], 0) + row["value"]
+    for batch in _batches(lake, STAGE_STATS, ["stage", "metric", "value"]):
+        for row in batch.to_pylist():
+            stage = counters.setdefault(row["stage"], {})
+            stage[row["metric"]] = stage.get(row["metric"], 0) + row["value"]
     cand, imgs = counters.get("candidates", {}), counters.get("images", {})
-    shards = lake.read(SHARDS)
+    shards = lake.read(SHARDS, columns=["export_id", "samples", "source_version", "created_at"])  # a row per shard
     latest_export = None
     if shards.num_rows:
         latest_export = max(shards.to_pylist(), key=lambda r: (r["source_version"], r["created_at"]))["export_id"]
     shard_rows = shards.filter(pc.equal(shards["export_id"], latest_export)) if latest_export else shards
-    kept = set(lake.read(KEPT_PAIRS, columns=["uid"])["uid"].to_pylist())
-    matches = lake.read(BLOCKLIST_MATCHES, columns=["uid", "source", "kind"])
-    dedup = lake.read(DEDUP, columns=["reason"])["reason"].to_pylist()
-    curated = lake.read(CURATED, columns=["variant"])["variant"].to_pylist()
-    variants = sorted(set(curated), key=lambda v: -curated.count(v))  # nested sets, largest first
+    matches = lake.read(BLOCKLIST_MATCHES, columns=["uid", "source", "kind"])  # what hash lists hit: small
+    listed = pa.array(sorted(set(matches["uid"].to_pylist())), pa.string())
+    unlisted = sum(
+        batch.num_rows - (pc.sum(pc.is_in(batch.column("uid"), listed)).as_py() or 0)
+        for batch in _batches(lake, KEPT_PAIRS, ["uid"])
+    )
+    dedup = _value_counts(lake, DEDUP, "reason")
+    curated = _value_counts(lake, CURATED, "variant")
+    variants = sorted(curated, key=lambda v: -curated[v])  # nested sets, largest first
     steps = [
         ("html pages", cand.get("html_pages", 0)),
         ("candidate pairs", cand.get("candidates", 0)),
         ("downloaded", imgs.get("images_ok", 0)),
         ("kept (CLIP)", counters.get("kept_pairs", {}).get("kept", 0)),
-        ("not on hash lists", len(kept - set(matches["uid"].to_pylist()))),
-        ("after dedup", dedup.count("kept")),
-        *[(f"curated {v}", curated.count(v)) for v in variants],
+        ("not on hash lists", unlisted),
+        ("after dedup", dedup.get("kept", 0)),
+        *[(f"curated {v}", curated[v]) for v in variants],
         ("in shards", int(pc.sum(shard_rows["samples"]).as_py() or 0) if shard_rows.num_rows else 0),
     ]
     failures = {k.removeprefix("failed_"): v for k, v in imgs.items() if k.startswith("failed_")}
-    sims = lake.read(CLIP_SCORES, columns=["similarity"]).column("similarity").to_pylist()
-    per_list: dict[str, int] = {}
-    for source, kind in zip(matches["source"].to_pylist(), matches["kind"].to_pylist()):
-        per_list[f"{source}/{kind}"] = per_list.get(f"{source}/{kind}", 0) + 1
-    curation = {"dedup": {r: dedup.count(r) for r in sorted(set(dedup))}, "blocklist matches": per_list}
-    tags = lake.read(IMAGE_TAGS, columns=list(TAGS))
-    tag_values = {t: [v for v in tags[t].to_pylist() if v is not None] for t in TAGS}
-    return Funnel(steps, counters, failures, sims, threshold, shard_rows.num_rows, curation, tag_values)
+    kept = _histogram(lake, CLIP_SCORES, "similarity", SIMILARITY_BINS, lambda v: v > threshold)
+    dropped = _histogram(lake, CLIP_SCORES, "similarity", SIMILARITY_BINS, lambda v: v <= threshold)
+    per_list = Counter(f"{source}/{kind}" for source, kind in zip(matches["source"].to_pylist(), matches["kind"].to_pylist()))
+    curation = {"dedup": dict(sorted(dedup.items())), "blocklist matches": dict(per_list)}
+    tags = {tag: _tag_histogram(lake, tag) for tag in TAGS}
+    return Funnel(steps, counters, failures, kept, dropped, threshold, shard_rows.num_rows, curation, tags)
 
 
 def _png(fig) -> str:
@@ -114,11 +179,10 @@ def _plots(funnel: Funnel) -> list[tuple[str, str]]:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 3))
-    kept = [s for s in funnel.similarities if s > funnel.threshold]
-    dropped = [s for s in funnel.similarities if s <= funnel.threshold]
-    bins = [i / 50 - 1 for i in range(101)]
-    ax.hist(dropped, bins=bins, alpha=0.7, label=f"dropped ({len(dropped)})", color="#C44E52")
-    ax.hist(kept, bins=bins, alpha=0.7, label=f"kept ({len(kept)})", color="#55A868")
+    for histogram, label, colour in ((funnel.similarity_dropped, "dropped", "#C44E52"),
+                                     (funnel.similarity_kept, "kept", "#55A868")):
+        ax.stairs(histogram.counts, histogram.edges, fill=True, alpha=0.7, color=colour,
+                  label=f"{label} ({sum(histogram.counts)})")
     ax.axvline(funnel.threshold, color="black", linestyle="--", label=f"threshold {funnel.threshold}")
     ax.set_xlabel("CLIP image–text cosine")
     ax.legend()
@@ -126,10 +190,11 @@ def _plots(funnel: Funnel) -> list[tuple[str, str]]:
     plots.append(("CLIP similarity, kept vs dropped", _png(fig)))
     plt.close(fig)
 
-    if any(funnel.tags.values()):
+    if any(histogram.counts for histogram in funnel.tags.values()):
         fig, axes = plt.subplots(1, len(funnel.tags), figsize=(9, 2.6))
-        for ax, (tag, values) in zip(axes, funnel.tags.items()):
-            ax.hist(values, bins=20, color="#8172B2")
+        for ax, (tag, histogram) in zip(axes, funnel.tags.items()):
+            if histogram.counts:
+                ax.stairs(histogram.counts, histogram.edges, fill=True, color="#8172B2")
             ax.set_title(tag)
         plots.append(("Tags over the downloaded images", _png(fig)))
         plt.close(fig)
