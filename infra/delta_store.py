@@ -14,7 +14,7 @@ import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -250,6 +250,13 @@ class Lake:
         for missing in (f for f in schema if f.name not in stored):
             data = data.append_column(missing, pa.nulls(data.num_rows, missing.type))
         return data.select(schema.names).cast(schema)
+
+    def batches(self, spec: TableSpec, columns: list[str], batch_rows: int = 65_536) -> Iterator[pa.RecordBatch]:
+        """The latest version's ``columns`` a batch at a time, for scans that aggregate or select as
+        they go and so never hold a table (nothing when the table does not exist yet)."""
+        dataset = self.dataset(spec)
+        if dataset is not None:
+            yield from dataset.to_batches(columns=columns, batch_size=batch_rows)
 
     def dataset(self, spec: TableSpec, version: int | None = None) -> pads.Dataset | None:
         """The table's files at ``version`` as a pyarrow dataset (to stream batches), or None."""

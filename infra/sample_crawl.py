@@ -458,7 +458,7 @@ def _html(page: _Page, rng: np.random.Generator) -> bytes:
     figures = "\n".join(
         f'<figure><img src="{html.escape(src)}"'
         + ("" if alt is None else f' alt="{html.escape(alt)}"')
-        + f' loading="lazy"></figure>'
+        + ' loading="lazy"></figure>'
         for src, alt in page.imgs
     )
     base = f'<base href="{html.escape(page.base_href)}">' if page.base_href else ""

@@ -81,10 +81,7 @@ OPTED_OUT = "opted_out:"
 
 
 def _batches(lake: Lake, spec: TableSpec, columns: list[str]) -> Iterator[pa.RecordBatch]:
-    """``spec``'s ``columns`` a batch at a time (nothing when the table does not exist yet)."""
-    dataset = lake.dataset(spec)
-    if dataset is not None:
-        yield from dataset.to_batches(columns=columns, batch_size=_BATCH_ROWS)
+    return lake.batches(spec, columns, _BATCH_ROWS)
 
 
 def _value_counts(lake: Lake, spec: TableSpec, column: str) -> Counter[str]:

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 
 import dagster as dg
+import pyarrow.compute as pc
 
 from infra.tables import BLOCKLIST, REMOVALS
 from orchestration.jobs import apply_optout_job, rerelease_job
@@ -54,7 +55,8 @@ def _changed_since(pairlake: PairlakeResource, pinned: dict[str, int]) -> dt.dat
     for spec, column in ((REMOVALS, "removed_at"), (BLOCKLIST, "imported_at")):
         version = lake.version(spec)
         if version is not None and version != pinned.get(spec.name):
-            landed += [t for t in lake.read(spec, columns=[column])[column].to_pylist() if t is not None]
+            # The newest time, a batch at a time: the sensor ticks every minute over any lake size.
+            landed += [t for batch in lake.batches(spec, [column]) if (t := pc.max(batch.column(column)).as_py())]
     return max(landed, default=None)
 
 

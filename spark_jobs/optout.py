@@ -197,19 +197,14 @@ class Matches:
 
 _CANDIDATE_COLUMNS = ["uid", "url", "warc_file"]
 _IMAGE_COLUMNS = ["uid", "url", "final_url", "warc_file", "sha256", "md5"]
-_SCAN_BATCH_ROWS = 65_536
 
 
 def _scan(lake: Lake, spec: TableSpec, columns: list[str], on: str, test: Callable[[pa.Array], pa.Array]) -> pa.Table:
     """The rows of ``spec`` (only ``columns``) whose column ``on`` passes ``test``, read a batch at a
     time: what is held is one batch and the matches, whatever the size of the lake."""
     schema = pa.schema([spec.schema.field(name) for name in columns])
-    dataset = lake.dataset(spec)
-    if dataset is None:
-        return schema.empty_table()
     read = list(dict.fromkeys([*columns, on]))
-    hits = [batch.filter(test(batch.column(on))).select(columns)
-            for batch in dataset.to_batches(columns=read, batch_size=_SCAN_BATCH_ROWS)]
+    hits = [batch.filter(test(batch.column(on))).select(columns) for batch in lake.batches(spec, read)]
     return pa.Table.from_batches([h for h in hits if h.num_rows], schema=schema).cast(schema)
 
 
