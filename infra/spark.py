@@ -13,6 +13,7 @@ import importlib
 import json
 import os
 import re
+import socket
 import sys
 import tempfile
 import zipfile
@@ -24,7 +25,7 @@ import pyarrow as pa
 from pyspark.errors.exceptions.captured import PythonException
 from pyspark.sql import DataFrame, SparkSession
 
-from infra.config import InputError, SparkConfig
+from infra.config import ConfigError, InputError, SparkConfig
 from infra.delta_store import Lake, Lineage
 from infra.spark_delta import FORMAT, DeltaDataSource, lineage_option
 from infra.tables import TableSpec
@@ -42,7 +43,27 @@ def _project_zip() -> str:
                     zf.write(path, path.relative_to(root).as_posix())
     return str(out)
 
+_MASTER_PROBE_S = 5.0
+
+
+def _check_master(master: str) -> None:
+    """A standalone master (``spark://h1:7077[,h2:7077]``) that nobody answers fails here in one
+    line, at once: Spark itself retries for over a minute and then reports a stopped context."""
+    if not master.startswith("spark://"):
+        return  # local, yarn, k8s: Spark's own errors name the problem
+    refused = []
+    for address in master.removeprefix("spark://").split(","):
+        host, _, port = address.rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=_MASTER_PROBE_S):
+                return
+        except (OSError, ValueError) as exc:
+            refused.append(f"{address} ({exc.strerror or exc})" if isinstance(exc, OSError) else f"{address} (bad port)")
+    raise ConfigError(f"spark.master {master}: no Spark master answers at {', '.join(refused)}")
+
+
 def build_spark_session(config: SparkConfig) -> SparkSession:
+    _check_master(config.master)
     os.environ.setdefault("SPARK_LOCAL_IP", config.bind_address)
     os.environ["PYSPARK_PYTHON"] = sys.executable
     os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable

@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -11,8 +12,9 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
+from infra.config import ConfigError, SparkConfig
 from infra.delta_store import Lake, Lineage
-from infra.spark import read_table, write_table
+from infra.spark import build_spark_session, read_table, write_table
 from infra.spark_delta import _DeltaWriter
 from infra.tables import STAGE_STATS
 
@@ -111,3 +113,13 @@ def test_standalone_cluster_master_and_workers_on_loopback(standalone_cluster, t
     assert lake.version(STAGE_STATS) == 1
     assert json.loads(lake.history(STAGE_STATS)[0]["pairlake.partition_keys"]) == []
     assert lake.lineage(STAGE_STATS).run_id == "cluster-run-2"
+
+
+def test_a_master_nobody_answers_is_one_line_at_once():
+    with socket.socket() as probe:  # a port that was free a moment ago: nobody listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match=f"no Spark master answers at 127.0.0.1:{port}") as raised:
+        build_spark_session(SparkConfig(master=f"spark://127.0.0.1:{port}", app_name="nobody"))
+    assert "\n" not in str(raised.value) and time.perf_counter() - started < 10  # Spark alone: ~80 s, a Java trace
