@@ -1,6 +1,9 @@
-"""Driver for the standalone-cluster test: writes and reads through the data source on MASTER."""
+"""Driver for the standalone-cluster test: writes and reads through the data source on MASTER,
+then writes once more while the Python worker of one task dies on its first attempt."""
 
+import os
 import sys
+from pathlib import Path
 
 from infra.config import SparkConfig
 from infra.delta_store import Lake, Lineage
@@ -16,6 +19,19 @@ with spark_session(SparkConfig(master=master, app_name="pairlake-cluster-test"))
     )
     write_table(df, lake, STAGE_STATS, Lineage(run_id="cluster-run"), replace_partitions=["0", "1"])
     write_table(df, lake, STAGE_STATS, Lineage(run_id="cluster-run-2"), replace_partitions=["0", "1"])
+    marker = str(Path(root).parent / "worker-died")
+
+    def die_once(batches):
+        from pyspark import TaskContext
+
+        context = TaskContext.get()
+        if context.partitionId() == 0 and context.attemptNumber() == 0:
+            Path(marker).write_text(str(os.getpid()))
+            os._exit(1)  # the worker process dies in the middle of the task
+        yield from batches
+
+    write_table(df.mapInArrow(die_once, df.schema), lake, STAGE_STATS, Lineage(run_id="cluster-run-3"),
+                replace_partitions=["0", "1"])
     counts = {r["partition"]: r["count"] for r in read_table(spark, lake, STAGE_STATS).groupBy("partition").count().collect()}
     executors = spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size()
 print(f"counts={counts} executors={executors}")
