@@ -12,6 +12,7 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -37,7 +38,8 @@ from spark_jobs.blocklist import image_matches, url_matches
 def match_blocklists(spark: SparkSession, lake: Lake, lineage: Lineage) -> tuple[int, dict[str, int]]:
     """Rewrite ``blocklist_matches`` from every list against every pair; returns (version, matches
     per "source/kind"). Uses stored digests only: no URL is fetched."""
-    pairs = read_table(spark, lake, CANDIDATES, columns=["uid", "url", "warc_file"])
+    # URL digests, URL rules and the final join all read the pairs: read once, not once per branch.
+    pairs = read_table(spark, lake, CANDIDATES, columns=["uid", "url", "warc_file"]).persist(StorageLevel.MEMORY_AND_DISK)
     images = read_table(spark, lake, IMAGES, columns=["uid", "status", "md5", "sha1", "sha256"])
     matches = (
         url_matches(spark, lake, pairs)
@@ -46,7 +48,10 @@ def match_blocklists(spark: SparkSession, lake: Lake, lineage: Lineage) -> tuple
         .join(pairs.select("uid", "warc_file"), "uid")
         .select(*BLOCKLIST_MATCHES.schema.names)
     )
-    version = write_table(matches, lake, BLOCKLIST_MATCHES, lineage)
+    try:
+        version = write_table(matches, lake, BLOCKLIST_MATCHES, lineage)
+    finally:
+        pairs.unpersist()
     found = lake.read(BLOCKLIST_MATCHES, version=version, columns=["source", "kind"])
     per_list = Counter(f"{s}/{k}" for s, k in zip(found["source"].to_pylist(), found["kind"].to_pylist()))
     return version, dict(sorted(per_list.items()))
