@@ -71,7 +71,7 @@ master = "local[2]"
 [crawl]
 source = "{crawl.out_dir / 'warcs'}"
 [download]
-timeout_s = 1.5
+timeout_s = 3.0
 retries = 1
 allow_hosts = ["127.0.0.1:{server.port}"]
 [clip]

@@ -41,7 +41,7 @@ def _run(tmp_path, *args, **env):
 def test_bad_search_arguments_answer_at_once_without_the_search_stack(tmp_path, args, message):
     rc, heavy, seconds, err = _run(tmp_path, *args)
     assert rc == 2 and message in err and len(err.splitlines()) == 1
-    assert heavy == "-" and seconds < 1.0  # was: torch and faiss first, 6-9 s and 1.26 GB
+    assert heavy == "-" and seconds < 3.0  # was: torch and faiss first, 6-9 s and 1.26 GB; ~0.3 s idle, 1.6 s seen under CI load
 
 
 def test_a_search_image_larger_than_the_download_cap_is_refused(tmp_path):

@@ -31,9 +31,11 @@ def test_a_hosts_limit_and_its_robots_txt_hold_for_the_whole_run(spark, tmp_path
         setting = "spark.sql.execution.arrow.maxRecordsPerBatch"
         before = spark.conf.get(setting)
         spark.conf.set(setting, "8")  # each task downloads its rows over several batches
+        # timeout_s: generous, since a request retried after a timeout under load would still be
+        # served the first time, and the server would count both in flight.
         try:
-            download_images(spark, lake, [warc.warc_file], allowing(a, b, per_host_concurrency=PER_HOST, tasks=4),
-                            Lineage())
+            config = allowing(a, b, per_host_concurrency=PER_HOST, tasks=4, timeout_s=30.0)
+            download_images(spark, lake, [warc.warc_file], config, Lineage())
         finally:
             spark.conf.set(setting, before)
         for server in (a, b):
