@@ -92,13 +92,17 @@ def _value_counts(lake: Lake, spec: TableSpec, column: str) -> Counter[str]:
     return counts
 
 
-def _histogram(lake: Lake, spec: TableSpec, column: str, edges: np.ndarray, keep=None) -> Histogram:
-    counts = np.zeros(len(edges) - 1, dtype=np.int64)
+def _histograms(lake: Lake, spec: TableSpec, column: str, edges: np.ndarray, split: float | None = None) -> list[Histogram]:
+    """One pass over ``column``: its histogram, or with ``split`` those of the values above it and
+    of the rest."""
+    counts = np.zeros((1 if split is None else 2, len(edges) - 1), dtype=np.int64)
     for batch in _batches(lake, spec, [column]):
         values = batch.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
         values = values[~np.isnan(values)]
-        counts += np.histogram(values if keep is None else values[keep(values)], bins=edges)[0]
-    return Histogram(edges.tolist(), counts.tolist())
+        parts = [values] if split is None else [values[values > split], values[values <= split]]
+        for row, part in enumerate(parts):
+            counts[row] += np.histogram(part, bins=edges)[0]
+    return [Histogram(edges.tolist(), row.tolist()) for row in counts]
 
 
 def _tag_histogram(lake: Lake, tag: str) -> Histogram:
@@ -110,7 +114,7 @@ def _tag_histogram(lake: Lake, tag: str) -> Histogram:
             low, high = min(low, values["min"]), max(high, values["max"])
     if low > high:
         return Histogram([], [])
-    return _histogram(lake, IMAGE_TAGS, tag, np.linspace(low, high if high > low else low + 1, TAG_BINS + 1))
+    return _histograms(lake, IMAGE_TAGS, tag, np.linspace(low, high if high > low else low + 1, TAG_BINS + 1))[0]
 
 
 def build_funnel(lake: Lake, threshold: float) -> Funnel:
@@ -147,8 +151,7 @@ def build_funnel(lake: Lake, threshold: float) -> Funnel:
         ("in shards", int(pc.sum(shard_rows["samples"]).as_py() or 0) if shard_rows.num_rows else 0),
     ]
     failures = {k.removeprefix("failed_"): v for k, v in imgs.items() if k.startswith("failed_")}
-    kept = _histogram(lake, CLIP_SCORES, "similarity", SIMILARITY_BINS, lambda v: v > threshold)
-    dropped = _histogram(lake, CLIP_SCORES, "similarity", SIMILARITY_BINS, lambda v: v <= threshold)
+    kept, dropped = _histograms(lake, CLIP_SCORES, "similarity", SIMILARITY_BINS, split=threshold)
     per_list = Counter(f"{source}/{kind}" for source, kind in zip(matches["source"].to_pylist(), matches["kind"].to_pylist()))
     curation = {"dedup": dict(sorted(dedup.items())), "blocklist matches": dict(per_list)}
     tags = {tag: _tag_histogram(lake, tag) for tag in TAGS}
