@@ -8,13 +8,14 @@ from gpu_jobs.clip_model import model_identity
 from infra.tables import CLIP_SCORES, CURATED
 from orchestration.optout_requests import removal_lease
 from orchestration.resources import PairlakeResource, code_version
+from spark_jobs import knn_index_job
 
-CODE_VERSION = code_version(knn, retrieval)
+CODE_VERSION = code_version(knn, knn_index_job)
 
 
 @dg.asset(
     group_name="curation",
-    kinds={"faiss"},
+    kinds={"spark", "faiss"},
     deps=["curated"],
     code_version=CODE_VERSION,
     automation_condition=dg.AutomationCondition.eager(),
@@ -26,8 +27,8 @@ def knn_index(context: dg.AssetExecutionContext, pairlake: PairlakeResource) -> 
     # published) while the build still holds the removed vectors.
     with removal_lease(settings, f"knn_index build (run {context.run.run_id})"):
         lineage = pairlake.lineage(context, (CURATED, CLIP_SCORES), CODE_VERSION)
-        manifest = retrieval.build_variant_index(
-            pairlake.lake, settings.index, model_identity(settings.clip), lineage, progress=True
+        manifest = knn_index_job.build_variant_index(
+            pairlake.spark(), pairlake.lake, settings.index, model_identity(settings.clip), lineage, progress=True
         )
     context.log.info(f"index {manifest['factory']} over {manifest['vectors']} vectors: recall@10 {manifest['recall_at_10']}")
     return dg.MaterializeResult(
@@ -37,6 +38,7 @@ def knn_index(context: dg.AssetExecutionContext, pairlake: PairlakeResource) -> 
             "recall_at_10": manifest["recall_at_10"],
             "curated_version": manifest["source_version"],
             "plan": manifest["plan_reason"],
+            "shards": len(manifest["shards"]),
             "path": dg.MetadataValue.path(str(retrieval.index_dir(pairlake.lake, settings.index.variant))),
         }
     )

@@ -1,14 +1,18 @@
-"""Near-duplicate clustering at scale: seconds and clusters for ``--n`` CLIP-like embeddings.
+"""Near-duplicate clustering at scale: seconds and clusters for ``--n`` CLIP-like embeddings, in
+one process and as Spark tasks.
 
 Generates ``--n`` embeddings with ``bench_knn_index.clustered_embeddings`` (a mixture of gaussians
 on the sphere: no two rows reach cosine 0.95 by chance), overwrites ``--pairs`` rows with near
 copies of other rows (cosine uniform in [0.96, 0.995]) and ``--exact`` rows with exact copies, then
-times ``near_duplicate_clusters`` end to end (k-means cells, search, connected components) and
-counts the planted pairs that ended up in one cluster. Goal: 1M x 512 in <= 10 minutes on a
-2-core CPU. Prints a table and writes ``benchmarks/results/near_duplicates.json``; the machine is
-shared, so the load average is recorded.
+times each engine end to end (k-means cells, search, connected components) and counts the planted
+pairs that ended up in one cluster: ``one-process`` is ``gpu_jobs.near_duplicates`` on arrays in
+this process; ``spark`` is ``spark_jobs.near_duplicates_job`` on local[2] over the embeddings stored
+as the lake stores them (float16 bytes in Parquet). Peak RSS: what each engine added to this
+process (which holds the input arrays), and the Spark executors' processes.
+Goal: 1M x 512 in <= 10 minutes on a 2-core CPU. Prints a table and writes
+``benchmarks/results/near_duplicates.json``; the machine is shared, so the load average is recorded.
 
-    .venv/bin/python -m benchmarks.bench_near_duplicates [--n 1000000] [--dim 512] [--pairs 10000]
+    .venv/bin/python -m benchmarks.bench_near_duplicates [--n 1000000] [--dim 512] [--engines one-process spark]
 """
 
 from __future__ import annotations
@@ -16,13 +20,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from benchmarks.bench_knn_index import clustered_embeddings, machine
+from benchmarks.process_tree import peak_rss_mb, reset_peak_rss, rss_mb, tree_cpu_seconds, tree_peak_rss_mb
 from gpu_jobs.near_duplicates import near_duplicate_clusters
 
 RESULTS = Path(__file__).parent / "results" / "near_duplicates.json"
@@ -42,6 +50,56 @@ def plant_pairs(x: np.ndarray, pairs: int, exact: int, seed: int) -> tuple[np.nd
     return src, dst
 
 
+def spark_clusters(x: np.ndarray, preference: np.ndarray, args: argparse.Namespace) -> tuple[np.ndarray, dict, float]:
+    """The Spark job over ``x`` as the lake stores it; returns (cluster row per row, executors'
+    peak RSS in MB per process kind, CPU seconds of this process tree before Spark stops)."""
+    from pyspark.sql import functions as F
+
+    from infra.config import SparkConfig
+    from infra.spark import spark_session
+    from spark_jobs.near_duplicates_job import near_duplicate_clusters as spark_job
+
+    with tempfile.TemporaryDirectory(prefix="bench-near-dup-") as tmp:
+        path = Path(tmp) / "reps.parquet"
+        x16 = x.astype(np.float16)
+        with pq.ParquetWriter(path, pa.schema([("uid", pa.string()), ("rank", pa.float64()),
+                                               ("image_embedding", pa.binary())])) as writer:
+            for start in range(0, len(x), 100_000):
+                rows = range(start, min(len(x), start + 100_000))
+                writer.write_table(pa.table({
+                    "uid": [f"{r:09d}" for r in rows], "rank": -preference[start : rows.stop],
+                    "image_embedding": pa.array([x16[r].tobytes() for r in rows], pa.binary())}))
+        del x16
+        with spark_session(SparkConfig(master="local[2]", app_name="bench-near-duplicates")) as spark:
+            reps = spark.read.parquet(str(path)).persist()
+            found = spark_job(spark, reps, F.struct("rank", "uid"), x.shape[1], args.threshold, args.k, nprobe=4,
+                              max_cells=16_384, progress=True)
+            result = found.select("uid", "cluster").toArrow()
+            executors = {name: round(mb) for name, mb in tree_peak_rss_mb().items()}
+            cpu = tree_cpu_seconds()
+    cluster = np.empty(len(x), dtype=np.int64)
+    cluster[np.array(result["uid"].to_pylist(), dtype=np.int64)] = np.array(result["cluster"].to_pylist(), dtype=np.int64)
+    return cluster, executors, cpu
+
+
+def _summary(cluster: np.ndarray, src: np.ndarray, dst: np.ndarray, args: argparse.Namespace, seconds: float,
+             cpu_s: float, peak_rss_mb: dict) -> dict:
+    recovered = cluster[src] == cluster[dst]
+    size = np.bincount(cluster, minlength=len(cluster))[cluster]
+    planted_rows = np.zeros(len(cluster), dtype=bool)
+    planted_rows[src] = planted_rows[dst] = True
+    representative = cluster == np.arange(len(cluster))
+    return {
+        "seconds": round(seconds, 1), "cpu_s": round(cpu_s, 1), "peak_rss_mb": peak_rss_mb,
+        "clusters": int(representative.sum()),
+        "clusters_with_duplicates": int((representative & (size > 1)).sum()),
+        "unplanted_rows_in_duplicate_clusters": int(((size > 1) & ~planted_rows).sum()),
+        "near_pairs_recovered": int(recovered[: args.pairs].sum()),
+        "exact_pairs_recovered": int(recovered[args.pairs :].sum()),
+        "goal_met": seconds <= 600,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1_000_000)
@@ -51,6 +109,7 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.95)
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--engines", nargs="+", choices=["one-process", "spark"], default=["one-process", "spark"])
     args = parser.parse_args()
 
     load_before = os.getloadavg()[0]
@@ -62,36 +121,34 @@ def main() -> None:
     print(f"{args.n:,} x {args.dim} embeddings with {args.pairs:,} near + {args.exact:,} exact planted pairs "
           f"generated in {generate_s:.1f}s", flush=True)
 
-    start = time.perf_counter()
-    result = near_duplicate_clusters(x, args.threshold, preference, k=args.k)
-    seconds = time.perf_counter() - start
-
-    recovered = result.cluster[src] == result.cluster[dst]
-    near, exact = recovered[: args.pairs], recovered[args.pairs :]
-    multi = result.cluster_size > 1
-    planted_rows = np.zeros(args.n, dtype=bool)
-    planted_rows[src] = planted_rows[dst] = True
+    runs = {}
+    for engine in args.engines:
+        print(f"{engine} ...", flush=True)
+        reset_peak_rss()
+        start, cpu, rss = time.perf_counter(), tree_cpu_seconds(), rss_mb()
+        if engine == "one-process":
+            cluster = near_duplicate_clusters(x, args.threshold, preference, k=args.k).cluster
+            executors, cpu_end = {}, tree_cpu_seconds()
+        else:
+            cluster, executors, cpu_end = spark_clusters(x, preference, args)
+        runs[engine] = _summary(cluster, src, dst, args, time.perf_counter() - start, cpu_end - cpu,
+                                {"driver growth": round(peak_rss_mb() - rss), **executors})
     results = {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {**machine(), "load_average_1m_at_start": load_before},
-        "n": args.n, "dim": args.dim, "threshold": args.threshold, "k": args.k,
-        "generate_s": generate_s, "seconds": seconds,
-        "clusters": result.num_clusters,
-        "clusters_with_duplicates": int((result.representative & multi).sum()),
-        "rows_in_duplicate_clusters": int(multi.sum()),
-        "unplanted_rows_in_duplicate_clusters": int((multi & ~planted_rows).sum()),
-        "planted_near_pairs": args.pairs, "near_pairs_recovered": int(near.sum()),
-        "planted_exact_pairs": args.exact, "exact_pairs_recovered": int(exact.sum()),
-        "goal_met": seconds <= 600,
+        "n": args.n, "dim": args.dim, "threshold": args.threshold, "k": args.k, "generate_s": generate_s,
+        "runs": runs,
     }
-    print(f"near_duplicate_clusters(threshold={args.threshold}, k={args.k}); load average {load_before:.1f} -> "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus")
-    print(f"  {'rows':>10} {'seconds':>8} {'clusters':>10} {'dup clusters':>12} {'near pairs found':>17} "
-          f"{'exact pairs found':>18}")
-    print(f"  {args.n:>10,} {seconds:>8.1f} {result.num_clusters:>10,} {results['clusters_with_duplicates']:>12,} "
-          f"{f'{near.sum():,}/{args.pairs:,}':>17} {f'{exact.sum():,}/{args.exact:,}':>18}")
-    print(f"rows merged that were not planted: {results['unplanted_rows_in_duplicate_clusters']:,}; "
-          f"goal (<= 600 s): {'met' if results['goal_met'] else 'NOT met'}")
+    print(f"near-duplicate clusters (threshold={args.threshold}, k={args.k}) of {args.n:,} x {args.dim}; "
+          f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus")
+    print(f"  {'engine':<12} {'seconds':>8} {'CPU s':>7} {'clusters':>10} {'dup clusters':>12} {'near found':>14} "
+          f"{'exact found':>12} {'unplanted':>9}  peak RSS MB")
+    for engine, r in runs.items():
+        near = f"{r['near_pairs_recovered']:,}/{args.pairs:,}"
+        exact = f"{r['exact_pairs_recovered']:,}/{args.exact:,}"
+        print(f"  {engine:<12} {r['seconds']:>8.1f} {r['cpu_s']:>7.0f} {r['clusters']:>10,} {r['clusters_with_duplicates']:>12,} "
+              f"{near:>14} {exact:>12} {r['unplanted_rows_in_duplicate_clusters']:>9,}  "
+              + ", ".join(f"{k} {v:,}" for k, v in r["peak_rss_mb"].items()))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=1))
     print(f"wrote {RESULTS}")

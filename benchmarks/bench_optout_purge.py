@@ -7,9 +7,8 @@ embeddings, L2-normalised), kept_pairs, image_tags and dedup, one row per pair e
 per partition per commit); curated holds the two default variants, research (98% of the pairs)
 and research-safe (``--safe-fraction`` of them). Then the kNN index of research
 (``build_variant_index``) and release v1 of ``--release-variant`` (``make_release``,
-``--samples-per-shard`` samples a shard). ``make_release`` reads the whole images table once per
-2,000 samples (``release.UIDS_PER_READ``), so a release of research at 1M takes 15-20 minutes of
-setup; ``--release-variant research-safe`` releases the smaller variant instead.
+``--samples-per-shard`` samples a shard), both as Spark jobs on local[2];
+``--release-variant research-safe`` releases the smaller variant for a shorter setup.
 
 Planted: one image URL shared by 3 pairs (different captions), 5 more pairs with the same image
 bytes under other URLs, and a 9th pair that shares one of those other URLs with different bytes,
@@ -49,14 +48,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from benchmarks.bench_knn_index import clustered_embeddings, machine
-from gpu_jobs.retrieval import UIDS_NAME, build_variant_index, index_dir
-from infra.config import IndexConfig, ReleaseConfig, load_config
+from gpu_jobs.retrieval import UIDS_NAME, index_dir
+from infra.config import IndexConfig, ReleaseConfig, SparkConfig, load_config
 from infra.delta_store import Lake, Lineage
 from infra.tables import (
     CANDIDATES, CLIP_SCORES, CURATED, DEDUP, IMAGE_TAGS, IMAGES, KEPT_PAIRS, REMOVALS, SAMPLE_TABLES, TableSpec,
 )
 from orchestration.optout_requests import apply_request_file, submit_request
+from infra.spark import build_spark_session
 from spark_jobs import release
+from spark_jobs.knn_index_job import build_variant_index
 from spark_jobs.warc_pairs import pair_uid
 
 RESULTS = Path(__file__).parent / "results" / "optout_purge.json"
@@ -448,20 +449,23 @@ def run(root: Path, args: argparse.Namespace, load_before: float) -> dict:
     needle_names += [f"image bytes sha256 {hashlib.sha256(b).hexdigest()[:12]}" for b in pairs.removed_images]
     del pairs
 
+    spark = build_spark_session(SparkConfig(master="local[2]", app_name="bench-optout-purge"))
     start = time.perf_counter()
-    manifest = build_variant_index(lake, IndexConfig(variant=INDEXED), MODEL_ID, Lineage(run_id="bench-setup"))
+    manifest = build_variant_index(spark, lake, IndexConfig(variant=INDEXED), MODEL_ID, Lineage(run_id="bench-setup"))
     setup["kNN index"] = time.perf_counter() - start
     print(f"  index {manifest['factory']} over {manifest['vectors']:,} vectors in {setup['kNN index']:.1f}s "
           f"(recall@10 {manifest['recall_at_10']})", flush=True)
 
     start = time.perf_counter()
     rel = release.make_release(
+        spark,
         lake,
         ReleaseConfig(name="bench-release", variant=args.release_variant, samples_per_shard=args.samples_per_shard),
         rules={"benchmark": "bench_optout_purge"}, source_versions={"curated": lake.version(CURATED)},
         lineage=Lineage(run_id="bench-setup"),
     )
     setup["release v1"] = time.perf_counter() - start
+    spark.stop()
     print(f"  release v1: {rel.samples:,} samples in {rel.shards} shards in {setup['release v1']:.1f}s", flush=True)
 
     start = time.perf_counter()

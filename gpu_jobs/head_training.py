@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from gpu_jobs.clip_model import model_identity
-from gpu_jobs.clip_scoring import embeddings_from_column
+from gpu_jobs.embedding_format import embeddings_from_column
 from gpu_jobs.embedding_heads import HeadError, TrainReport, save_head, train_head
 from gpu_jobs.tagging import heads_dir
 from infra.config import PairlakeConfig

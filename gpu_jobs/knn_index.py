@@ -2,16 +2,20 @@
 
 The index type is chosen like autofaiss does, from the row count and a memory budget: exact search
 while that is cheap, then IVF (inverted lists over k-means cells) with full vectors, then IVF with
-product-quantised codes when full vectors do not fit. Every type this module builds supports
-``remove_ids``, so opted-out uids can be dropped without a rebuild: flat storage is wrapped in
+product-quantised codes when full vectors do not fit, then IVF with its inverted lists on disk
+(an ``.ivfdata`` file beside the index, memory-mapped). Every type this module builds supports
+removal by id, so opted-out uids can be dropped without a rebuild: flat storage is wrapped in
 ``IDMap2`` (a bare flat index would renumber the rows after a removal) and HNSW is never the
 top-level structure (it cannot remove).
 
-Sampling: one seeded permutation of the rows serves both sides. Its head is the quantizer's
-training sample and its tail the recall queries, so with the same seed the queries are "held
-out" (not used to train the quantizer) whenever ``train_size + queries <= n``. The queries are
-still stored in the index, which is how the index is used on its own data (kNN of every image);
-recall ignores the query's own id so that finding itself does not count.
+An index can be built in pieces: ``trained_index`` once, ``add_rows`` into copies of it on many
+processes (shards), ``merge_shards`` into one, ``tune_nprobe`` against an ``ExactTop`` merged from
+the same pieces. ``build_index`` does all of it in one process.
+
+Sampling (``sample_rows``): seeded draws of row positions give the quantizer's training rows and
+the recall queries, held out from training whenever ``train_size + queries <= n``. The queries
+are still stored in the index, which is how the index is used on its own data (kNN of every
+image); recall ignores the query's own id so that finding itself does not count.
 """
 
 from __future__ import annotations
@@ -22,9 +26,12 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import faiss
 import numpy as np
+from faiss.contrib.inspect_tools import get_invlist
+from faiss.contrib.ondisk import merge_ondisk
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)
@@ -42,6 +49,7 @@ NORM_TOLERANCE = 1e-2  # float16-stored embeddings are normalised to ~1e-3
 INDEX_FILE = "index.faiss"
 MANIFEST_FILE = "manifest.json"
 MANIFEST_INDEX_KEY = "faiss_index"  # added by save_index: what the index file must match
+LISTS_SUFFIX = ".ivfdata"
 
 
 class IndexLoadError(RuntimeError):
@@ -59,6 +67,7 @@ class IndexPlan:
     train_size: int  # rows in the quantizer's training sample; 0 for exact
     estimated_bytes: int  # index size in memory once all rows are added
     reason: str
+    on_disk: bool = False  # inverted lists in an .ivfdata file beside the index, memory-mapped
 
 
 def _mb(nbytes: float) -> str:
@@ -79,8 +88,9 @@ def plan_index(n: int, dim: int, memory_budget_bytes: int) -> IndexPlan:
 
     Exact (``IDMap2,Flat``) for fewer than ``FLAT_MAX_ROWS`` rows; otherwise ``IVF{nlist},Flat`` with
     nlist = 4*sqrt(n) rounded to a power of two when the full vectors fit the budget, else
-    ``IVF{nlist},PQ{m}np`` with the largest code size that fits. The budget covers the built index,
-    not the caller's copy of the embeddings during the build. No OPQ rotation and no polysemous
+    ``IVF{nlist},PQ{m}np`` with the largest code size that fits, else ``IVF{nlist},Flat`` with its
+    inverted lists on disk (memory holds the centroids; searches read the probed lists). The budget
+    covers the built index, not the caller's copy of the embeddings during the build. No OPQ rotation and no polysemous
     training (``np``): on 2 cores each multiplied the training time by 5-15x (measured at 50k rows)
     for at most a few points of recall.
     """
@@ -114,13 +124,25 @@ def plan_index(n: int, dim: int, memory_budget_bytes: int) -> IndexPlan:
                              f"{n:,} rows: full vectors need {_mb(ivf_flat_bytes)}, over {budget}; "
                              f"IVF over {nlist} cells with {m}-byte PQ codes, {_mb(pq_bytes)} "
                              f"(approximate scores: recall may stay below target)")
-    raise ValueError(f"no index for {n:,} x {dim} fits {budget}: full vectors need {_mb(ivf_flat_bytes)} "
-                     f"and the smallest PQ codes still more than the budget")
+    if centroid_bytes > memory_budget_bytes:
+        raise ValueError(f"no index for {n:,} x {dim} fits {budget}: even its {nlist} centroids need "
+                         f"{_mb(centroid_bytes)}")
+    return IndexPlan(f"IVF{nlist},Flat", dim, metric, nlist, nprobe, max_nprobe, train_size, centroid_bytes,
+                     f"{n:,} rows: full vectors need {_mb(ivf_flat_bytes)} and PQ codes more than {budget}: "
+                     f"IVF over {nlist} cells with the lists on disk ({_mb(n * (vector_bytes + 8))} in "
+                     f"an .ivfdata file), {_mb(centroid_bytes)} of centroids in memory", on_disk=True)
 
 
-def _sample_order(n: int, seed: int) -> np.ndarray:
-    """The seeded row permutation: training sample from the head, recall queries from the tail."""
-    return np.random.default_rng(seed).permutation(n)
+def sample_rows(n: int, train_size: int, queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, recall query rows), each sorted and seeded. The queries are one draw (the
+    same whatever ``train_size``, so ``measure_recall`` finds them again); the training rows another,
+    held out from the queries whenever train_size + queries <= n. Memory follows the samples, not
+    ``n``, when they are small beside it."""
+    query_rows = np.sort(np.random.default_rng(seed).choice(n, min(queries, n), replace=False))
+    drawn = np.random.default_rng(seed + 1).choice(n, min(n, train_size + len(query_rows)), replace=False)
+    if train_size + len(query_rows) <= n:
+        drawn = drawn[~np.isin(drawn, query_rows)]
+    return np.sort(drawn[:train_size]), query_rows
 
 
 def _float32(rows: np.ndarray) -> np.ndarray:
@@ -141,6 +163,119 @@ def _ivf(index: faiss.Index) -> faiss.IndexIVF | None:
         return None
 
 
+def _check_ids(ids: np.ndarray, n: int) -> np.ndarray:
+    ids = np.asarray(ids)
+    if ids.shape != (n,) or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"ids must be {n} integers, got {ids.dtype} {ids.shape}")
+    ids = ids.astype(np.int64, copy=False)
+    if n and (ids.min() < 0 or np.unique(ids).size != n):
+        raise ValueError("ids must be unique and >= 0 (-1 marks a missing result)")
+    return ids
+
+
+def trained_index(plan: IndexPlan, sample: np.ndarray, use_gpu: bool | None = None,
+                  progress: bool = False) -> faiss.Index:
+    """An empty index of ``plan``, its quantizer trained on ``sample`` (ignored for exact search).
+
+    ``use_gpu=None`` trains IVF quantizers on all GPUs when faiss sees any."""
+    if use_gpu is None:
+        use_gpu = faiss.get_num_gpus() > 0
+    elif use_gpu and faiss.get_num_gpus() == 0:
+        raise ValueError("use_gpu=True but faiss sees no GPU (is faiss-gpu installed?)")
+    index = faiss.index_factory(plan.dim, plan.factory, plan.metric)
+    ivf = _ivf(index)
+    if ivf is None:
+        return index
+    ivf.verbose = progress
+    ivf.nprobe = plan.nprobe
+    if len(sample) < plan.train_size:
+        raise ValueError(f"plan {plan.factory!r} trains on {plan.train_size:,} rows, got {len(sample):,}")
+    sample = _float32(sample)
+    _check_normalised(sample)
+    log.info("training %s on %d rows%s", plan.factory, len(sample), " on GPU" if use_gpu else "")
+    work = faiss.index_cpu_to_all_gpus(index) if use_gpu else index
+    work.train(sample)
+    return faiss.index_gpu_to_cpu(work) if use_gpu else index
+
+
+def add_rows(index: faiss.Index, embeddings: np.ndarray, ids: np.ndarray, progress: bool = False) -> None:
+    """Add rows under their int64 ids, one float32 batch at a time (``embeddings`` may be float16)."""
+    ids = _check_ids(ids, len(embeddings))
+    for start in tqdm(range(0, len(embeddings), ADD_BATCH), unit="batch", desc="add", disable=not progress):
+        batch = _float32(embeddings[start : start + ADD_BATCH])
+        _check_normalised(batch)
+        index.add_with_ids(batch, ids[start : start + ADD_BATCH])
+
+
+@dataclass(frozen=True)
+class Truth:
+    """Exact top ids of the recall queries, as ``measure_recall`` compares them."""
+
+    queries: np.ndarray  # float32 (q, dim)
+    query_ids: np.ndarray  # (q,)
+    neighbours: np.ndarray  # (q, k+1) exact top ids, the query's own id included
+
+
+class ExactTop:
+    """Exact inner-product top-``k`` of fixed queries, fed the data one block at a time (on any
+    process: tops of disjoint blocks merge with ``merge``)."""
+
+    def __init__(self, queries: np.ndarray, k: int) -> None:
+        self.queries, self.k = _float32(queries), k
+        self._heap = faiss.ResultHeap(len(self.queries), k, keep_max=True)
+
+    def add_block(self, block: np.ndarray, block_ids: np.ndarray) -> None:
+        if len(block) == 0:
+            return
+        scores, positions = faiss.knn(self.queries, _float32(block), min(self.k, len(block)), faiss.METRIC_INNER_PRODUCT)
+        self.merge(scores, np.where(positions >= 0, np.asarray(block_ids, np.int64)[positions], -1))
+
+    def merge(self, scores: np.ndarray, ids: np.ndarray) -> None:
+        """Add another top (scores, ids), each (queries, <= k), as ``result`` gives it."""
+        if scores.shape[1] < self.k:  # fewer rows than k in that block: pad with "no result"
+            pad = self.k - scores.shape[1]
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        self._heap.add_result(np.ascontiguousarray(scores, np.float32), np.ascontiguousarray(ids, np.int64))
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) so far, best first; a copy, so more blocks may follow."""
+        heap = faiss.ResultHeap(len(self.queries), self.k, keep_max=True)
+        heap.add_result(self._heap.D.copy(), self._heap.I.copy())
+        heap.finalize()
+        return heap.D, heap.I
+
+
+def _ground_truth(embeddings: np.ndarray, ids: np.ndarray, k: int, query_rows: np.ndarray) -> Truth:
+    """Exact inner-product top-(k+1) of the query rows, one block of the data at a time."""
+    top = ExactTop(embeddings[query_rows], min(k + 1, len(embeddings)))
+    for start in range(0, len(embeddings), ADD_BATCH):
+        top.add_block(embeddings[start : start + ADD_BATCH], ids[start : start + ADD_BATCH])
+    return Truth(top.queries, ids[query_rows], top.result()[1])
+
+
+def tune_nprobe(index: faiss.Index, plan: IndexPlan, truth: Truth, recall_target: float | None) -> float:
+    """Set nprobe to the smallest step reaching ``recall_target`` recall@10 (or where recall stops
+    improving: PQ codes cap it, or ``plan.max_nprobe``); ``None`` keeps ``plan.nprobe``. Returns
+    recall@10 at the nprobe set."""
+    ivf = _ivf(index)
+    if ivf is None or recall_target is None:
+        return _recall(index, truth, 10)
+    best_nprobe, recall = 0, -1.0
+    for nprobe in _nprobe_steps(plan.max_nprobe):
+        ivf.nprobe = nprobe
+        measured = _recall(index, truth, 10)
+        if measured - recall < PLATEAU_GAIN:  # codes, not probes, limit recall: more probes only cost time
+            break
+        best_nprobe, recall = nprobe, measured
+        if recall >= recall_target:
+            break
+    ivf.nprobe = best_nprobe
+    log.info("%s: nprobe=%d gives recall@10 %.4f on %d held-out queries (target %.2f)",
+             plan.factory, ivf.nprobe, recall, len(truth.queries), recall_target)
+    return recall
+
+
 def build_index(
     embeddings: np.ndarray,
     ids: np.ndarray,
@@ -150,64 +285,23 @@ def build_index(
     progress: bool = False,
     recall_target: float | None = 0.95,
 ) -> faiss.Index:
-    """Train on a seeded sample, add every row under its int64 id, tune nprobe; returns a CPU index.
+    """Train on a seeded sample, add every row under its int64 id, tune nprobe; returns a CPU index,
+    all in this process (``spark_jobs.knn_index_job`` builds the same index from a table).
 
     ``embeddings`` may be float16 (as stored): rows are converted to float32 one batch at a time.
-    ``use_gpu=None`` trains and adds IVF indexes on all GPUs when faiss sees any. nprobe is raised
-    from 1 until recall@10 on held-out sample queries reaches ``recall_target``, stops improving
-    (PQ codes cap it) or ``plan.max_nprobe`` is hit; ``recall_target=None`` keeps ``plan.nprobe``.
+    nprobe is raised from 1 until recall@10 on held-out sample queries reaches ``recall_target``,
+    stops improving (PQ codes cap it) or ``plan.max_nprobe`` is hit; ``recall_target=None`` keeps
+    ``plan.nprobe``. An on-disk plan is built in memory here.
     """
     if embeddings.ndim != 2 or embeddings.shape[1] != plan.dim:
         raise ValueError(f"embeddings must be (n, {plan.dim}), got {embeddings.shape}")
-    ids = np.asarray(ids)
     n = embeddings.shape[0]
-    if ids.shape != (n,) or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"ids must be {n} integers, got {ids.dtype} {ids.shape}")
-    ids = ids.astype(np.int64, copy=False)
-    if n and (ids.min() < 0 or np.unique(ids).size != n):
-        raise ValueError("ids must be unique and >= 0 (-1 marks a missing result)")
-    if n < plan.train_size:
-        raise ValueError(f"plan {plan.factory!r} trains on {plan.train_size:,} rows, got {n:,}")
-    if use_gpu is None:
-        use_gpu = faiss.get_num_gpus() > 0
-    elif use_gpu and faiss.get_num_gpus() == 0:
-        raise ValueError("use_gpu=True but faiss sees no GPU (is faiss-gpu installed?)")
-
-    index = faiss.index_factory(plan.dim, plan.factory, plan.metric)
-    ivf = _ivf(index)
-    if ivf is not None:
-        ivf.verbose = progress
-        ivf.nprobe = plan.nprobe
-    work = faiss.index_cpu_to_all_gpus(index) if use_gpu and ivf is not None else index
-    if plan.train_size:
-        sample = _float32(embeddings[np.sort(_sample_order(n, seed)[: plan.train_size])])
-        _check_normalised(sample)
-        log.info("training %s on %d rows%s", plan.factory, len(sample), " on GPU" if work is not index else "")
-        work.train(sample)
-        del sample
-    for start in tqdm(range(0, n, ADD_BATCH), unit="batch", desc="add", disable=not progress):
-        batch = _float32(embeddings[start : start + ADD_BATCH])
-        _check_normalised(batch)
-        work.add_with_ids(batch, ids[start : start + ADD_BATCH])
-    if work is not index:
-        index = faiss.index_gpu_to_cpu(work)
-        ivf = _ivf(index)
-
-    if ivf is not None and recall_target is not None:
-        queries = min(RECALL_QUERIES, n - plan.train_size)
-        truth = _ground_truth(embeddings, ids, 10, queries, seed)
-        best_nprobe, recall = 0, -1.0
-        for nprobe in _nprobe_steps(plan.max_nprobe):
-            ivf.nprobe = nprobe
-            measured = _recall(index, truth, 10)
-            if measured - recall < PLATEAU_GAIN:  # codes, not probes, limit recall: more probes only cost time
-                break
-            best_nprobe, recall = nprobe, measured
-            if recall >= recall_target:
-                break
-        ivf.nprobe = best_nprobe
-        log.info("%s: nprobe=%d gives recall@10 %.4f on %d held-out queries (target %.2f)",
-                 plan.factory, ivf.nprobe, recall, queries, recall_target)
+    ids = _check_ids(ids, n)
+    train_rows, query_rows = sample_rows(n, plan.train_size, RECALL_QUERIES, seed)
+    index = trained_index(plan, embeddings[train_rows], use_gpu, progress)
+    add_rows(index, embeddings, ids, progress)
+    if _ivf(index) is not None and recall_target is not None:
+        tune_nprobe(index, plan, _ground_truth(embeddings, ids, 10, query_rows), recall_target)
     return index
 
 
@@ -215,27 +309,6 @@ def _nprobe_steps(cap: int) -> list[int]:
     """1, 2, 3, 4, 6, 8, 12, 16, ... up to and including ``cap``."""
     steps = sorted({s for p in range(int(math.log2(cap)) + 1) for s in (2**p, 3 * 2**p // 2) if s < cap})
     return [*steps, cap]
-
-
-@dataclass(frozen=True)
-class _Truth:
-    queries: np.ndarray  # float32 (q, dim)
-    query_ids: np.ndarray  # (q,)
-    neighbours: np.ndarray  # (q, k+1) exact top ids, the query's own id included
-
-
-def _ground_truth(embeddings: np.ndarray, ids: np.ndarray, k: int, queries: int, seed: int) -> _Truth:
-    """Exact inner-product top-(k+1) of the held-out queries, one block of the data at a time."""
-    n = embeddings.shape[0]
-    rows = np.sort(_sample_order(n, seed)[n - min(queries, n) :])
-    xq = _float32(embeddings[rows])
-    heap = faiss.ResultHeap(len(xq), min(k + 1, n), keep_max=True)
-    for start in range(0, n, ADD_BATCH):
-        block = _float32(embeddings[start : start + ADD_BATCH])
-        scores, positions = faiss.knn(xq, block, min(k + 1, len(block)), faiss.METRIC_INNER_PRODUCT)
-        heap.add_result(scores, np.where(positions >= 0, positions + start, -1))
-    heap.finalize()
-    return _Truth(xq, ids[rows], np.where(heap.I >= 0, ids[heap.I], -1))
 
 
 def _without_self(found: np.ndarray, query_ids: np.ndarray, k: int) -> np.ndarray:
@@ -247,7 +320,7 @@ def _without_self(found: np.ndarray, query_ids: np.ndarray, k: int) -> np.ndarra
     return out
 
 
-def _recall(index: faiss.Index, truth: _Truth, k: int) -> float:
+def _recall(index: faiss.Index, truth: Truth, k: int) -> float:
     _, found = search(index, truth.queries, k + 1)
     approx = _without_self(found, truth.query_ids, k)
     exact = _without_self(truth.neighbours, truth.query_ids, k)
@@ -261,13 +334,13 @@ def measure_recall(
 ) -> float:
     """Mean recall@k of ``index`` against exact inner-product search, on ``queries`` rows of the data.
 
-    ``embeddings``/``ids`` must be exactly what the index holds. The queries are the tail of the
-    seeded permutation whose head trained the quantizer (pass ``build_index``'s seed), so they are
-    held out of training; each query's own id is ignored on both sides. Exact search is faiss's
-    brute-force inner product (what ``IndexFlatIP`` runs), done in blocks so float16 input is fine.
+    ``embeddings``/``ids`` must be exactly what the index holds. The queries are those
+    ``build_index`` held out of training with the same seed; each query's own id is ignored on both sides. Exact search is faiss's brute-force
+    inner product (what ``IndexFlatIP`` runs), done in blocks so float16 input is fine.
     """
     ids = np.asarray(ids, dtype=np.int64)
-    return _recall(index, _ground_truth(embeddings, ids, k, queries, seed), k)
+    query_rows = sample_rows(len(ids), 0, queries, seed)[1]
+    return _recall(index, _ground_truth(embeddings, ids, k, query_rows), k)
 
 
 def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -275,6 +348,59 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
     scores, found = index.search(_float32(np.atleast_2d(queries)), k)
     scores[found < 0] = -np.inf
     return scores, found
+
+
+def merge_shards(trained: faiss.Index, shard_files: Sequence[Path], lists_file: Path | None = None) -> faiss.Index:
+    """One index holding every shard's rows, in shard order (``add_rows`` into copies of
+    ``trained``, saved with ``faiss.write_index``). With ``lists_file`` the inverted lists are
+    merged into that file on disk, the shards memory-mapped, never loaded; otherwise one shard
+    at a time is loaded and moved into the in-memory index."""
+    # A copy as read_index makes it (clone_index keeps generic flat types that shards, read back,
+    # would not merge into).
+    index = faiss.deserialize_index(faiss.serialize_index(trained))
+    if index.ntotal:
+        raise ValueError("merge_shards merges into an empty trained index")
+    if lists_file is not None:
+        if _ivf(index) is None:
+            raise ValueError("only an IVF index keeps its lists on disk")
+        merge_ondisk(index, [str(path) for path in shard_files], str(lists_file))
+        with open(lists_file, "rb") as handle:
+            os.fsync(handle.fileno())
+        return index
+    for path in shard_files:
+        index.merge_from(faiss.read_index(str(path)), 0)
+    return index
+
+
+def lists_file_of(index: faiss.Index) -> Path | None:
+    """The .ivfdata file holding an on-disk index's lists; None for an in-memory index."""
+    ivf = _ivf(index)
+    if ivf is None:
+        return None
+    lists = faiss.downcast_InvertedLists(ivf.invlists)
+    return Path(lists.filename) if isinstance(lists, faiss.OnDiskInvertedLists) else None
+
+
+def _remove_from_disk(index: faiss.Index, ids: np.ndarray, lists_file: Path) -> int:
+    """Copy the lists without ``ids`` into a new ``lists_file``: entries removed in place would
+    leave their bytes in the old file, so the old file is dropped whole once this index is saved."""
+    ivf = _ivf(index)
+    old = ivf.invlists
+    new = faiss.OnDiskInvertedLists(ivf.nlist, old.code_size, str(lists_file))
+    removed = 0
+    for cell in range(ivf.nlist):
+        cell_ids, codes = get_invlist(old, cell)
+        keep = ~np.isin(cell_ids, ids)
+        removed += int((~keep).sum())
+        if keep.any():
+            kept_ids, kept_codes = np.ascontiguousarray(cell_ids[keep]), np.ascontiguousarray(codes[keep])
+            new.add_entries(cell, len(kept_ids), faiss.swig_ptr(kept_ids), faiss.swig_ptr(kept_codes))
+    ivf.replace_invlists(new, True)
+    new.this.disown()
+    ivf.ntotal = index.ntotal = ivf.ntotal - removed
+    with open(lists_file, "rb") as handle:
+        os.fsync(handle.fileno())
+    return removed
 
 
 def _removal_supported(index: faiss.Index) -> bool:
@@ -287,20 +413,30 @@ def _removal_supported(index: faiss.Index) -> bool:
     return isinstance(index, faiss.IndexIVF)
 
 
-def remove_ids(index: faiss.Index, ids: np.ndarray) -> int:
-    """Remove the vectors stored under ``ids`` (absent ids are ignored); returns how many were removed."""
+def remove_ids(index: faiss.Index, ids: np.ndarray, new_lists_file: Path | None = None) -> int:
+    """Remove the vectors stored under ``ids`` (absent ids are ignored); returns how many were removed.
+
+    An index with its lists on disk is rewritten into ``new_lists_file`` (required for it): save
+    the index, then delete the old lists file, and no byte of a removed vector is left."""
     if not _removal_supported(index):
         raise ValueError(f"{type(faiss.downcast_index(index)).__name__} cannot remove vectors by id; "
                          "build it with build_index (IDMap2 or IVF)")
     ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if lists_file_of(index) is not None:
+        if new_lists_file is None:
+            raise ValueError("this index keeps its lists on disk: name the new lists file")
+        return _remove_from_disk(index, ids, new_lists_file)
     return int(index.remove_ids(faiss.IDSelectorBatch(ids))) if ids.size else 0
 
 
 def save_index(directory: Path, index: faiss.Index, manifest: dict) -> None:
     """Write ``index.faiss`` and ``manifest.json`` into ``directory``, each replaced atomically.
 
-    The stored manifest gains a ``faiss_index`` entry (file size, row count, dim, nprobe) that
-    ``load_index`` checks, so a reader never pairs an index file with another save's manifest.
+    The stored manifest gains a ``faiss_index`` entry (file size, row count, dim, nprobe, and the
+    lists file of an on-disk index with its size) that ``load_index`` checks, so a reader never
+    pairs an index file with another save's manifest. An on-disk index's lists file must already
+    be in ``directory``, under a name no earlier save used; other lists files there are deleted
+    once the new index is in place.
     """
     if MANIFEST_INDEX_KEY in manifest:
         raise ValueError(f"manifest key {MANIFEST_INDEX_KEY!r} is reserved for save_index")
@@ -309,11 +445,16 @@ def save_index(directory: Path, index: faiss.Index, manifest: dict) -> None:
     index_tmp = directory / f".{INDEX_FILE}.tmp-{os.getpid()}"
     manifest_tmp = directory / f".{MANIFEST_FILE}.tmp-{os.getpid()}"
     try:
+        lists = lists_file_of(index)
+        if lists is not None and lists.parent.resolve() != directory.resolve():
+            raise ValueError(f"the index's lists file {lists} is not in {directory}")
         faiss.write_index(index, str(index_tmp))
         ivf = _ivf(index)
         stored = {**manifest, MANIFEST_INDEX_KEY: {
             "file_bytes": index_tmp.stat().st_size, "ntotal": int(index.ntotal), "dim": int(index.d),
-            "nprobe": int(ivf.nprobe) if ivf is not None else None}}
+            "nprobe": int(ivf.nprobe) if ivf is not None else None,
+            "lists_file": lists.name if lists is not None else None,
+            "lists_bytes": lists.stat().st_size if lists is not None else None}}
         manifest_tmp.write_text(json.dumps(stored, indent=1, sort_keys=True))
         for tmp in (index_tmp, manifest_tmp):
             with open(tmp, "rb") as handle:
@@ -323,6 +464,9 @@ def save_index(directory: Path, index: faiss.Index, manifest: dict) -> None:
     finally:
         index_tmp.unlink(missing_ok=True)
         manifest_tmp.unlink(missing_ok=True)
+    for stale in directory.glob(f"*{LISTS_SUFFIX}"):
+        if lists is None or stale.name != lists.name:
+            stale.unlink()
 
 
 def update_manifest(directory: Path, **entries) -> None:
@@ -351,8 +495,15 @@ def load_index(directory: Path) -> tuple[faiss.Index, dict]:
     if size != file_bytes:
         raise IndexLoadError(f"kNN index {index_path} is {size:,} bytes, its manifest says {file_bytes:,} "
                              "(torn or mixed save)")
+    lists_name = expected.get("lists_file")
+    if lists_name is not None:
+        lists_path = directory / lists_name
+        if not lists_path.is_file() or lists_path.stat().st_size != expected.get("lists_bytes"):
+            raise IndexLoadError(f"kNN index {index_path}: its lists file {lists_name} is missing or "
+                                 "not the size its manifest says")
     try:
-        index = faiss.read_index(str(index_path))
+        # An on-disk index names its lists file: read it from this directory, wherever the lake moved.
+        index = faiss.read_index(str(index_path), faiss.IO_FLAG_ONDISK_SAME_DIR)
     except RuntimeError as exc:
         reason = " ".join(str(exc).split())[-200:]
         raise IndexLoadError(f"corrupt kNN index {index_path}: {reason}") from None

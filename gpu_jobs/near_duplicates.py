@@ -57,24 +57,44 @@ def _float32(rows: np.ndarray) -> np.ndarray:
     return x
 
 
+def cell_count(rows: int, exact_max_rows: int = EXACT_MAX_ROWS) -> int:
+    """How many k-means cells ``rows`` rows are split into: 1 (exact search) up to
+    ``exact_max_rows``, then about sqrt(rows), with at least ``TRAIN_POINTS_PER_CELL`` rows each."""
+    if rows <= exact_max_rows:
+        return 1
+    return min(2 ** round(math.log2(math.sqrt(rows))), 2 ** int(math.log2(rows // TRAIN_POINTS_PER_CELL)))
+
+
+def train_centroids(sample: np.ndarray, cells: int, progress: bool = False) -> np.ndarray:
+    """Spherical k-means centroids [cells, dim] over ``sample`` (seeded: same sample, same cells)."""
+    kmeans = faiss.Kmeans(sample.shape[1], cells, niter=KMEANS_ITERATIONS, seed=SEED, spherical=True,
+                          verbose=progress)
+    kmeans.train(_float32(sample))
+    return kmeans.centroids
+
+
+def probe_cells(vectors: np.ndarray, centroids: np.ndarray, nprobe: int) -> np.ndarray:
+    """The ``nprobe`` cells [rows, nprobe] each row searches, nearest first; a row is stored in
+    its first."""
+    quantizer = faiss.IndexFlatIP(centroids.shape[1])
+    quantizer.add(centroids)
+    probes = np.empty((len(vectors), min(nprobe, len(centroids))), dtype=np.int64)
+    for start in range(0, len(vectors), ASSIGN_BATCH):
+        probes[start : start + ASSIGN_BATCH] = quantizer.search(
+            _float32(vectors[start : start + ASSIGN_BATCH]), probes.shape[1])[1]
+    return probes
+
+
 def _cells(embeddings: np.ndarray, nprobe: int, progress: bool) -> tuple[np.ndarray, np.ndarray]:
     """(cell each row is stored in, the ``nprobe`` cells each row searches), nearest first."""
-    n, dim = embeddings.shape
-    if n <= EXACT_MAX_ROWS:
+    n = embeddings.shape[0]
+    nlist = cell_count(n)
+    if nlist == 1:
         zeros = np.zeros(n, dtype=np.int64)
         return zeros, zeros[:, None]
-    nlist = min(2 ** round(math.log2(math.sqrt(n))), 2 ** int(math.log2(n // TRAIN_POINTS_PER_CELL)))
-    nprobe = min(nprobe, nlist)
     sample = np.sort(np.random.default_rng(SEED).permutation(n)[: TRAIN_POINTS_PER_CELL * nlist])
-    kmeans = faiss.Kmeans(dim, nlist, niter=KMEANS_ITERATIONS, seed=SEED, spherical=True, verbose=progress)
-    kmeans.train(_float32(embeddings[sample]))
-    quantizer = faiss.IndexFlatIP(dim)
-    quantizer.add(kmeans.centroids)
-    probes = np.empty((n, nprobe), dtype=np.int64)
-    for start in tqdm(range(0, n, ASSIGN_BATCH), unit="batch", desc="assign", disable=not progress):
-        probes[start : start + ASSIGN_BATCH] = quantizer.search(_float32(embeddings[start : start + ASSIGN_BATCH]),
-                                                                nprobe)[1]
-    log.info("near-duplicates: %d rows in %d cells, %d probed per row", n, nlist, nprobe)
+    probes = probe_cells(embeddings, train_centroids(embeddings[sample], nlist, progress), nprobe)
+    log.info("near-duplicates: %d rows in %d cells, %d probed per row", n, nlist, probes.shape[1])
     return probes[:, 0].copy(), probes
 
 
@@ -96,7 +116,7 @@ def _block_pairs(
     counts = (scores >= threshold).sum(axis=1)
     hit_rows = np.flatnonzero(counts)
     if hit_rows.size == 0:
-        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+        return query_rows[:0], members[:0], np.empty(0, np.float32)
     hits = scores[hit_rows]
     if hits.shape[1] > k:
         top = np.argpartition(hits, -k, axis=1)[:, -k:]
@@ -106,6 +126,30 @@ def _block_pairs(
         top_scores = hits
     r, c = np.nonzero(top_scores >= threshold)
     return query_rows[hit_rows[r]], members[top[r, c]], top_scores[r, c]
+
+
+def cell_pairs(
+    members: np.ndarray,
+    member_vectors: np.ndarray,
+    queries: np.ndarray,
+    query_vectors: np.ndarray,
+    threshold: float,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One cell's search: (query id, member id, cosine) for each query's best <= k members at or
+    above ``threshold``, never a row with itself. ``members`` are sorted, unique ids (integers or
+    strings) of the rows stored in the cell; ``queries`` the ids of the rows probing it."""
+    empty = np.empty(0, members.dtype), np.empty(0, members.dtype), np.empty(0, np.float32)
+    if len(members) == 0 or len(queries) == 0:
+        return empty
+    stored_vectors = _float32(member_vectors)
+    step = max(1, BLOCK_ENTRIES // len(members))
+    found = [
+        _block_pairs(_float32(query_vectors[start : start + step]) @ stored_vectors.T,
+                     queries[start : start + step], members, threshold, k)
+        for start in range(0, len(queries), step)
+    ]
+    return tuple(np.concatenate(parts) for parts in zip(*found))  # type: ignore[return-value]
 
 
 def near_duplicate_clusters(
@@ -145,20 +189,12 @@ def near_duplicate_clusters(
     rows = np.arange(n, dtype=np.int64)
     members_by_cell = _groups(stored, rows, ncells)
     queries_by_cell = _groups(probes.ravel(), np.repeat(rows, probes.shape[1]), ncells)
-    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for members, queries in tqdm(zip(members_by_cell, queries_by_cell), total=ncells, unit="cell",
-                                 desc="join", disable=not progress):
-        if len(members) == 0 or len(queries) == 0:
-            continue
-        stored_vectors = _float32(embeddings[members])
-        step = max(1, BLOCK_ENTRIES // len(members))
-        for start in range(0, len(queries), step):
-            query_rows = queries[start : start + step]
-            scores = _float32(embeddings[query_rows]) @ stored_vectors.T
-            found.append(_block_pairs(scores, query_rows, members, threshold, k))
-
-    src, dst, sim = (np.concatenate(parts) for parts in zip(*found)) if found else (
-        np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))
+    found = [
+        cell_pairs(members, embeddings[members], queries, embeddings[queries], threshold, k)
+        for members, queries in tqdm(zip(members_by_cell, queries_by_cell), total=ncells, unit="cell",
+                                     desc="join", disable=not progress)
+    ]
+    src, dst, sim = (np.concatenate(parts) for parts in zip(*found))
     # each row keeps its k best pairs over all the cells it searched
     order = np.lexsort((dst, -sim, src))
     src, dst, sim = src[order], dst[order], sim[order]

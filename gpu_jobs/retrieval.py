@@ -1,7 +1,8 @@
-"""kNN search over a curated variant: build its faiss index, answer text and image queries.
+"""kNN search over a curated variant's index: text and image queries, and removals.
 
-The index lives in ``<lake>/indexes/<variant>/``: ``index.faiss`` and ``manifest.json`` (from
-``gpu_jobs.knn_index``) plus ``uids.parquet``, the uid of every faiss id. The manifest names the
+The index (built by ``spark_jobs.knn_index_job``) lives in ``<lake>/indexes/<variant>/``:
+``index.faiss`` and ``manifest.json`` (from ``gpu_jobs.knn_index``), the ``.ivfdata`` lists file of
+an on-disk index, and ``uids.parquet``, the uid of every faiss id. The manifest names the
 curated Delta version and CLIP model it was built from and the recall@10 measured at build time.
 """
 
@@ -9,8 +10,8 @@ from __future__ import annotations
 
 import io
 import os
+import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -23,68 +24,17 @@ from PIL import Image
 
 from gpu_jobs import knn_index as knn
 from gpu_jobs.clip_model import ClipModelError, LoadedClip, load_clip, model_identity
-from gpu_jobs.clip_scoring import embeddings_from_column
-from infra.config import ClipConfig, DownloadConfig, IndexConfig
-from infra.delta_store import Lake, Lineage
+from gpu_jobs.embedding_format import embeddings_from_column
+from infra.config import ClipConfig, DownloadConfig
+from infra.delta_store import Lake
 from infra.tables import CLIP_SCORES, CURATED
 from spark_jobs.download.resizer import resize_image
 
 UIDS_NAME = "uids.parquet"
-RECALL_QUERIES = 1000
 
 
 def index_dir(lake: Lake, variant: str) -> Path:
     return Path(lake.root) / "indexes" / variant
-
-
-def variant_embeddings(lake: Lake, variant: str, model_id: str, version: int | None = None) -> tuple[list[str], np.ndarray]:
-    """(uids sorted, their float32 image embeddings) of one curated variant at ``version``."""
-    curated = lake.read(CURATED, version=version, columns=["uid"], filter=pc.field("variant") == variant)
-    uids = pc.unique(curated["uid"]).sort() if curated.num_rows else pa.array([], pa.string())
-    scores = lake.read(
-        CLIP_SCORES, columns=["uid", "embedding_dim", "image_embedding"],
-        filter=(pc.field("model_id") == model_id) & pc.field("uid").isin(uids),
-    ).sort_by("uid")
-    if scores.num_rows != len(uids):
-        raise ValueError(f"{len(uids) - scores.num_rows} curated {variant} pairs have no {model_id} embedding")
-    if not scores.num_rows:
-        return [], np.zeros((0, 0), np.float32)
-    dim = scores["embedding_dim"][0].as_py()
-    return scores["uid"].to_pylist(), embeddings_from_column(scores["image_embedding"], dim).astype(np.float32)
-
-
-def build_variant_index(lake: Lake, config: IndexConfig, model_id: str, lineage: Lineage, progress: bool = False) -> dict:
-    """Build and save the index of ``config.variant``; returns its manifest."""
-    version = lake.version(CURATED)
-    if version is None:
-        raise ValueError("curated has never been materialized: nothing to index")
-    uids, embeddings = variant_embeddings(lake, config.variant, model_id, version)
-    if not uids:
-        raise ValueError(f"curated variant {config.variant!r} is empty at version {version}: nothing to index")
-    ids = np.arange(len(uids), dtype=np.int64)
-    plan = knn.plan_index(len(uids), embeddings.shape[1], config.memory_budget_mb << 20)
-    index = knn.build_index(embeddings, ids, plan, progress=progress, recall_target=config.recall_target)
-    recall = knn.measure_recall(index, embeddings, ids, k=10, queries=min(RECALL_QUERIES, len(uids)))
-    manifest = {
-        "variant": config.variant,
-        "source_table": CURATED.name,
-        "source_version": version,
-        "model_id": model_id,
-        "vectors": len(uids),
-        "dim": int(embeddings.shape[1]),
-        "factory": plan.factory,
-        "plan_reason": plan.reason,
-        "recall_at_10": round(float(recall), 4),
-        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "run_id": lineage.run_id,
-    }
-    out = index_dir(lake, config.variant)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{UIDS_NAME}.{os.getpid()}.tmp"
-    pq.write_table(pa.table({"id": ids, "uid": uids}), tmp)
-    os.replace(tmp, out / UIDS_NAME)
-    knn.save_index(out, index, manifest)
-    return manifest
 
 
 @dataclass(frozen=True)
@@ -191,7 +141,8 @@ def remove_from_indexes(lake: Lake, uids: set[str], curated_version: int | None)
             knn.update_manifest(directory, source_version=curated_version)
             continue
         index, manifest = knn.load_index(directory)
-        removed[directory.name] = knn.remove_ids(index, ids.filter(gone)["id"].to_numpy())
+        new_lists = directory / f"lists-{uuid.uuid4().hex[:12]}{knn.LISTS_SUFFIX}"
+        removed[directory.name] = knn.remove_ids(index, ids.filter(gone)["id"].to_numpy(), new_lists)
         manifest.pop(knn.MANIFEST_INDEX_KEY, None)
         manifest.update(vectors=int(index.ntotal), source_version=curated_version)
         tmp = directory / f".{UIDS_NAME}.{os.getpid()}.tmp"

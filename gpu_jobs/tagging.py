@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from gpu_jobs.clip_model import load_clip, model_identity
-from gpu_jobs.clip_scoring import embeddings_from_column
+from gpu_jobs.embedding_format import embeddings_from_column
 from gpu_jobs.embedding_heads import HeadError, ZeroShotScorer, load_head
 from infra.config import ClipConfig, TagScorerConfig
 from infra.tables import IMAGE_TAGS

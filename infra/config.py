@@ -154,6 +154,10 @@ class CurationConfig:
     # clip-retrieval hides results at or above 0.94 cosine as duplicates.
     near_duplicate_threshold: float = 0.94
     near_duplicate_neighbours: int = 16
+    near_duplicate_probes: int = 4  # k-means cells each embedding searches (faiss nprobe)
+    # Cells are about sqrt(rows); the driver trains them on 40 sampled rows each (16,384 cells of
+    # 512-dim embeddings: 1.3 GB), so this caps the driver's memory.
+    near_duplicate_max_cells: int = 16_384
     languages: tuple[str, ...] = ()  # caption languages kept; empty keeps all
     # Safety variants in Re-LAION's spirit: the highest p_unsafe each keeps.
     variants: dict[str, float] = field(default_factory=lambda: {"research": 0.95, "research-safe": 0.45})
@@ -165,6 +169,8 @@ class IndexConfig:
     memory_budget_mb: int = 4096
     recall_target: float = 0.95
     max_k: int = 10_000  # the most results one query may ask for
+    # Rows one Spark task adds to its shard of the index: the task holds them (2 KB each at 512-d).
+    rows_per_shard: int = 500_000
 
 
 @dataclass(frozen=True)
@@ -390,7 +396,16 @@ def effective_config(path: str | Path | None = None, overrides: dict[str, Any] |
         _record_sources(layer, "", source, sources)
     config = _build(PairlakeConfig, data, "")
     _validate(config)
-    return config, sources
+    return _absolute_paths(config), sources
+
+
+def _absolute_paths(config: PairlakeConfig) -> PairlakeConfig:
+    """A relative model checkpoint read against this process's working directory: Spark executors
+    open it in theirs (on a cluster, a per-application folder)."""
+    checkpoint = config.clip.checkpoint
+    if checkpoint and "://" not in checkpoint:
+        checkpoint = str(Path(checkpoint).expanduser().absolute())
+    return dataclasses.replace(config, clip=dataclasses.replace(config.clip, checkpoint=checkpoint))
 
 
 def _record_sources(layer: dict[str, Any], prefix: str, source: str, sources: dict[str, str]) -> None:
@@ -517,8 +532,11 @@ def _validate(config: PairlakeConfig) -> None:
         if not scorer.head and not (scorer.positive and scorer.negative):
             raise ConfigError(f"config tags.{name} needs both positive and negative prompts")
     cur = config.curation
-    if not -1.0 <= cur.near_duplicate_threshold <= 1.0 or cur.near_duplicate_neighbours < 1:
-        raise ConfigError("config curation.near_duplicate_threshold must be a cosine and near_duplicate_neighbours >= 1")
+    if not 0.0 < cur.near_duplicate_threshold <= 1.0:
+        raise ConfigError("config curation.near_duplicate_threshold must be a cosine in (0, 1]")
+    if min(cur.near_duplicate_neighbours, cur.near_duplicate_probes, cur.near_duplicate_max_cells) < 1:
+        raise ConfigError("config curation.near_duplicate_neighbours, near_duplicate_probes and "
+                          "near_duplicate_max_cells must be at least 1")
     if config.curation.variants and "punsafe" not in config.tags:
         raise ConfigError("config curation.variants filter on punsafe: configure tags.punsafe")
     for variant, limit in cur.variants.items():
@@ -532,5 +550,7 @@ def _validate(config: PairlakeConfig) -> None:
             )
     if not 0.0 < config.index.recall_target <= 1.0:
         raise ConfigError("config index.recall_target must be in (0, 1]")
+    if config.index.rows_per_shard < 1:
+        raise ConfigError("config index.rows_per_shard must be at least 1")
     if not config.lake.root:
         raise ConfigError("config lake.root must not be empty")

@@ -27,6 +27,7 @@ from infra.config import ClipConfig
 from infra.delta_store import Lake, Lineage
 from infra.spark import read_table, write_table
 from infra.tables import CANDIDATES, CLIP_SCORES, IMAGES
+from spark_jobs.kept_set import kept
 
 _CAPTION_FILES_KEPT = 4  # WARC files' captions a worker keeps (a task needs one at a time)
 
@@ -134,11 +135,6 @@ def _scoring_task(root: str, storage_options: dict | None, captions_version: int
     return run
 
 
-def _kept(similarity, threshold: float):
-    """``gpu_jobs.clip_scoring.kept_mask`` in Spark SQL, where NaN compares above every number."""
-    return ~F.isnan(similarity) & (similarity > threshold)
-
-
 @dataclass(frozen=True)
 class ScoringOutcome:
     version: int  # of clip_scores
@@ -169,7 +165,7 @@ def score_partitions(
     per_file = (
         read_table(spark, lake, CLIP_SCORES, version=version, partitions=partitions, columns=["warc_file", "similarity"])
         .groupBy("warc_file")
-        .agg(F.count("*").alias("scored"), F.sum(_kept(similarity, threshold).cast("long")).alias("above"),
+        .agg(F.count("*").alias("scored"), F.sum(kept(similarity, threshold).cast("long")).alias("above"),
              F.sum(F.when(~F.isnan(similarity), similarity)).alias("total"))
         .collect()
     )

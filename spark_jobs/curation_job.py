@@ -1,23 +1,16 @@
 """Curation over the whole lake: hash-list matches, dedup, and the curated set per safety variant.
 
-Spark does the joins over every WARC partition. Near-duplicate search runs on the driver with faiss
-(``gpu_jobs.near_duplicates``) over the exact-duplicate representatives' stored embeddings: one
-float16 vector per image, so a driver holds tens of millions of them.
+Spark does the joins over every WARC partition, and the near-duplicate search over the
+exact-duplicate representatives' stored embeddings runs as Spark tasks too
+(``spark_jobs.near_duplicates_job``): no process holds a table's embeddings.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from gpu_jobs.clip_scoring import embeddings_from_column
-from gpu_jobs.near_duplicates import near_duplicate_clusters
 from infra.config import CurationConfig
 from infra.delta_store import Lake, Lineage
 from infra.spark import read_table, write_table
@@ -33,6 +26,7 @@ from infra.tables import (
     KEPT_PAIRS,
 )
 from spark_jobs.blocklist import image_matches, url_matches
+from spark_jobs.near_duplicates_job import near_duplicate_clusters
 
 
 def match_blocklists(spark: SparkSession, lake: Lake, lineage: Lineage) -> tuple[int, dict[str, int]]:
@@ -52,8 +46,8 @@ def match_blocklists(spark: SparkSession, lake: Lake, lineage: Lineage) -> tuple
         version = write_table(matches, lake, BLOCKLIST_MATCHES, lineage)
     finally:
         pairs.unpersist()
-    found = lake.read(BLOCKLIST_MATCHES, version=version, columns=["source", "kind"])
-    per_list = Counter(f"{s}/{k}" for s, k in zip(found["source"].to_pylist(), found["kind"].to_pylist()))
+    found = read_table(spark, lake, BLOCKLIST_MATCHES, version=version, columns=["source", "kind"])
+    per_list = {f"{row['source']}/{row['kind']}": row["count"] for row in found.groupBy("source", "kind").count().collect()}
     return version, dict(sorted(per_list.items()))
 
 
@@ -68,57 +62,46 @@ def deduplicate(
     """Rewrite ``dedup`` for the kept, unblocked pairs; returns (version, counts per reason).
 
     One representative per image sha256, then near-duplicate clusters over those representatives'
-    CLIP image embeddings. Both prefer the highest CLIP similarity, then the earliest fetch, then
-    the smallest uid, so the choice is deterministic.
+    CLIP image embeddings (``near_duplicates_job``). Both prefer the highest CLIP similarity, then
+    the earliest fetch, then the smallest uid, so the choice is deterministic.
     """
     fetched = read_table(spark, lake, CANDIDATES, columns=["uid", "fetch_date"])
     kept = _unblocked_kept(spark, lake).select("uid", "warc_file", "sha256", "similarity", "model_id").join(fetched, "uid")
     preference = [F.col("similarity").desc(), F.col("fetch_date").asc_nulls_last(), F.col("uid").asc()]
-    # Both collections below read the ranking: computed once, not once per action.
+    # The same order as one comparable key: the smallest key is the most preferred row.
+    key = F.struct((-F.col("similarity")).alias("similarity"), F.col("fetch_date").isNull().alias("undated"),
+                   F.col("fetch_date").alias("fetch_date"), F.col("uid").alias("uid"))
     ranked = kept.withColumn(
         "exact_representative", F.first("uid").over(Window.partitionBy("sha256").orderBy(*preference))
-    ).persist()
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    reps = (
+        ranked.where("uid = exact_representative")
+        .join(read_table(spark, lake, CLIP_SCORES, columns=["uid", "model_id", "embedding_dim", "image_embedding"]),
+              ["uid", "model_id"])
+        .select("uid", "embedding_dim", "image_embedding", key.alias("key"))
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
     try:
-        members = ranked.select("uid", "warc_file", "sha256", "exact_representative").toArrow()
-        reps = ranked.where("uid = exact_representative").join(
-            read_table(spark, lake, CLIP_SCORES, columns=["uid", "model_id", "embedding_dim", "image_embedding"]),
-            ["uid", "model_id"],
+        dims = [row["embedding_dim"] for row in reps.select("embedding_dim").distinct().collect()]
+        if len(dims) > 1:
+            raise ValueError(f"kept pairs carry embeddings of several widths {sorted(dims)}: one CLIP model at a time")
+        clusters = near_duplicate_clusters(
+            spark, reps, F.col("key"), dims[0] if dims else 1,
+            config.near_duplicate_threshold, config.near_duplicate_neighbours, config.near_duplicate_probes,
+            config.near_duplicate_max_cells, progress,
+        ).withColumnRenamed("uid", "exact_representative")
+        table = ranked.select("uid", "warc_file", "sha256", "exact_representative").join(clusters, "exact_representative")
+        reason = (
+            F.when(F.col("uid") != F.col("exact_representative"), "exact_duplicate")
+            .when(F.col("uid") != F.col("cluster"), "near_duplicate")
+            .otherwise("kept")
         )
-        reps_table = reps.orderBy(*preference).select("uid", "embedding_dim", "image_embedding").toArrow()
+        version = write_table(table.withColumn("reason", reason).select(*DEDUP.schema.names), lake, DEDUP, lineage)
     finally:
+        reps.unpersist()
         ranked.unpersist()
-    if members.num_rows == 0:
-        return lake.overwrite(DEDUP, DEDUP.schema.empty_table(), lineage), {}
-    dims = set(reps_table["embedding_dim"].to_pylist())
-    if len(dims) != 1:
-        raise ValueError(f"kept pairs carry embeddings of several widths {sorted(dims)}: one CLIP model at a time")
-    embeddings = embeddings_from_column(reps_table["image_embedding"], dims.pop()).astype(np.float32)
-    # Rows are in preference order, so "highest preference" is simply "earliest row".
-    clusters = near_duplicate_clusters(
-        embeddings,
-        config.near_duplicate_threshold,
-        preference=-np.arange(len(embeddings), dtype=np.float64),
-        k=config.near_duplicate_neighbours,
-        progress=progress,
-    )
-    rep_uids = np.array(reps_table["uid"].to_pylist(), dtype=object)
-    by_rep = pa.table(
-        {
-            "exact_representative": rep_uids,
-            "cluster": rep_uids[clusters.cluster],
-            "cluster_size": clusters.cluster_size.astype(np.int64),
-            "max_similarity": clusters.max_similarity.astype(np.float32),
-        }
-    )
-    table = members.join(by_rep, "exact_representative")
-    reason = pc.if_else(
-        pc.not_equal(table["uid"], table["exact_representative"]),
-        "exact_duplicate",
-        pc.if_else(pc.not_equal(table["uid"], table["cluster"]), "near_duplicate", "kept"),
-    )
-    table = table.append_column("reason", reason).select(DEDUP.schema.names).cast(DEDUP.schema).sort_by("uid")
-    version = lake.overwrite(DEDUP, table, lineage)
-    return version, dict(sorted(Counter(table["reason"].to_pylist()).items()))
+    reasons = read_table(spark, lake, DEDUP, version=version, columns=["reason"]).groupBy("reason").count().collect()
+    return version, {row["reason"]: row["count"] for row in sorted(reasons)}
 
 
 def curate(
@@ -148,14 +131,16 @@ def curate(
         curated = variants[0]
         for more in variants[1:]:
             curated = curated.unionByName(more)
-        stale = set(lake.read(CURATED, columns=["variant"])["variant"].to_pylist()) if lake.version(CURATED) is not None else set()
+        table = lake.table(CURATED)
+        stale = {values["variant"] for values in table.partitions()} if table is not None else set()  # log metadata only
         version = write_table(
             curated.select(*CURATED.schema.names), lake, CURATED, lineage,
             replace_partitions=sorted(set(config.variants) | stale),
         )
     finally:
         joined.unpersist()
-    counts = Counter(lake.read(CURATED, version=version, columns=["variant"])["variant"].to_pylist())
+    per_variant = read_table(spark, lake, CURATED, version=version, columns=["variant"]).groupBy("variant").count()
+    counts = {row["variant"]: row["count"] for row in per_variant.collect()}
     return version, {v: counts.get(v, 0) for v in sorted(config.variants)}, dropped
 
 

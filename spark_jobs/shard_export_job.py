@@ -1,9 +1,8 @@
 """Release shards as Spark tasks: samples numbered in uid order, image bytes joined by uid, and one
 task writing each shard whole (img2dataset's unit of parallel work).
 
-Numbering needs no global sort on one partition: samples are counted per uid prefix (a small table
-on the driver), so a sample's index is its prefix's offset plus its rank within the prefix, and its
-shard is index // samples_per_shard. Rows are hash-partitioned by shard, sorted by uid within it,
+Samples are numbered in uid order (``uid_order``) and a sample's shard is its number //
+samples_per_shard. Rows are hash-partitioned by shard, sorted by uid within it,
 and written by the same writer as a single-process export (``shard_export.write_numbered_shards``):
 the same tars byte for byte, whatever the cluster.
 
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
@@ -26,8 +25,8 @@ from infra.spark import collect, read_table
 from infra.tables import CURATED, IMAGES
 from spark_jobs import shard_export
 from spark_jobs.shard_export import ShardInfo
+from spark_jobs.uid_order import number_by_uid
 
-PREFIX_CHARS = 3  # uids are hex digests: at most 4,096 prefixes counted on the driver
 _INFO_SCHEMA = pa.schema([("shard", pa.string()), ("path", pa.string()), ("samples", pa.int64()),
                           ("bytes", pa.int64()), ("sha256", pa.string())])
 
@@ -41,21 +40,9 @@ def sample_schema() -> pa.Schema:
 def number_samples(spark: SparkSession, samples: DataFrame, samples_per_shard: int) -> tuple[DataFrame, int]:
     """``samples`` with column ``shard`` (consecutive samples in uid order fill consecutive shards),
     and how many samples there are."""
-    prefixed = samples.withColumn("_prefix", F.substring("uid", 1, PREFIX_CHARS))
-    counts = sorted(prefixed.groupBy("_prefix").count().toArrow().to_pylist(), key=lambda row: row["_prefix"])
-    offsets, total = [], 0
-    for row in counts:
-        offsets.append((row["_prefix"], total))
-        total += row["count"]
-    offset_rows = spark.createDataFrame(offsets or [("", 0)], "_prefix string, _offset long")
-    rank = F.row_number().over(Window.partitionBy("_prefix").orderBy("uid"))
-    index = F.col("_offset") + rank - 1
-    numbered = (
-        prefixed.join(F.broadcast(offset_rows), "_prefix")
-        .withColumn("shard", F.floor(index / F.lit(samples_per_shard)).cast("long"))
-        .drop("_prefix", "_offset")
-    )
-    return numbered, total
+    numbered, total = number_by_uid(spark, samples, "_index")
+    shard = F.floor(F.col("_index") / F.lit(samples_per_shard)).cast("long")
+    return numbered.withColumn("shard", shard).drop("_index"), total
 
 
 def export_variant_shards(

@@ -9,14 +9,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from gpu_jobs.clip_model import load_clip
-from gpu_jobs.clip_scoring import (
-    ImageDecodeError,
-    embedding_from_bytes,
-    embedding_to_bytes,
-    embeddings_from_column,
-    kept_mask,
-    score_images,
-)
+from gpu_jobs.clip_scoring import ImageDecodeError, score_images
+from gpu_jobs.embedding_format import embedding_from_bytes, embedding_to_bytes, embeddings_from_column
 from infra.config import ClipConfig
 from infra.tables import CLIP_SCORES
 from tests.imaging import captions_for, images_table
@@ -120,9 +114,3 @@ def test_embeddings_from_chunked_and_sliced_column():
     assert embeddings_from_column(pa.chunked_array([], pa.binary()), 3).shape == (0, 3)
     with pytest.raises(ValueError, match=r"must all be 4 bytes \(dim 2"):
         embeddings_from_column(column, 2)
-
-
-def test_kept_mask():
-    sim = pa.array([0.1, 0.28, 0.3, float("nan")], pa.float64())
-    assert kept_mask(sim, 0.28).tolist() == [False, False, True, False]
-    assert kept_mask(np.array([0.5]), 0.6).tolist() == [False]

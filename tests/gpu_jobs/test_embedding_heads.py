@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpu_jobs import synthetic_shapes as shapes
-from gpu_jobs.clip_scoring import embedding_from_bytes, embedding_to_bytes
+from gpu_jobs.embedding_format import embedding_from_bytes, embedding_to_bytes
 from gpu_jobs.demo_model import as_scored, load_demo_model
 from gpu_jobs.embedding_heads import (
     EmbeddingHead,

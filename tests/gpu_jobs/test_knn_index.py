@@ -35,7 +35,7 @@ def ivf_50k(data_50k):
     return build_index(x, ids, plan_index(len(x), DIM, GIB))
 
 
-def test_plan_picks_flat_then_ivf_flat_then_ivf_pq():
+def test_plan_picks_flat_then_ivf_flat_then_ivf_pq_then_lists_on_disk():
     assert plan_index(10_000, 512, GIB).factory == "IDMap2,Flat"
     assert plan_index(19_999, 512, GIB).factory == "IDMap2,Flat"
     assert plan_index(20_000, 512, GIB).factory.startswith("IVF")
@@ -52,8 +52,11 @@ def test_plan_picks_flat_then_ivf_flat_then_ivf_pq():
     assert "over 60 MB" in small_budget.reason
     assert plan_index(50_000, DIM, GIB).factory == "IVF1024,Flat"  # 4 * sqrt(50k) = 894 -> 1024
 
-    with pytest.raises(ValueError, match="no index"):
-        plan_index(1_000_000, 512, 10 * 2**20)
+    on_disk = plan_index(1_000_000, 512, 10 * 2**20)  # even 8-byte codes need 16 MB: lists on disk
+    assert on_disk.on_disk and on_disk.factory == "IVF4096,Flat" and on_disk.estimated_bytes == 4096 * 2048
+    assert not big.on_disk and not small_budget.on_disk
+    with pytest.raises(ValueError, match="even its 4096 centroids"):
+        plan_index(1_000_000, 512, 4 * 2**20)
     with pytest.raises(ValueError, match="exact index"):
         plan_index(10_000, 512, 2**20)
 

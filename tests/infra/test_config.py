@@ -17,6 +17,14 @@ def test_the_demo_profile_names_the_demo_model():
     assert config.clip.thresholds["ViT-B-32"] == 0.28
 
 
+def test_a_relative_checkpoint_is_read_against_the_working_directory(tmp_path, monkeypatch):
+    """Spark executors open the checkpoint in their own working directory (on a cluster, an
+    application folder): the driver's relative path must reach them absolute."""
+    monkeypatch.chdir(tmp_path)
+    config = load_config(profile="demo")
+    assert config.clip.checkpoint == str(tmp_path / ".cache" / "demo_model" / "pairlake-demo-tiny.pt")
+
+
 def test_a_production_file_naming_only_what_it_changes_inherits_nothing_of_the_demo(tmp_path):
     """The embedded defaults used to be the demo's: loopback downloads allowed, the demo checkpoint
     loaded into the production model, near-duplicate and opt-out thresholds of the tiny model."""

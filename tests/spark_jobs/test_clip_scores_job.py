@@ -14,7 +14,8 @@ import pyarrow.compute as pc
 import pytest
 
 from gpu_jobs.clip_model import ClipModelError, load_clip, model_identity
-from gpu_jobs.clip_scoring import embeddings_from_column, score_images
+from gpu_jobs.clip_scoring import score_images
+from gpu_jobs.embedding_format import embeddings_from_column
 from gpu_jobs.tagging import tag_embeddings
 from infra.delta_store import Lake, Lineage
 from infra.tables import CANDIDATES, CLIP_SCORES, IMAGE_TAGS, IMAGES
@@ -73,13 +74,18 @@ def test_tags_are_those_of_the_bare_tagger(scored):
         assert tags[column].take(order).equals(bare[column]), column
 
 
-def test_a_cuda_device_that_is_not_there_is_one_line_and_commits_nothing(spark, scored, tmp_path):
+@pytest.mark.parametrize("change, error", [
+    ({"device": "cuda"}, r"^clip.device is 'cuda' but no CUDA device is available$"),
+    # The driver never opens the model: the executors' tasks find it missing.
+    ({"checkpoint": "/nowhere/on/the/executors/model.pt"}, r"^clip.checkpoint file not found: /nowhere/on/the/executors/model.pt$"),
+], ids=["gpu-not-there", "executor-without-the-model"])
+def test_a_task_that_cannot_build_the_model_is_one_line_and_commits_nothing(spark, scored, tmp_path, change, error):
     lake, config, partitions, _ = scored
     copy = Lake(str(tmp_path / "lake"))
     shutil.copytree(lake.root, copy.root)
     shutil.rmtree(Path(copy.root) / CLIP_SCORES.name)
-    with pytest.raises(ClipModelError, match=r"^clip.device is 'cuda' but no CUDA device is available$"):
-        score_partitions(spark, copy, partitions, dataclasses.replace(config, device="cuda"), Lineage(), threshold=0.0)
+    with pytest.raises(ClipModelError, match=error):
+        score_partitions(spark, copy, partitions, dataclasses.replace(config, **change), Lineage(), threshold=0.0)
     assert copy.version(CLIP_SCORES) is None
     assert not list((Path(copy.root) / CLIP_SCORES.name).rglob("*.parquet"))
 

@@ -1,0 +1,181 @@
+"""The kNN index of a curated variant, built as Spark tasks with no process holding the variant.
+
+As autofaiss does it: the driver plans the index (``gpu_jobs.knn_index.plan_index``), collects a
+seeded sample of rows and trains the quantizer on it. Rows are numbered in uid order (the faiss
+id), cut into shards of ``index.rows_per_shard`` consecutive ids, and one task adds each shard to
+a copy of the trained index and writes it to a staging folder, together with the shard's uids and
+the exact top neighbours of the recall queries among its rows. The driver merges the shards in
+order, in memory or, when the plan keeps the lists on disk, into one ``.ivfdata`` file; tunes
+nprobe against the merged exact tops; and publishes the index, ``uids.parquet`` and a manifest
+that lists every shard. The result equals ``knn_index.build_index`` over the same rows.
+
+Shards are staged where the executors see the lake (a shared filesystem), as release shards are.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyspark import StorageLevel
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_schema
+
+from gpu_jobs import knn_index as knn
+from gpu_jobs.embedding_format import embeddings_from_column
+from gpu_jobs.retrieval import UIDS_NAME, index_dir
+from infra.arrow_runs import key_runs
+from infra.config import IndexConfig
+from infra.delta_store import Lake, Lineage
+from infra.spark import collect, read_table
+from infra.tables import CLIP_SCORES, CURATED
+from spark_jobs.uid_order import number_by_uid
+
+log = logging.getLogger(__name__)
+
+RECALL_K = 10
+SEED = 0
+_SHARD_SCHEMA = pa.schema([("shard", pa.int64()), ("rows", pa.int64()), ("index_bytes", pa.int64()),
+                           ("top_scores", pa.binary()), ("top_ids", pa.binary())])
+
+
+def _shard_task(trained: object, queries: object, dim: int, top_k: int, staging: str
+                ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """Add each shard's rows (sorted by id) to a copy of the trained index; write it and its uids."""
+
+    def finish(shard: int, index: faiss.Index, top: knn.ExactTop, uids: list[pa.RecordBatch]) -> pa.RecordBatch:
+        # Written whole, then renamed: a retried or speculative task never leaves half a shard.
+        path = Path(staging) / f"shard-{shard:05d}.faiss"
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+        faiss.write_index(index, str(tmp))
+        tmp.replace(path)
+        uids_path = Path(staging) / f"shard-{shard:05d}.uids.parquet"
+        pq.write_table(pa.Table.from_batches(uids), tmp)
+        tmp.replace(uids_path)
+        scores, ids = top.result()
+        return pa.RecordBatch.from_pylist(
+            [{"shard": shard, "rows": int(index.ntotal), "index_bytes": path.stat().st_size,
+              "top_scores": scores.astype(np.float32).tobytes(), "top_ids": ids.astype(np.int64).tobytes()}],
+            schema=_SHARD_SCHEMA)
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        current, index, top, uids = None, None, None, []
+        for shard, rows in key_runs(batches, "shard"):
+            if shard != current:
+                if index is not None:
+                    yield finish(current, index, top, uids)
+                index = faiss.deserialize_index(trained.value)  # type: ignore[attr-defined]
+                top = knn.ExactTop(queries.value, top_k)  # type: ignore[attr-defined]
+                current, uids = shard, []
+            vectors = embeddings_from_column(rows.column("image_embedding"), dim)
+            ids = rows.column("id").to_numpy()
+            knn.add_rows(index, vectors, ids)
+            top.add_block(vectors, ids)
+            uids.append(rows.select(["id", "uid"]))
+        if index is not None:
+            yield finish(current, index, top, uids)
+
+    return run
+
+
+def build_variant_index(
+    spark: SparkSession, lake: Lake, config: IndexConfig, model_id: str, lineage: Lineage, progress: bool = False
+) -> dict:
+    """Build and publish the index of ``config.variant`` at the latest curated version; returns its
+    manifest."""
+    version = lake.version(CURATED)
+    if version is None:
+        raise ValueError("curated has never been materialized: nothing to index")
+    curated = read_table(spark, lake, CURATED, version=version, columns=["uid"], where={"variant": [config.variant]})
+    scores = read_table(spark, lake, CLIP_SCORES, columns=["uid", "embedding_dim", "image_embedding"],
+                        where={"model_id": [model_id]})
+    rows = curated.distinct().join(scores, "uid", "left")
+    numbered, n = number_by_uid(spark, rows, "id")
+    numbered = numbered.persist(StorageLevel.MEMORY_AND_DISK)
+    out = index_dir(lake, config.variant)
+    token = uuid.uuid4().hex[:12]
+    staging = out / f".staging-{token}"
+    lists_file = None
+    try:
+        if n == 0:
+            raise ValueError(f"curated variant {config.variant!r} is empty at version {version}: nothing to index")
+        missing = numbered.where(F.col("image_embedding").isNull()).count()
+        if missing:
+            raise ValueError(f"{missing} curated {config.variant} pairs have no {model_id} embedding")
+        dims = [row["embedding_dim"] for row in numbered.select("embedding_dim").distinct().collect()]
+        if len(dims) != 1:
+            raise ValueError(f"{config.variant} embeddings have several widths {sorted(dims)}: one CLIP model at a time")
+        dim = dims[0]
+        plan = knn.plan_index(n, dim, config.memory_budget_mb << 20)
+        log.info("kNN index of %s: %s", config.variant, plan.reason)
+
+        train_rows, query_rows = knn.sample_rows(n, plan.train_size, knn.RECALL_QUERIES, SEED)
+        wanted = spark.createDataFrame(pa.table({"id": np.union1d(train_rows, query_rows)}))
+        sample = collect(numbered.join(F.broadcast(wanted), "id").select("id", "image_embedding")).sort_by("id")
+        sample_ids = sample["id"].to_numpy()
+        sample_vectors = embeddings_from_column(sample["image_embedding"], dim)
+        queries = sample_vectors[np.searchsorted(sample_ids, query_rows)]
+        trained = knn.trained_index(plan, sample_vectors[np.searchsorted(sample_ids, train_rows)], progress=progress)
+        del sample, sample_vectors
+
+        staging.mkdir(parents=True)
+        top_k = min(RECALL_K + 1, n)
+        shards = max(1, math.ceil(n / config.rows_per_shard))
+        task = _shard_task(spark.sparkContext.broadcast(faiss.serialize_index(trained)),
+                           spark.sparkContext.broadcast(queries), dim, top_k, str(staging))
+        built = collect(
+            numbered.withColumn("shard", F.floor(F.col("id") / config.rows_per_shard).cast("long"))
+            .select("shard", "id", "uid", "image_embedding")
+            .repartition(shards, "shard")
+            .sortWithinPartitions("shard", "id")
+            .mapInArrow(task, from_arrow_schema(_SHARD_SCHEMA))
+        ).sort_by("shard").to_pylist()
+
+        top = knn.ExactTop(queries, top_k)
+        for shard in built:
+            top.merge(np.frombuffer(shard["top_scores"], np.float32).reshape(len(queries), -1),
+                      np.frombuffer(shard["top_ids"], np.int64).reshape(len(queries), -1))
+        truth = knn.Truth(top.queries, query_rows, top.result()[1])
+        shard_files = [staging / f"shard-{shard['shard']:05d}.faiss" for shard in built]
+        lists_file = out / f"lists-{token}{knn.LISTS_SUFFIX}" if plan.on_disk else None
+        index = knn.merge_shards(trained, shard_files, lists_file)
+        recall = knn.tune_nprobe(index, plan, truth, config.recall_target)
+        manifest = {
+            "variant": config.variant,
+            "source_table": CURATED.name,
+            "source_version": version,
+            "model_id": model_id,
+            "vectors": n,
+            "dim": int(dim),
+            "factory": plan.factory,
+            "lists_on_disk": plan.on_disk,
+            "plan_reason": plan.reason,
+            "recall_at_10": round(float(recall), 4),
+            "shards": [{"shard": s["shard"], "rows": s["rows"], "index_bytes": s["index_bytes"]} for s in built],
+            "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "run_id": lineage.run_id,
+        }
+        uids_tmp = staging / UIDS_NAME
+        uids_schema = pa.schema([("id", pa.int64()), ("uid", pa.string())])
+        with pq.ParquetWriter(uids_tmp, uids_schema) as writer:
+            for shard in built:  # shard order is id order
+                writer.write_table(pq.read_table(staging / f"shard-{shard['shard']:05d}.uids.parquet").cast(uids_schema))
+        uids_tmp.replace(out / UIDS_NAME)
+        knn.save_index(out, index, manifest)
+        lists_file = None  # published
+        return manifest
+    finally:
+        numbered.unpersist()
+        shutil.rmtree(staging, ignore_errors=True)
+        if lists_file is not None:
+            lists_file.unlink(missing_ok=True)

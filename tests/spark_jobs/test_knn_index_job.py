@@ -1,0 +1,119 @@
+"""The kNN index built as Spark tasks (local Spark, real faiss, real Delta tables): the same index
+as one process builds from the same rows, shards listed in the manifest, lists on disk past the
+memory budget, and a removal that leaves no byte of a removed vector in the index folder."""
+
+from __future__ import annotations
+
+import hashlib
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from faiss.contrib.inspect_tools import get_invlist
+
+from gpu_jobs import knn_index as knn
+from gpu_jobs.embedding_format import embedding_to_bytes
+from gpu_jobs.retrieval import UIDS_NAME, index_dir, remove_from_indexes
+from infra.config import IndexConfig
+from infra.delta_store import Lake, Lineage
+from infra.tables import CLIP_SCORES, CURATED
+from spark_jobs.knn_index_job import build_variant_index
+from tests.embeddings import clustered
+
+DIM = 32
+MODEL = "demo/model"
+WARC_FILES = ("a.warc.gz", "b.warc.gz")
+
+
+def _lake(tmp_path, n: int) -> tuple[Lake, list[str], np.ndarray]:
+    """``n`` curated research pairs with float16 embeddings (uids in a shuffled order), a few
+    pairs only in the other variant, and embeddings of another model that must not be indexed."""
+    lake = Lake(str(tmp_path / "lake"))
+    x = clustered(n + 20, DIM)
+    uids = [hashlib.sha256(f"pair {i}".encode()).hexdigest()[:32] for i in range(n + 20)]
+    curated = [{"variant": "research" if i < n else "safe", "uid": uid, "warc_file": WARC_FILES[i % 2],
+                "url": f"http://h.example/{i}.jpg", "caption": f"c {i}", "similarity": 0.3, "model_id": MODEL,
+                "cluster_size": 1} for i, uid in enumerate(uids)]
+    scores = [{"uid": uid, "warc_file": WARC_FILES[i % 2], "model_id": model, "embedding_dim": DIM,
+               "image_embedding": embedding_to_bytes(x[i] if model == MODEL else -x[i]),
+               "text_embedding": embedding_to_bytes(x[i]), "similarity": 0.3}
+              for i, uid in enumerate(uids) for model in (MODEL, "other/model")]
+    lake.overwrite(CURATED, pa.Table.from_pylist(curated, schema=CURATED.schema), Lineage())
+    lake.replace_partitions(CLIP_SCORES, pa.Table.from_pylist(scores, schema=CLIP_SCORES.schema), list(WARC_FILES),
+                            Lineage())
+    order = np.argsort(uids[:n])
+    return lake, [uids[i] for i in order], x[:n][order].astype(np.float16)
+
+
+def _same_search(a: faiss.Index, b: faiss.Index, queries: np.ndarray) -> None:
+    scores_a, ids_a = knn.search(a, queries, 10)
+    scores_b, ids_b = knn.search(b, queries, 10)
+    np.testing.assert_array_equal(ids_a, ids_b)
+    np.testing.assert_allclose(scores_a, scores_b, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rows, rows_per_shard, factory, shards", [
+    (24_000, 5_000, "IVF512,Flat", [5_000] * 4 + [4_000]),  # above FLAT_MAX_ROWS: a trained quantizer
+    (24_000, 100_000, "IVF512,Flat", [24_000]),
+    (3_000, 1_000, "IDMap2,Flat", [1_000] * 3),  # exact search
+])
+def test_the_spark_index_is_the_one_process_index(spark, tmp_path, rows, rows_per_shard, factory, shards):
+    lake, uids, x = _lake(tmp_path, rows)
+    config = IndexConfig(variant="research", memory_budget_mb=64, rows_per_shard=rows_per_shard)
+    manifest = build_variant_index(spark, lake, config, MODEL, Lineage(run_id="r1"))
+    index, stored = knn.load_index(index_dir(lake, "research"))
+    ids = np.arange(len(uids))
+    expected = knn.build_index(x, ids, knn.plan_index(len(uids), DIM, 64 << 20))
+    assert manifest["factory"] == stored["factory"] == factory and not manifest["lists_on_disk"]
+    assert [s["rows"] for s in manifest["shards"]] == shards
+    assert manifest["recall_at_10"] == pytest.approx(knn.measure_recall(expected, x, ids), abs=1e-4)
+    _same_search(index, expected, x[::97])
+    if factory.startswith("IVF"):
+        assert faiss.extract_index_ivf(index).nprobe == faiss.extract_index_ivf(expected).nprobe
+        for cell in (0, 17, 511):  # the lists hold the same ids in the same order
+            assert (get_invlist(faiss.extract_index_ivf(index).invlists, cell)[0]
+                    == get_invlist(faiss.extract_index_ivf(expected).invlists, cell)[0]).all()
+    assert pq.read_table(index_dir(lake, "research") / UIDS_NAME).to_pydict() == {"id": list(ids), "uid": uids}
+    assert sorted(p.name for p in index_dir(lake, "research").iterdir()) == sorted(
+        ["index.faiss", "manifest.json", UIDS_NAME])  # no staging left
+
+
+def _files_holding(directory, needles: list[bytes]) -> set[str]:
+    return {p.name for p in directory.iterdir() if p.is_file() and any(n in p.read_bytes() for n in needles)}
+
+
+def test_lists_on_disk_past_the_memory_budget_and_a_removal_leaves_no_byte(spark, tmp_path):
+    # 90k x 32-d: full vectors need 12 MB and 4-byte PQ codes 1.2 MB, so 1 MB keeps the lists on disk.
+    lake, uids, x = _lake(tmp_path, 90_000)
+    config = IndexConfig(variant="research", memory_budget_mb=1, rows_per_shard=20_000)
+    manifest = build_variant_index(spark, lake, config, MODEL, Lineage(run_id="r1"))
+    directory = index_dir(lake, "research")
+    assert manifest["lists_on_disk"] and manifest["factory"] == "IVF1024,Flat" and len(manifest["shards"]) == 5
+    (lists,) = directory.glob("*.ivfdata")
+    index, _ = knn.load_index(directory)
+    assert knn.lists_file_of(index) == lists
+    plan = knn.plan_index(len(uids), DIM, 1 << 20)
+    _same_search(index, knn.build_index(x, np.arange(len(uids)), plan), x[::997])
+
+    removed_rows = [5, 500, 50_000]
+    needles = [x[row].astype(np.float32).tobytes() for row in removed_rows]  # IVF-Flat stores float32 vectors
+    assert _files_holding(directory, needles) == {lists.name}
+    removed = remove_from_indexes(lake, {uids[row] for row in removed_rows}, lake.version(CURATED))
+    assert removed == {"research": 3}
+    assert not lists.exists() and not _files_holding(directory, needles)
+    index, stored = knn.load_index(directory)
+    assert index.ntotal == len(uids) - 3 == stored["vectors"]
+    _, found = knn.search(index, x[removed_rows].astype(np.float32), 10)
+    assert not np.isin(found, removed_rows).any()
+    kept = [6, 501, 50_001]
+    assert (knn.search(index, x[kept].astype(np.float32), 1)[1][:, 0] == kept).all()
+
+
+def test_a_failed_build_leaves_nothing_behind(spark, tmp_path):
+    lake, _, _ = _lake(tmp_path, 500)
+    with pytest.raises(ValueError, match="have no demo/other embedding"):
+        build_variant_index(spark, lake, IndexConfig(variant="research"), "demo/other", Lineage(run_id="r1"))
+    directory = index_dir(lake, "research")
+    assert not directory.exists() or not any(directory.iterdir())
