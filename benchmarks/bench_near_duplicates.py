@@ -72,7 +72,7 @@ def spark_clusters(x: np.ndarray, preference: np.ndarray, args: argparse.Namespa
         del x16
         with spark_session(SparkConfig(master="local[2]", app_name="bench-near-duplicates")) as spark:
             reps = spark.read.parquet(str(path)).persist()
-            found = spark_job(spark, reps, F.struct("rank", "uid"), x.shape[1], args.threshold, args.k, nprobe=4,
+            found = spark_job(spark, reps, len(x), F.struct("rank", "uid"), x.shape[1], args.threshold, args.k, nprobe=4,
                               max_cells=16_384, progress=True)
             result = found.select("uid", "cluster").toArrow()
             executors = {name: round(mb) for name, mb in tree_peak_rss_mb().items()}

@@ -82,11 +82,11 @@ def deduplicate(
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
     try:
-        dims = [row["embedding_dim"] for row in reps.select("embedding_dim").distinct().collect()]
-        if len(dims) > 1:
-            raise ValueError(f"kept pairs carry embeddings of several widths {sorted(dims)}: one CLIP model at a time")
+        widths = {row["embedding_dim"]: row["count"] for row in reps.groupBy("embedding_dim").count().collect()}
+        if len(widths) > 1:
+            raise ValueError(f"kept pairs carry embeddings of several widths {sorted(widths)}: one CLIP model at a time")
         clusters = near_duplicate_clusters(
-            spark, reps, F.col("key"), dims[0] if dims else 1,
+            spark, reps, sum(widths.values()), F.col("key"), next(iter(widths), 1),
             config.near_duplicate_threshold, config.near_duplicate_neighbours, config.near_duplicate_probes,
             config.near_duplicate_max_cells, progress,
         ).withColumnRenamed("uid", "exact_representative")

@@ -118,7 +118,6 @@ def _components(links: DataFrame, keys: DataFrame) -> DataFrame:
         labels = (
             edges.select(F.col("src").alias("uid")).distinct().join(keys, "uid")
             .select("uid", F.col("key").alias("label"))
-            .localCheckpoint()
         )
         rounds = 0
         while True:
@@ -127,16 +126,18 @@ def _components(links: DataFrame, keys: DataFrame) -> DataFrame:
                 edges.join(labels.withColumnRenamed("uid", "dst"), "dst")
                 .groupBy(F.col("src").alias("uid")).agg(F.min("label").alias("neighbour"))
             )
-            spread = labels.join(neighbours, "uid").select("uid", F.least("label", "neighbour").alias("label"))
+            spread = labels.join(neighbours, "uid").select(
+                "uid", F.col("label").alias("before"), F.least("label", "neighbour").alias("label"))
             via = spread.select(F.col("uid").alias("via"), F.col("label").alias("via_label"))
+            # Checkpointed by the count below (no job of its own), so each round plans from data,
+            # not from every earlier round.
             jumped = (
                 spread.join(via, F.col("label.uid") == F.col("via"))
-                .select("uid", F.least("label", "via_label").alias("label"))
-                .localCheckpoint()
+                .select("uid", "before", F.least("label", "via_label").alias("label"))
+                .localCheckpoint(eager=False)
             )
-            changed = jumped.join(labels.withColumnRenamed("label", "before"), "uid").where(
-                F.col("label") != F.col("before")).count()
-            labels = jumped
+            changed = jumped.where(F.col("label") != F.col("before")).count()
+            labels = jumped.select("uid", "label")
             log.info("near-duplicates: components round %d, %d labels changed", rounds, changed)
             if changed == 0:
                 return labels
@@ -147,6 +148,7 @@ def _components(links: DataFrame, keys: DataFrame) -> DataFrame:
 def near_duplicate_clusters(
     spark: SparkSession,
     reps: DataFrame,
+    rows: int,
     key: Column,
     dim: int,
     threshold: float,
@@ -155,14 +157,13 @@ def near_duplicate_clusters(
     max_cells: int,
     progress: bool = False,
 ) -> DataFrame:
-    """(uid, cluster, cluster_size, max_similarity) for every row of ``reps`` (columns ``uid``,
-    ``image_embedding``: float16 L2-normalised, ``dim`` wide), with the semantics of
+    """(uid, cluster, cluster_size, max_similarity) for every row of ``reps`` (``rows`` of them;
+    columns ``uid``, ``image_embedding``: float16 L2-normalised, ``dim`` wide), with the semantics of
     ``gpu_jobs.near_duplicates.near_duplicate_clusters``: clusters are the connected components of
     each row's ``k`` nearest neighbours at cosine >= ``threshold``, represented by the row with the
     smallest ``key`` (a struct ending in ``uid``, so ties cannot happen). ``max_similarity`` is the
     best cosine of a row's links, null for a row with none. ``reps`` is read several times: pass a
     persisted DataFrame."""
-    rows = reps.count()
     links = _links(spark, reps, rows, dim, threshold, k, nprobe, max_cells, progress).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         labels = _components(links, reps.select("uid", key.alias("key")))

@@ -30,7 +30,7 @@ def spark_clusters(spark, x: np.ndarray, preference: np.ndarray, k: int = 16) ->
     })
     reps = spark.createDataFrame(table).repartition(3).persist()
     try:
-        result = near_duplicate_clusters(spark, reps, F.struct("rank", "uid"), x.shape[1], THRESHOLD, k,
+        result = near_duplicate_clusters(spark, reps, len(x), F.struct("rank", "uid"), x.shape[1], THRESHOLD, k,
                                          nprobe=4, max_cells=1024)
         return {row["uid"]: row for row in result.toArrow().to_pylist()}
     finally:
