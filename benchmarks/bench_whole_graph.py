@@ -8,14 +8,16 @@ more WARC files, as in life), served by ``--hosts`` image servers (separate proc
 ports: the download stage gives each host one task). ``candidates`` is written directly (parsing
 is ``bench_warc_pairs``'s subject); a small hash list is imported. Then each stage runs as its asset
 runs it, on one local[2] Spark session with the demo profile and the demo model: images,
-clip_scores, image_tags, kept_pairs, blocklist_matches, dedup, curated, knn_index, release. Before
+clip_scores, image_tags, kept_pairs, blocklist_matches, dedup (near-duplicate threshold 1.0, so
+that the curated set grows with the crawl: the search runs in full all the same), curated,
+knn_index, release. Before
 each stage every process's peak RSS is reset (``/proc/<pid>/clear_refs``), and read after it.
 
 Each size runs in a fresh process. Goal (issue E): at the larger size, peak RSS <= 1.2x the
 smaller, for the driver and for each kind of executor process. Prints a table and writes
 ``benchmarks/results/whole_graph.json``; the machine is shared, so the load average is recorded.
 
-    .venv/bin/python -m benchmarks.bench_whole_graph [--sizes 100000 400000] [--hosts 8]
+    .venv/bin/python -m benchmarks.bench_whole_graph [--sizes 100000 400000] [--hosts 8] [--until images]
 """
 
 from __future__ import annotations
@@ -131,7 +133,7 @@ def _hash_lists(lake, path: Path, urls: list[str], folder: Path) -> None:
     from infra.delta_store import Lineage
     from spark_jobs.blocklist import import_blocklist
 
-    images = pq.read_table(path, columns=["image"]).column("image")
+    images = next(pq.ParquetFile(path).iter_batches(columns=["image"], batch_size=2_000)).column("image")
     md5 = [hashlib.md5(images[i].as_py()).hexdigest() for i in range(0, 2_000, 997)]
     sha = [hashlib.sha256(f"{urls[i % len(urls)]}/img/{i}.jpg".encode()).hexdigest() for i in range(0, 50_000, 1009)]
     (folder / "images.txt").write_text("\n".join(md5) + "\n")
@@ -141,7 +143,7 @@ def _hash_lists(lake, path: Path, urls: list[str], folder: Path) -> None:
 
 
 class _Probe:
-    """Peak RSS and CPU of the driver and of the Spark JVM's process tree, per stage."""
+    """Peak RSS of the driver and of the Spark JVM's process tree, and the machine's CPU, per stage."""
 
     def __init__(self, exclude: set[int]) -> None:
         self.exclude = exclude
@@ -150,15 +152,13 @@ class _Probe:
         me = os.getpid()
         return [p for p in tree_pids(me) if p not in self.exclude]
 
-    def _cpu(self) -> float:
-        ticks, total = os.sysconf("SC_CLK_TCK"), 0
-        for pid in self._pids():
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])
-            except OSError:
-                continue
-        return total / ticks
+    @staticmethod
+    def _machine_cpu() -> float:
+        """Busy CPU seconds of the whole machine (/proc/stat): unlike a sum over processes, it keeps
+        what the Python workers that exit during a stage used (and counts the image servers')."""
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle, iowait
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
     def run(self, fn: Callable[[], object]) -> dict:
         for pid in self._pids():
@@ -166,7 +166,7 @@ class _Probe:
                 Path(f"/proc/{pid}/clear_refs").write_text("5")
             except OSError:
                 continue
-        cpu, start = self._cpu(), time.perf_counter()
+        cpu, start = self._machine_cpu(), time.perf_counter()
         fn()
         wall = time.perf_counter() - start
         peaks = {"driver": peak_rss_mb()}
@@ -175,16 +175,16 @@ class _Probe:
                 continue
             try:
                 name = Path(f"/proc/{pid}/comm").read_text().strip()
-                name = "python worker" if name.startswith("python") else "jvm" if name == "java" else name
-                peaks[name] = max(peaks.get(name, 0.0), peak_rss_mb(pid))
+                if name == "java" or name.startswith("python"):  # not the shell that launched the JVM
+                    kind = "jvm" if name == "java" else "python worker"
+                    peaks[kind] = max(peaks.get(kind, 0.0), peak_rss_mb(pid))
             except OSError:
                 continue
-        # CPU of processes that ended during the stage is lost: a lower bound.
-        return {"wall_s": round(wall, 2), "cpu_s": round(self._cpu() - cpu, 1),
+        return {"wall_s": round(wall, 2), "machine_cpu_s": round(self._machine_cpu() - cpu, 1),
                 "peak_rss_mb": {k: round(v) for k, v in sorted(peaks.items())}}
 
 
-def one_size(n: int, hosts: int, pairs_per_file: int) -> dict:
+def one_size(n: int, hosts: int, pairs_per_file: int, until: str | None) -> dict:
     """Every stage over ``n`` pairs in this process; returns per-stage figures."""
     path = pair_images(n)
     servers = [subprocess.Popen([sys.executable, "-m", "benchmarks.bench_whole_graph", "--serve", str(path), str(n),
@@ -192,14 +192,14 @@ def one_size(n: int, hosts: int, pairs_per_file: int) -> dict:
                for h in range(hosts)]
     try:
         urls = [server.stdout.readline().strip() for server in servers]
-        return _stages(n, path, urls, pairs_per_file, {s.pid for s in servers})
+        return _stages(n, path, urls, pairs_per_file, {s.pid for s in servers}, until)
     finally:
         for server in servers:
             server.stdin.close()
             server.wait(timeout=30)
 
 
-def _stages(n: int, path: Path, urls: list[str], pairs_per_file: int, servers: set[int]) -> dict:
+def _stages(n: int, path: Path, urls: list[str], pairs_per_file: int, servers: set[int], until: str | None) -> dict:
     from gpu_jobs import tagging
     from gpu_jobs.clip_model import model_config, model_identity
     from infra.config import load_config
@@ -216,6 +216,10 @@ def _stages(n: int, path: Path, urls: list[str], pairs_per_file: int, servers: s
             "lake": {"root": str(root / "lake")},
             "spark": {"master": "local[2]", "app_name": "bench-whole-graph"},
             "download": {"image_size": 64, "allow_hosts": [u.removeprefix("http://") for u in urls]},
+            # The pairs share 2,000 rendered shapes: at the demo's 0.998 most would be near
+            # duplicates and the curated set would stop growing with the crawl. Only cosine 1 links.
+            "curation": {"near_duplicate_threshold": 1.0},
+            "release": {"samples_per_shard": 10_000},  # production's, not the demo's 50
         })
         lake = Lake(config.lake.root)
         start = time.perf_counter()
@@ -249,6 +253,8 @@ def _stages(n: int, path: Path, urls: list[str], pairs_per_file: int, servers: s
                 image_ext=config.download.encode_format),
         }
         for name, stage in stages.items():
+            if out and list(out)[-1] == until:
+                break
             out[name] = probe.run(stage)
             print(f"  {name:<18} {out[name]['wall_s']:>8.1f}s  " + ", ".join(
                 f"{k} {v:,} MB" for k, v in out[name]["peak_rss_mb"].items()), flush=True)
@@ -278,6 +284,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 400_000])
     parser.add_argument("--hosts", type=int, default=8)
     parser.add_argument("--pairs-per-file", type=int, default=5_000)
+    parser.add_argument("--until", help="the last stage to run (default: all)")
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # size, result file
     parser.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -285,7 +292,7 @@ def main() -> None:
         serve(args.serve[0], int(args.serve[1]), int(args.serve[2]), int(args.serve[3]))
         return
     if args.one:
-        Path(args.one[1]).write_text(json.dumps(one_size(int(args.one[0]), args.hosts, args.pairs_per_file)))
+        Path(args.one[1]).write_text(json.dumps(one_size(int(args.one[0]), args.hosts, args.pairs_per_file, args.until)))
         return
     load = os.getloadavg()[0]
     pair_images(max(args.sizes))
@@ -295,13 +302,15 @@ def main() -> None:
             print(f"{n:,} pairs", flush=True)
             result = Path(tmp) / f"{n}.json"
             subprocess.run([sys.executable, "-m", "benchmarks.bench_whole_graph", "--one", str(n), str(result),
-                            "--hosts", str(args.hosts), "--pairs-per-file", str(args.pairs_per_file)], check=True)
+                            "--hosts", str(args.hosts), "--pairs-per-file", str(args.pairs_per_file),
+                            *(["--until", args.until] if args.until else [])], check=True)
             runs.append(json.loads(result.read_text()))
     print_table(runs)
     results = {"created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-               "machine": {**machine(), "load_average_1m_at_start": load}, "runs": runs}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=1))
+               "machine": {**machine(), "load_average_1m_at_start": load}, "until": args.until, "runs": runs}
+    out = RESULTS if not args.until else RESULTS.with_name(f"whole_graph_until_{args.until}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -172,6 +172,9 @@ def write_table(
     if spec.partition_by and replace_partitions is None:
         raise ValueError(f"table {spec.name} is partitioned: name the partitions to replace")
     lake.ensure_writable()
+    if spec.partition_by:
+        # Each task's rows grouped by partition: its writer then holds one file open at a time.
+        df = df.sortWithinPartitions(*spec.partition_by)
     writer = (
         df.write.format(FORMAT)
         .mode("overwrite")

@@ -228,9 +228,14 @@ class _DeltaWriter(DataSourceArrowWriter):
         return f"{table_path}/{_ABORTED_DIR}/{self.write_id}"
 
     def write(self, iterator: Iterator[pa.RecordBatch]) -> _WrittenFiles:
-        """Stream the task's rows into one Parquet file per table partition they fall in."""
+        """Stream the task's rows into one Parquet file per table partition they fall in.
+
+        Rows come sorted by partition (``write_table`` sorts them), so a file is closed as soon
+        as the next partition's rows begin: one open file per task, whatever the number of
+        partitions, instead of one per partition each holding the metadata of its row groups."""
         filesystem, table_path = _filesystem(self.table_uri)
         open_files: dict[tuple[str, ...], _OpenFile] = {}
+        files: list[dict[str, Any]] = []
         try:
             for batch in iterator:
                 if not batch.num_rows:
@@ -239,12 +244,16 @@ class _DeltaWriter(DataSourceArrowWriter):
                 groups = [((), data)] if not self.spec.partition_by else _split_by_partition(data, self.spec)
                 for values, rows in groups:
                     if values not in open_files:
+                        for done in list(open_files):
+                            files.append(open_files.pop(done).close(filesystem))
                         open_files[values] = self._open(filesystem, table_path, values)
                     open_files[values].write(rows.drop_columns(list(self.spec.partition_by)))
-            files = [f.close(filesystem) for f in open_files.values()]
+            files += [f.close(filesystem) for f in open_files.values()]
         except BaseException:
             for f in open_files.values():
                 f.discard(filesystem)
+            for written in files:
+                filesystem.delete_file(f"{table_path}/{written['path']}")
             raise
         # A task that outlives the job's failure (Spark kills it asynchronously) finds the abort
         # marker here and removes its own files: either this check sees the marker, or the files
@@ -379,7 +388,7 @@ def _split_by_partition(data: pa.Table, spec: TableSpec) -> list[tuple[tuple[str
             m = pc.equal(data.column(col), key[col])
             mask = m if mask is None else pc.and_(mask, m)
         out.append((tuple(key[c] for c in spec.partition_by), data.filter(mask)))
-    return out
+    return sorted(out, key=lambda group: group[0])  # the order write_table sorted the rows in
 
 
 class DeltaDataSource(DataSource):

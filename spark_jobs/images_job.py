@@ -166,11 +166,12 @@ def download_images(
     finally:
         todo.unpersist()
 
-    outcome = lake.read(IMAGES, version=version, columns=["warc_file", "status", "error"], partitions=partitions)
+    # Counted in Spark: one row per (file, status, error), never one per image, reaches the driver.
+    outcome = read_table(spark, lake, IMAGES, version=version, partitions=partitions, columns=["warc_file", "status", "error"])
     counts: dict[str, Counter[str]] = {p: Counter() for p in partitions}
-    for row in outcome.to_pylist():
+    for row in outcome.groupBy("warc_file", "status", "error").count().collect():
         c = counts[row["warc_file"]]
-        c["images_ok" if row["status"] == "ok" else "images_failed"] += 1
+        c["images_ok" if row["status"] == "ok" else "images_failed"] += row["count"]
         if row["error"]:
-            c[f"failed_{row['error']}"] += 1
+            c[f"failed_{row['error']}"] += row["count"]
     return version, {p: dict(c) for p, c in counts.items()}
