@@ -129,8 +129,7 @@ def _components(links: DataFrame, keys: DataFrame) -> DataFrame:
             spread = labels.join(neighbours, "uid").select(
                 "uid", F.col("label").alias("before"), F.least("label", "neighbour").alias("label"))
             via = spread.select(F.col("uid").alias("via"), F.col("label").alias("via_label"))
-            # Checkpointed by the count below (no job of its own), so each round plans from data,
-            # not from every earlier round.
+            # Checkpointed each round, so a round plans from data, not from every earlier round.
             jumped = (
                 spread.join(via, F.col("label.uid") == F.col("via"))
                 .select("uid", "before", F.least("label", "via_label").alias("label"))
@@ -161,7 +160,7 @@ def near_duplicate_clusters(
     columns ``uid``, ``image_embedding``: float16 L2-normalised, ``dim`` wide), with the semantics of
     ``gpu_jobs.near_duplicates.near_duplicate_clusters``: clusters are the connected components of
     each row's ``k`` nearest neighbours at cosine >= ``threshold``, represented by the row with the
-    smallest ``key`` (a struct ending in ``uid``, so ties cannot happen). ``max_similarity`` is the
+    smallest ``key`` (a struct with a ``uid`` field last, so ties cannot happen). ``max_similarity`` is the
     best cosine of a row's links, null for a row with none. ``reps`` is read several times: pass a
     persisted DataFrame."""
     links = _links(spark, reps, rows, dim, threshold, k, nprobe, max_cells, progress).persist(StorageLevel.MEMORY_AND_DISK)
