@@ -48,7 +48,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from benchmarks.bench_knn_index import clustered_embeddings, machine
-from gpu_jobs.retrieval import UIDS_NAME, index_dir
+from gpu_jobs.knn_index import UIDS_NAME, index_dir
 from infra.config import IndexConfig, ReleaseConfig, SparkConfig, load_config
 from infra.delta_store import Lake, Lineage
 from infra.tables import (

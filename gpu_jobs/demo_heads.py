@@ -72,17 +72,18 @@ def _embedded_renders(checkpoint: Path, seed: int) -> tuple[np.ndarray, np.ndarr
 def train_demo_heads(model_dir: Path, seed: int = 0) -> dict[str, embedding_heads.TrainReport]:
     """Train and save every demo head into ``model_dir/heads``; returns their reports."""
     checkpoint = Path(model_dir) / demo_model.CHECKPOINT_NAME
-    embeddings, which = _embedded_renders(checkpoint, seed)
     out = heads_dir(model_dir)
     reports = {}
-    for tag, (overlay, present) in HEADS.items():
-        has = which == list(shapes.OVERLAYS).index(overlay) + 1
-        labels = np.where(has, present, 1 - present)
-        head, report = embedding_heads.train_head(
-            embeddings, labels, tag, demo_model.MODEL_NAME, layout="mlp", seed=seed, hidden=HIDDEN, steps=STEPS
-        )
-        embedding_heads.save_head(head, out)
-        reports[tag] = report
+    with demo_model.one_thread():  # the same heads on any machine
+        embeddings, which = _embedded_renders(checkpoint, seed)
+        for tag, (overlay, present) in HEADS.items():
+            has = which == list(shapes.OVERLAYS).index(overlay) + 1
+            labels = np.where(has, present, 1 - present)
+            head, report = embedding_heads.train_head(
+                embeddings, labels, tag, demo_model.MODEL_NAME, layout="mlp", seed=seed, hidden=HIDDEN, steps=STEPS
+            )
+            embedding_heads.save_head(head, out)
+            reports[tag] = report
     (out / REPORT_NAME).write_text(
         json.dumps({"fingerprint": fingerprint(checkpoint, seed), "heads": {t: asdict(r) for t, r in reports.items()}}, indent=1)
     )

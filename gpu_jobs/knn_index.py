@@ -34,7 +34,16 @@ from faiss.contrib.inspect_tools import get_invlist
 from faiss.contrib.ondisk import merge_ondisk
 from tqdm import tqdm
 
+from infra.delta_store import Lake
+
 log = logging.getLogger(__name__)
+
+UIDS_NAME = "uids.parquet"  # faiss id -> uid, beside the index
+
+
+def index_dir(lake: Lake, variant: str) -> Path:
+    """Where a variant's index lives in the lake."""
+    return Path(lake.root) / "indexes" / variant
 
 FLAT_MAX_ROWS = 20_000  # below this exact search costs < ~1 ms/query at 512-d: no approximation
 TRAIN_POINTS_PER_LIST = 40  # faiss k-means warns below 39 points per centroid

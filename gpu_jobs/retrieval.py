@@ -23,19 +23,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from gpu_jobs import knn_index as knn
+from gpu_jobs.knn_index import UIDS_NAME, index_dir
 from gpu_jobs.clip_model import ClipModelError, LoadedClip, load_clip, model_identity
 from gpu_jobs.embedding_format import embeddings_from_column
 from infra.config import ClipConfig, DownloadConfig
 from infra.delta_store import Lake
 from infra.tables import CLIP_SCORES, CURATED
 from spark_jobs.download.resizer import resize_image
-
-UIDS_NAME = "uids.parquet"
-
-
-def index_dir(lake: Lake, variant: str) -> Path:
-    return Path(lake.root) / "indexes" / variant
-
 
 @dataclass(frozen=True)
 class Hit:

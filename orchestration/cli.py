@@ -66,8 +66,7 @@ def _latest_release(config: PairlakeConfig) -> dict | None:
 
 
 def _index_manifest(config: PairlakeConfig) -> dict:
-    from gpu_jobs.knn_index import load_index
-    from gpu_jobs.retrieval import index_dir
+    from gpu_jobs.knn_index import index_dir, load_index
     from infra.delta_store import Lake
 
     return load_index(index_dir(Lake(config.lake.root), config.index.variant))[1]

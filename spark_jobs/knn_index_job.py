@@ -33,7 +33,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 
 from gpu_jobs import knn_index as knn
 from gpu_jobs.embedding_format import embeddings_from_column
-from gpu_jobs.retrieval import UIDS_NAME, index_dir
+from gpu_jobs.knn_index import UIDS_NAME, index_dir
 from infra.arrow_runs import key_runs
 from infra.config import IndexConfig
 from infra.delta_store import Lake, Lineage

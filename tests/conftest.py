@@ -29,9 +29,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     (or its cache checked) in a background process meanwhile: on a fresh clone training is the
     longest single step of the suite, and most tests never touch the model.
 
-    Under pytest-xdist (``make test`` runs ``-n auto --dist loadgroup``) a module's tests stay on
-    one worker, so that module fixtures are built once, and so do all users of a shared session
-    fixture. Only the first worker starts the trainer; the others wait on the model's lock."""
+    Under pytest-xdist (``make test`` runs ``-n auto --dist loadgroup --no-loadscope-reorder``,
+    groups handed out in this order, not largest first) a module's tests stay on one worker, so
+    that module fixtures are built once, and so do all users of a shared session fixture. Only the
+    first worker starts the trainer; the others wait on the model's lock."""
     global _preparing
     # A module joins the group of a shared fixture that any of its tests uses.
     group: dict[str, str] = {}
@@ -39,14 +40,19 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         module = item.nodeid.split("::")[0]
         shared = next((name for name in _SHARED_FIXTURES if name in getattr(item, "fixturenames", ())), None)
         group[module] = shared or group.get(module, module)
-    needs_model = []
+    # A group goes to one worker whole, so a group with any user of the model goes last whole: a
+    # worker handed it early would wait for the model instead of running other tests.
+    waiting_groups = set()
     for item in items:
         item.add_marker(pytest.mark.xdist_group(group[item.nodeid.split("::")[0]]))
         if _MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
-            needs_model.append(item)
-    if not needs_model:
+            waiting_groups.add(group[item.nodeid.split("::")[0]])
+    if not waiting_groups:
         return
-    items[:] = [item for item in items if item not in needs_model] + needs_model
+    # The pipeline's users are the longest chain after the model: first of those.
+    needs_model = sorted((item for item in items if group[item.nodeid.split("::")[0]] in waiting_groups),
+                         key=lambda item: group[item.nodeid.split("::")[0]] not in _SHARED_FIXTURES)
+    items[:] = [item for item in items if group[item.nodeid.split("::")[0]] not in waiting_groups] + needs_model
     if os.environ.get("PYTEST_XDIST_WORKER", "gw0") == "gw0":
         DEMO_MODEL_DIR.mkdir(parents=True, exist_ok=True)
         log = open(DEMO_MODEL_DIR / "background-training.log", "w")

@@ -9,7 +9,8 @@ import dagster as dg
 import pyarrow.compute as pc
 import pytest
 
-from gpu_jobs.retrieval import VariantSearch, index_dir
+from gpu_jobs.knn_index import index_dir
+from gpu_jobs.retrieval import VariantSearch
 from infra.config import load_config
 from infra.tables import CURATED
 from orchestration.cli import main as cli_main

@@ -15,7 +15,8 @@ from faiss.contrib.inspect_tools import get_invlist
 
 from gpu_jobs import knn_index as knn
 from gpu_jobs.embedding_format import embedding_to_bytes
-from gpu_jobs.retrieval import UIDS_NAME, index_dir, remove_from_indexes
+from gpu_jobs.knn_index import UIDS_NAME, index_dir
+from gpu_jobs.retrieval import remove_from_indexes
 from infra.config import IndexConfig
 from infra.delta_store import Lake, Lineage
 from infra.tables import CLIP_SCORES, CURATED
