@@ -45,19 +45,23 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         module = item.nodeid.split("::")[0]
         shared = next((name for name in _SHARED_FIXTURES if name in getattr(item, "fixturenames", ())), None)
         group[module] = shared or group.get(module, module)
+
+    def group_of(item: pytest.Item) -> str:
+        return group[item.nodeid.split("::")[0]]
+
     # A group goes to one worker whole, so a group with any user of the model goes last whole: a
     # worker handed it early would wait for the model instead of running other tests.
     waiting_groups = set()
     for item in items:
-        item.add_marker(pytest.mark.xdist_group(group[item.nodeid.split("::")[0]]))
+        item.add_marker(pytest.mark.xdist_group(group_of(item)))
         if _MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
-            waiting_groups.add(group[item.nodeid.split("::")[0]])
+            waiting_groups.add(group_of(item))
     if not waiting_groups:
         return
     # The pipeline's users are the longest chain after the model: first of those.
-    needs_model = sorted((item for item in items if group[item.nodeid.split("::")[0]] in waiting_groups),
-                         key=lambda item: group[item.nodeid.split("::")[0]] not in _SHARED_FIXTURES)
-    items[:] = [item for item in items if group[item.nodeid.split("::")[0]] not in waiting_groups] + needs_model
+    needs_model = sorted((item for item in items if group_of(item) in waiting_groups),
+                         key=lambda item: group_of(item) not in _SHARED_FIXTURES)
+    items[:] = [item for item in items if group_of(item) not in waiting_groups] + needs_model
     if os.environ.get("PYTEST_XDIST_WORKER", "gw0") == "gw0":
         DEMO_MODEL_DIR.mkdir(parents=True, exist_ok=True)
         log = open(DEMO_MODEL_DIR / "background-training.log", "w")
