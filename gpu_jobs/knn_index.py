@@ -38,13 +38,6 @@ from infra.delta_store import Lake
 
 log = logging.getLogger(__name__)
 
-UIDS_NAME = "uids.parquet"  # faiss id -> uid, beside the index
-
-
-def index_dir(lake: Lake, variant: str) -> Path:
-    """Where a variant's index lives in the lake."""
-    return Path(lake.root) / "indexes" / variant
-
 FLAT_MAX_ROWS = 20_000  # below this exact search costs < ~1 ms/query at 512-d: no approximation
 TRAIN_POINTS_PER_LIST = 40  # faiss k-means warns below 39 points per centroid
 RECALL_QUERIES = 1000
@@ -56,9 +49,15 @@ IDMAP2_BYTES_PER_ROW = 56  # id vector + reverse hash map entry
 NORM_TOLERANCE = 1e-2  # float16-stored embeddings are normalised to ~1e-3
 
 INDEX_FILE = "index.faiss"
+UIDS_NAME = "uids.parquet"  # faiss id -> uid, beside the index
 MANIFEST_FILE = "manifest.json"
 MANIFEST_INDEX_KEY = "faiss_index"  # added by save_index: what the index file must match
 LISTS_SUFFIX = ".ivfdata"
+
+
+def index_dir(lake: Lake, variant: str) -> Path:
+    """Where a variant's index lives in the lake."""
+    return Path(lake.root) / "indexes" / variant
 
 
 class IndexLoadError(RuntimeError):

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from gpu_jobs import knn_index as knn
-from gpu_jobs.knn_index import UIDS_NAME, index_dir
 from gpu_jobs.clip_model import ClipModelError, LoadedClip, load_clip, model_identity
 from gpu_jobs.embedding_format import embeddings_from_column
+from gpu_jobs.knn_index import UIDS_NAME, index_dir
 from infra.config import ClipConfig, DownloadConfig
 from infra.delta_store import Lake
 from infra.tables import CLIP_SCORES, CURATED
