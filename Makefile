@@ -41,8 +41,8 @@ ui: setup
 		$(BIN)/dagster dev -m orchestration.definitions -h 127.0.0.1 -p $(UI_PORT); \
 	fi
 
-# One pytest worker per core; groups (tests/conftest.py) are handed out in collection order, which
-# puts the demo model's users last: the model trains in the background meanwhile.
+# One pytest worker per core; groups (tests/conftest.py) are handed out in the order conftest sets:
+# the longest first, or, when the committed demo model is stale, its users last while it retrains.
 test: setup
 	$(BIN)/python -m pytest -n auto --dist loadgroup --no-loadscope-reorder --durations=25
 

@@ -4,9 +4,9 @@ No real safety or quality labels can be downloaded, so the demo stands them in w
 sample crawl also serves (``synthetic_shapes.OVERLAYS``): ``pwatermark`` = watermark text,
 ``punsafe`` = a hazard-stripe frame, ``aesthetic`` = P(not degraded). The heads are small MLPs
 trained with ``embedding_heads.train_head`` on renders passed through the crawl's path, their
-embeddings rounded to float16 as ``clip_scores`` stores them; cached beside the demo model.
+embeddings rounded to float16 as ``clip_scores`` stores them; committed beside the demo model.
 
-    python -m gpu_jobs.demo_heads --model-dir .cache/demo_model
+    python -m gpu_jobs.demo_heads --model-dir infra/demo_model
 """
 
 from __future__ import annotations
@@ -90,17 +90,22 @@ def train_demo_heads(model_dir: Path, seed: int = 0) -> dict[str, embedding_head
     return reports
 
 
+def is_current(model_dir: Path, seed: int = 0) -> bool:
+    """Whether the heads beside the model in ``model_dir`` were trained on its weights by this code."""
+    try:
+        stored = json.loads((heads_dir(model_dir) / REPORT_NAME).read_text())["fingerprint"]
+        return stored == fingerprint(Path(model_dir) / demo_model.CHECKPOINT_NAME, seed)
+    except (OSError, ValueError, KeyError):
+        return False
+
+
 def ensure_demo_heads(model_dir: Path, seed: int = 0) -> Path:
     """The heads folder, (re)trained when missing or made for other weights or code."""
     out = heads_dir(model_dir)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            stored = json.loads((out / REPORT_NAME).read_text())["fingerprint"]
-        except (OSError, ValueError, KeyError):
-            stored = None
-        if stored != fingerprint(Path(model_dir) / demo_model.CHECKPOINT_NAME, seed):
+        if not is_current(model_dir, seed):
             train_demo_heads(model_dir, seed)
     return out
 
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description="Train (or reuse) the demo model and its tag heads and print the heads' accuracy."
     )
-    parser.add_argument("--model-dir", type=Path, default=Path(".cache/demo_model"))
+    parser.add_argument("--model-dir", type=Path, default=Path("infra/demo_model"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     demo_model.ensure_demo_model(args.model_dir, args.seed)  # the heads are trained over its embeddings

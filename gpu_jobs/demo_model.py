@@ -1,12 +1,16 @@
 """Train the demo CLIP model (``pairlake-demo-tiny``) from scratch on synthetic captioned shapes.
 
-No weights can be downloaded for the demo, so it trains its own: several minutes on two CPU cores,
-deterministic from a seed. Training images take the crawl's path: encoded as the sample site
+No weights can be downloaded for the demo, so it trains its own: about ten minutes of one CPU
+core, deterministic from a seed. Training images take the crawl's path: encoded as the sample site
 serves them, resized by the downloader (border mode, 256 px), then open_clip's preprocessing, so
 the model scores downloaded crawl images as it saw them. It is evaluated on renders from a
 stream it never trained on: zero-shot accuracy over all classes and caption cosines.
 
-    python -m gpu_jobs.demo_model --out .cache/demo_model
+    python -m gpu_jobs.demo_model --out infra/demo_model
+
+The trained model is committed there (with its report and tag heads) like a golden file: a fresh
+clone, its demo and its tests use it while its fingerprint matches this code, and retrain it in
+place when it does not (then commit the new files).
 """
 
 from __future__ import annotations
@@ -336,27 +340,32 @@ def _stored_fingerprint(out_dir: Path) -> str | None:
         return None
 
 
+def is_current(out_dir: Path, seed: int = 0, steps: int = DEFAULT_STEPS) -> bool:
+    """Whether ``out_dir`` holds the model this code trains from ``seed`` in ``steps``."""
+    out_dir = Path(out_dir)
+    return (out_dir / CHECKPOINT_NAME).exists() and _stored_fingerprint(out_dir) == fingerprint(seed, steps)
+
+
 def ensure_demo_model(
     out_dir: Path, seed: int = 0, steps: int = DEFAULT_STEPS, progress: bool = False, force: bool = False
 ) -> Path:
     """The checkpoint in ``out_dir``, trained first if missing, stale (fingerprint) or ``force``d."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = out_dir / CHECKPOINT_NAME
-    # Engineers and test runs share the cache: the lock makes a second caller wait, not retrain.
+    # Engineers and test runs share the folder: the lock makes a second caller wait, not retrain.
     with open(out_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if force or not checkpoint.exists() or _stored_fingerprint(out_dir) != fingerprint(seed, steps):
+        if force or not is_current(out_dir, seed, steps):
             train_demo_model(out_dir, seed, steps, progress)
-    return checkpoint
+    return out_dir / CHECKPOINT_NAME
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train (or reuse) the demo CLIP model and print its report.")
-    parser.add_argument("--out", type=Path, default=Path(".cache/demo_model"))
+    parser.add_argument("--out", type=Path, default=Path("infra/demo_model"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    parser.add_argument("--force", action="store_true", help="retrain even when the cached model is current")
+    parser.add_argument("--force", action="store_true", help="retrain even when the model in --out is current")
     args = parser.parse_args(argv)
     ensure_demo_model(args.out, args.seed, args.steps, progress=True, force=args.force)
     print(json.dumps(asdict(read_report(args.out)), indent=1))

@@ -203,7 +203,7 @@ class OptOutConfig:
 
 @dataclass(frozen=True)
 class DemoConfig:
-    model_dir: str = ".cache/demo_model"
+    model_dir: str = "infra/demo_model"
     crawl_dir: str = "build/sample_crawl"
     server_port: int = 18765
     pages: int = 60

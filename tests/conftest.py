@@ -1,5 +1,6 @@
 """Shared fixtures: one local Spark session for the whole run (starting one costs ~10 s), and the
-demo model, trained in a background process while the tests that do not need it run first."""
+demo model: the committed one (infra/demo_model) while it is current, else trained in a background
+process while the tests that do not need it run first."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from gpu_jobs import demo_model
+from gpu_jobs.demo_heads import ensure_demo_heads
+from gpu_jobs.demo_heads import is_current as heads_are_current
 from infra.config import SparkConfig
 from infra.local_cluster import LocalStandaloneCluster
 from infra.spark import build_spark_session
@@ -24,24 +28,26 @@ os.environ.setdefault(
     "--driver-java-options -XX:TieredStopAtLevel=1 --conf spark.executor.extraJavaOptions=-XX:TieredStopAtLevel=1 pyspark-shell",
 )
 
-DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / ".cache" / "demo_model"
+DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "infra" / "demo_model"
 _MODEL_FIXTURES = {"demo_checkpoint", "demo_heads"}
 # Session fixtures worth building once: their users share one pytest-xdist worker.
 _SHARED_FIXTURES = ("pipeline", "standalone_cluster")
 _TEST_NICENESS = 5
 _preparing: subprocess.Popen | None = None
+_COMMITTED_MODEL_CURRENT = pytest.StashKey[bool]()
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests that need the demo model run last (stable order otherwise), and the model is trained
-    (or its cache checked) in a background process meanwhile: on a fresh clone training is the
-    longest single step of the suite, and most tests never touch the model.
-
-    Under pytest-xdist (``make test`` runs ``-n auto --dist loadgroup --no-loadscope-reorder``,
+    """Under pytest-xdist (``make test`` runs ``-n auto --dist loadgroup --no-loadscope-reorder``,
     groups handed out in this order, not largest first) a module's tests stay on one worker, so
-    that module fixtures are built once, and so do all users of a shared session fixture. Only the
-    first worker starts the trainer; the others wait on the model's lock."""
+    that module fixtures are built once, and so do all users of a shared session fixture.
+
+    With the committed demo model current, the groups of the shared fixtures (the longest chains)
+    go out first. Otherwise the tests that need the model run last (stable order otherwise), and
+    the model is trained in a background process meanwhile: training is then the longest single
+    step of the suite, and most tests never touch the model. Only the first worker starts the
+    trainer; the others wait on the model's lock."""
     global _preparing
     # A module joins the group of a shared fixture that any of its tests uses.
     group: dict[str, str] = {}
@@ -53,13 +59,15 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     def group_of(item: pytest.Item) -> str:
         return group[item.nodeid.split("::")[0]]
 
-    # A group goes to one worker whole, so a group with any user of the model goes last whole: a
-    # worker handed it early would wait for the model instead of running other tests.
-    waiting_groups = set()
     for item in items:
         item.add_marker(pytest.mark.xdist_group(group_of(item)))
-        if _MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
-            waiting_groups.add(group_of(item))
+    config.stash[_COMMITTED_MODEL_CURRENT] = demo_model.is_current(DEMO_MODEL_DIR) and heads_are_current(DEMO_MODEL_DIR)
+    if config.stash[_COMMITTED_MODEL_CURRENT]:
+        items.sort(key=lambda item: group_of(item) not in _SHARED_FIXTURES)
+        return
+    # A group goes to one worker whole, so a group with any user of the model goes last whole: a
+    # worker handed it early would wait for the model instead of running other tests.
+    waiting_groups = {group_of(item) for item in items if _MODEL_FIXTURES & set(getattr(item, "fixturenames", ()))}
     if not waiting_groups:
         return
     # The pipeline's users are the longest chain after the model: first of those.
@@ -83,7 +91,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _preparing is not None and _preparing.poll() is None:
-        _preparing.terminate()  # an interrupted run; the model's lock and atomic save keep the cache sound
+        _preparing.terminate()  # an interrupted run; the model's lock and atomic save keep the folder sound
         _preparing.wait()
 
 
@@ -109,19 +117,21 @@ def standalone_cluster(tmp_path_factory) -> Iterator[str]:
         yield master
 
 
+@pytest.fixture
+def committed_model_was_current(request: pytest.FixtureRequest) -> bool:
+    """Whether infra/demo_model matched the training code when the run began, before any retraining."""
+    return request.config.stash[_COMMITTED_MODEL_CURRENT]
+
+
 @pytest.fixture(scope="session")
 def demo_checkpoint():
-    """The demo CLIP model, trained once and cached in .cache/demo_model (as `make demo` does)."""
-    from gpu_jobs.demo_model import ensure_demo_model
-
+    """The demo CLIP model in infra/demo_model (as `make demo` uses it), trained there when stale."""
     if _preparing is not None:
         _preparing.wait()  # whatever it did, ensure_demo_model below checks (and if need be trains)
-    return ensure_demo_model(DEMO_MODEL_DIR)
+    return demo_model.ensure_demo_model(DEMO_MODEL_DIR)
 
 
 @pytest.fixture(scope="session")
 def demo_heads(demo_checkpoint):
     """The demo's tag heads (punsafe, pwatermark, aesthetic) over the demo model, cached beside it."""
-    from gpu_jobs.demo_heads import ensure_demo_heads
-
     return ensure_demo_heads(demo_checkpoint.parent)

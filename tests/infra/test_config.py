@@ -22,7 +22,7 @@ def test_a_relative_checkpoint_is_read_against_the_working_directory(tmp_path, m
     application folder): the driver's relative path must reach them absolute."""
     monkeypatch.chdir(tmp_path)
     config = load_config(profile="demo")
-    assert config.clip.checkpoint == str(tmp_path / ".cache" / "demo_model" / "pairlake-demo-tiny.pt")
+    assert config.clip.checkpoint == str(tmp_path / "infra" / "demo_model" / "pairlake-demo-tiny.pt")
 
 
 def test_a_production_file_naming_only_what_it_changes_inherits_nothing_of_the_demo(tmp_path):
