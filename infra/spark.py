@@ -124,16 +124,20 @@ def read_table(
     partitions: Iterable[str] | None = None,
     columns: Iterable[str] | None = None,
     where: dict[str, Iterable[Any]] | None = None,
+    tasks_per_core: int = 1,
 ) -> DataFrame:
     """``spec`` at ``version`` (latest when None) as a DataFrame, optionally only some partitions,
     only some columns and only rows whose column holds one of the given values (``where``, as
     ``{"status": ["ok"]}``). Only those columns are read, and files and row groups whose partition
-    or statistics exclude the values are skipped."""
+    or statistics exclude the values are skipped.
+
+    A read smaller than a split per core is split into at least ``tasks_per_core`` tasks per core:
+    where each row costs much (CLIP), more and smaller tasks even out the cores' shares."""
     reader = (
         spark.read.format(FORMAT).option("root", lake.root).option("table", spec.name)
         # Files are packed into read tasks as Spark packs its own Parquet scans.
         .option("split_bytes", str(_bytes(spark.conf.get("spark.sql.files.maxPartitionBytes"))))
-        .option("parallelism", str(spark.sparkContext.defaultParallelism))
+        .option("parallelism", str(spark.sparkContext.defaultParallelism * tasks_per_core))
     )
     if columns is not None:
         reader = reader.option("columns", json.dumps(list(columns)))
