@@ -59,11 +59,14 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     def group_of(item: pytest.Item) -> str:
         return group[item.nodeid.split("::")[0]]
 
+    def shared_first(item: pytest.Item) -> bool:  # a sort key: the shared fixtures' long chains first
+        return group_of(item) not in _SHARED_FIXTURES
+
     for item in items:
         item.add_marker(pytest.mark.xdist_group(group_of(item)))
     config.stash[_COMMITTED_MODEL_CURRENT] = demo_model.is_current(DEMO_MODEL_DIR) and heads_are_current(DEMO_MODEL_DIR)
     if config.stash[_COMMITTED_MODEL_CURRENT]:
-        items.sort(key=lambda item: group_of(item) not in _SHARED_FIXTURES)
+        items.sort(key=shared_first)
         return
     # A group goes to one worker whole, so a group with any user of the model goes last whole: a
     # worker handed it early would wait for the model instead of running other tests.
@@ -71,8 +74,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if not waiting_groups:
         return
     # The pipeline's users are the longest chain after the model: first of those.
-    needs_model = sorted((item for item in items if group_of(item) in waiting_groups),
-                         key=lambda item: group_of(item) not in _SHARED_FIXTURES)
+    needs_model = sorted((item for item in items if group_of(item) in waiting_groups), key=shared_first)
     items[:] = [item for item in items if group_of(item) not in waiting_groups] + needs_model
     if os.environ.get("PYTEST_XDIST_WORKER", "gw0") == "gw0":
         DEMO_MODEL_DIR.mkdir(parents=True, exist_ok=True)
