@@ -345,7 +345,7 @@ class Lake:
         if self.is_local:
             self.ensure_writable()
         if isinstance(data, pa.Table):  # streamed rewrites are the purge's own, already without them
-            check_commit(self, spec, data, lineage.removals_version)
+            check_commit(self, spec, [data], lineage.removals_version)
         exists = self.table(spec) is not None
         write_deltalake(
             self.uri(spec),
@@ -370,7 +370,8 @@ class Lake:
         filesystem, base = pafs.FileSystem.from_uri(self.uri(spec))
         columns = [c for c in ("uid", "url", "final_url", "status", "sha256", "md5") if c in spec.schema.names]
         paths = [f"{base}/{urllib.parse.unquote(a.path)}" for a in add_actions]
-        rows = pads.dataset(paths, format="parquet", filesystem=filesystem).to_table(columns=columns)
+        # Batch by batch: a run's written rows never sit in the committing process at once.
+        rows = pads.dataset(paths, format="parquet", filesystem=filesystem).to_batches(columns=columns)
         check_commit(self, spec, rows, lineage.removals_version)
 
     def commit_files(

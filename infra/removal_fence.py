@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -49,16 +50,28 @@ def pinned_version(lake) -> int:
     return -1 if version is None else version
 
 
-def check_commit(lake, spec: TableSpec, rows: pa.Table, pinned: int) -> None:
-    """Refuse ``rows`` for ``spec`` if a removal that landed after ``pinned`` covers any of them."""
-    if spec.name not in _SAMPLE_NAMES or not rows.num_rows or pinned_version(lake) == pinned:
+def check_commit(lake, spec: TableSpec, rows: Iterable[pa.Table | pa.RecordBatch], pinned: int) -> None:
+    """Refuse ``rows`` (a commit's rows, streamed in pieces) for ``spec`` if a removal that landed
+    after ``pinned`` covers any of them. Only one piece is held at a time."""
+    if spec.name not in _SAMPLE_NAMES or pinned_version(lake) == pinned:
         return
-    removed = lake.read(REMOVALS, columns=["uid", "request_id"])
-    hit = pc.is_in(rows["uid"], removed["uid"].combine_chunks())
+    removed = lake.read(REMOVALS, columns=["uid"])["uid"].combine_chunks()
     listed = lake.read(BLOCKLIST, columns=["kind", "digest"], partitions=[REMOVAL_SOURCE])
     by_kind: dict[str, list[str]] = {}
     for kind, digest in zip(listed["kind"].to_pylist(), listed["digest"].to_pylist()):
         by_kind.setdefault(kind, []).append(digest)
+    count = sum(_removed_rows(spec, piece, removed, by_kind) for piece in rows)
+    if count:
+        raise RemovedWhileWriting(
+            f"commit to {spec.name} refused: {count:,} of its rows were removed by an opt-out while this run was "
+            "writing; nothing was committed. Re-run the step: it reads the updated opt-out list")
+
+
+def _removed_rows(spec: TableSpec, rows: pa.Table | pa.RecordBatch, removed: pa.Array,
+                  by_kind: dict[str, list[str]]) -> int:
+    if not rows.num_rows:
+        return 0
+    hit = pc.is_in(rows["uid"], removed)
     for column in ("url", "final_url"):
         if column not in rows.column_names:
             continue
@@ -74,8 +87,4 @@ def check_commit(lake, spec: TableSpec, rows: pa.Table, pinned: int) -> None:
         for algorithm in ("sha256", "md5"):
             known = pa.array(by_kind.get(f"image-{algorithm}", []), pa.string())
             hit = pc.or_(hit, pc.and_(stored, pc.fill_null(pc.is_in(rows[algorithm], known), False)))
-    count = pc.sum(pc.cast(hit, pa.int64())).as_py() or 0
-    if count:
-        raise RemovedWhileWriting(
-            f"commit to {spec.name} refused: {count:,} of its rows were removed by an opt-out while this run was "
-            "writing; nothing was committed. Re-run the step: it reads the updated opt-out list")
+    return pc.sum(pc.cast(hit, pa.int64())).as_py() or 0

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from infra.delta_store import Lake, Lineage
-from infra.removal_fence import RemovedWhileWriting, pinned_version
+from infra.removal_fence import RemovedWhileWriting, check_commit, pinned_version
 from infra.spark import write_table
 from infra.tables import CANDIDATES, IMAGES
 from spark_jobs import optout
@@ -117,3 +117,26 @@ def test_a_spark_write_held_at_its_commit_point_while_a_purge_lands(lake, tmp_pa
     assert "commit to images refused" in outcome.get("error", "")
     assert files_holding(tmp_path / "lake", BYTES) == []  # neither committed nor left on disk
     assert lake.read(IMAGES)["uid"].to_pylist() == ["keep"]
+
+
+def test_the_fence_holds_one_piece_of_a_commit_at_a_time(lake, tmp_path):
+    """A commit of Spark-written files is checked batch by batch: the committing process never
+    holds a whole run's rows (issue E: its memory must not grow with the run)."""
+    import weakref
+
+    writer = Lineage(run_id="ingest", removals_version=pinned_version(lake))
+    _remove(lake, tmp_path)
+    alive: list[weakref.ref] = []
+
+    def pieces():
+        for i in range(5):
+            # The consumer's loop variable holds the last piece until the next one arrives.
+            assert all(ref() is None for ref in alive[:-1]), "an earlier piece is still held"
+            piece = _images([(f"u{i}", f"http://other.example/{i}.jpg", b"%d" % i)])
+            alive.append(weakref.ref(piece))
+            yield piece
+            del piece
+        yield _images([("x2", URL, b"new bytes of the removed URL")])
+
+    with pytest.raises(RemovedWhileWriting, match="1 of its rows"):
+        check_commit(lake, IMAGES, pieces(), writer.removals_version)
