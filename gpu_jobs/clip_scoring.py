@@ -5,6 +5,12 @@ so the model only waits on them when the CPU side is slower than the forward pas
 uint8 pixels (4x less shared memory and host-to-device traffic than float32); the exact
 ``ToTensor`` + ``Normalize`` arithmetic of open_clip's transform is then done on the device.
 
+On a CUDA device the JPEGs are decoded there instead (torchvision's nvjpeg ``decode_jpeg``, as
+NeMo Curator decodes with DALI): a GPU embeds ViT-B/32 faster than a few CPU cores decode, so the
+workers then only tokenise and hand over the raw bytes; the model's resize and crop run on the
+device too (other formats are decoded on the CPU beside them). torchvision 0.29 marks its image
+decoders deprecated in favour of TorchCodec, which the stack does not install; they still work.
+
 Embeddings are stored L2-normalised as float16 little-endian bytes (half the size of float32 and
 ample for cosine/kNN work); the similarity is computed from the float32 embeddings before rounding.
 """
@@ -23,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms import Compose, Normalize, ToTensor
 from tqdm import tqdm
 
@@ -35,31 +42,67 @@ class ImageDecodeError(RuntimeError):
 
 
 class _PairBatches(Dataset):
-    """Map-style dataset indexed by a list of row positions: returns one whole preprocessed batch."""
+    """Map-style dataset indexed by a list of row positions: returns one whole preprocessed batch
+    (uint8 NCHW pixels), or with ``raw`` the images' undecoded bytes (a list of uint8 tensors)."""
 
-    def __init__(self, images: pa.Array, captions: Sequence[str], pil_stage: Callable, tokenizer: Callable) -> None:
+    def __init__(self, images: pa.Array, captions: Sequence[str], pil_stage: Callable, tokenizer: Callable,
+                 raw: bool = False) -> None:
         self.images = images
         self.captions = captions
         self.pil_stage = pil_stage
         self.tokenizer = tokenizer
+        self.raw = raw
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, list]:
+    def __getitem__(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor | list | None, torch.Tensor, list]:
         pixels, failures = [], []
         for pos in positions:
             data = self.images[pos].as_py()
             try:
                 if data is None:
                     raise ValueError("no image bytes")
+                if self.raw:
+                    pixels.append(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+                    continue
                 with Image.open(io.BytesIO(data)) as img:
                     pixels.append(np.asarray(self.pil_stage(img)))
             except Exception as exc:  # noqa: BLE001 - reported per row to the caller, see score_images
                 failures.append((pos, f"{type(exc).__name__}: {exc}"))
-        batch = None if failures else torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()
+        if failures or self.raw:
+            batch = None if failures else pixels
+        else:
+            batch = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()
         tokens = self.tokenizer([self.captions[pos] for pos in positions])
         return torch.tensor(positions), batch, tokens, failures
+
+
+def _is_jpeg(data: torch.Tensor) -> bool:
+    return data.numel() > 2 and data[0].item() == 0xFF and data[1].item() == 0xD8
+
+
+def _decode_on_device(raw: list[torch.Tensor], device: torch.device, geometric: Callable) -> torch.Tensor:
+    """Raw image bytes -> the model's uint8 NCHW input on ``device``: JPEGs decoded there in one
+    batched call, any other format on the CPU; then the model's resize and crop, image by image
+    (stored images need not share a size). Raises ValueError naming the batch position that fails."""
+    decoded: list[torch.Tensor | None] = [None] * len(raw)
+    jpegs = [i for i, data in enumerate(raw) if _is_jpeg(data)]
+    if jpegs:
+        try:
+            for i, image in zip(jpegs, decode_jpeg([raw[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)):
+                decoded[i] = image
+        except RuntimeError:
+            pass  # one bad file fails the batched call: decode one by one below to name it
+    for i, data in enumerate(raw):
+        if decoded[i] is None:
+            try:
+                image = decode_jpeg(data, mode=ImageReadMode.RGB, device=device) if _is_jpeg(data) else \
+                    decode_image(data, mode=ImageReadMode.RGB)
+            except RuntimeError as exc:
+                raise ValueError(i, f"RuntimeError: {exc}") from None
+            decoded[i] = image.to(device)
+    return torch.stack([geometric(image) for image in decoded])
 
 
 def _split_preprocess(preprocess: Callable) -> tuple[Compose, Normalize]:
@@ -100,8 +143,12 @@ def score_images(
     batch_size: int,
     workers: int,
     progress: bool = False,
+    decode_on_device: bool | None = None,
 ) -> pa.Table:
     """Embed the "ok" rows of an IMAGES table and their captions; return rows of CLIP_SCORES, in input order.
+
+    Images are decoded on the model's device when it is a CUDA device (``decode_on_device`` None),
+    else by the CPU workers; True or False chooses (the tests run the device path on the CPU).
 
     An "ok" image that fails to decode raises ``ImageDecodeError`` naming its uid rather than being
     skipped: the downloader already decoded and re-encoded every such image, so a failure here means
@@ -116,10 +163,10 @@ def score_images(
     # large_binary: a partition's images may exceed the 2 GiB a single binary array can hold.
     pixels = ok.column("image").cast(pa.large_binary()).combine_chunks()
     pil_stage, normalize = _split_preprocess(clip.preprocess)
-    dataset = _PairBatches(pixels, [by_uid[uid] for uid in uids], pil_stage, clip.tokenizer)
-
     device = clip.device
     on_cuda = device.type == "cuda"
+    raw = on_cuda if decode_on_device is None else decode_on_device
+    dataset = _PairBatches(pixels, [by_uid[uid] for uid in uids], pil_stage, clip.tokenizer, raw=raw)
     loader = DataLoader(
         dataset,
         sampler=BatchSampler(SequentialSampler(range(len(uids))), batch_size, drop_last=False),
@@ -159,6 +206,12 @@ def score_images(
                 pos, reason = failures[0]
                 more = f" (and {len(failures) - 1} more in its batch)" if len(failures) > 1 else ""
                 raise ImageDecodeError(f"image of uid {uids[pos]} does not decode: {reason}{more}")
+            if raw:
+                try:
+                    batch = _decode_on_device(batch, device, pil_stage)
+                except ValueError as exc:
+                    index, reason = exc.args
+                    raise ImageDecodeError(f"image of uid {uids[int(positions[index])]} does not decode: {reason}") from None
             x = batch.to(device, non_blocking=True).float().div_(255).sub_(mean).div_(std)
             tokens = tokens.to(device, non_blocking=True)
             with autocast:

@@ -75,13 +75,36 @@ def test_captions_as_table(scores, images, clip):
     assert score_images(images, table, clip, batch_size=8, workers=0).equals(scores)
 
 
-@pytest.mark.parametrize("workers", [0, 1])
-def test_undecodable_image_names_its_uid(images, clip, workers):
+@pytest.mark.parametrize("workers, on_device", [(0, False), (1, False), (0, True), (1, True)])
+def test_undecodable_image_names_its_uid(images, clip, workers, on_device):
     broken = images.to_pydict()
     broken["image"][5] = b"\xff\xd8 not a jpeg"
     table = pa.Table.from_pydict(broken, schema=images.schema)
     with pytest.raises(ImageDecodeError, match=f"image of uid {broken['uid'][5]} does not decode"):
-        score_images(table, captions_for(images), clip, batch_size=8, workers=workers)
+        score_images(table, captions_for(images), clip, batch_size=8, workers=workers, decode_on_device=on_device)
+
+
+def _png(data: bytes) -> bytes:
+    out = io.BytesIO()
+    Image.open(io.BytesIO(data)).save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_decoding_on_the_device_embeds_like_the_cpu_workers(scores, images, clip, workers):
+    """The GPU path (nvjpeg decode, resize and crop on the device), run here on the CPU device: the
+    same rows, the same text embeddings, image embeddings equal up to the two resizers' rounding.
+    A PNG among the JPEGs is decoded on the CPU beside them."""
+    mixed = images.to_pydict()
+    mixed["image"][3] = _png(mixed["image"][3])
+    mixed = pa.Table.from_pydict(mixed, schema=images.schema)
+    on_device = score_images(mixed, captions_for(images), clip, batch_size=8, workers=workers, decode_on_device=True)
+    assert on_device["uid"].equals(scores["uid"])
+    assert on_device["text_embedding"].equals(scores["text_embedding"])
+    cpu = embeddings_from_column(scores["image_embedding"], 64)
+    device = embeddings_from_column(on_device["image_embedding"], 64)
+    cosines = (cpu * device).sum(axis=1) / np.linalg.norm(cpu, axis=1) / np.linalg.norm(device, axis=1)
+    assert cosines.min() > 0.999, cosines.min()  # 0.9999992 here
 
 
 def test_missing_caption_names_its_uid(images, clip):
