@@ -14,13 +14,15 @@ from spark_jobs import (
     html_nesting,
     http_response,
     page_charset,
+    warc_input,
     warc_pairs,
     warc_reader,
 )
 
 
 CODE_VERSION = code_version(
-    warc_reader, http_response, page_charset, html_nesting, html_images, caption_language, warc_pairs, candidates_job
+    warc_input, warc_reader, http_response, page_charset, html_nesting, html_images, caption_language, warc_pairs,
+    candidates_job,
 )
 
 
@@ -43,14 +45,23 @@ def candidates(context: dg.AssetExecutionContext, pairlake: PairlakeResource) ->
     outcome = candidates_job.build_candidates(
         pairlake.spark(), lake, files, settings.crawl.crawl_id, settings.extract, lineage
     )
-    pairlake.record_stats("candidates", outcome.counts, lineage)
+    if outcome.counts:
+        pairlake.record_stats("candidates", outcome.counts, lineage)
     totals = summed(outcome.counts)
-    return dg.MaterializeResult(
-        metadata={
-            "delta_version": outcome.version,
-            "partitions": len(keys),
-            "candidates": totals.get("candidates", 0),
-            "rejected_records": outcome.rejects.num_rows,
-            "counts": dg.MetadataValue.json(totals),
-        }
-    )
+    metadata = {
+        "delta_version": outcome.version,
+        "partitions": len(keys),
+        "candidates": totals.get("candidates", 0),
+        "rejected_records": outcome.rejects.num_rows,
+        "counts": dg.MetadataValue.json(totals),
+    }
+    if outcome.failed:
+        # Raised after the other files' partitions were committed: the run fails, naming the files,
+        # and re-running it reads them again (their partitions were left as stored).
+        lines = [f"{name}: {reason}" for name, reason in sorted(outcome.failed.items())]
+        raise dg.Failure(
+            f"{len(lines)} of {len(keys)} WARC files could not be read; the other partitions were committed:\n"
+            + "\n".join(lines),
+            metadata={**metadata, "failed_files": dg.MetadataValue.json(dict(sorted(outcome.failed.items())))},
+        )
+    return dg.MaterializeResult(metadata=metadata)

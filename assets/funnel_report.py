@@ -4,6 +4,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from infra import lake_layout
 from orchestration import report
 from orchestration.resources import PairlakeResource, code_version
 
@@ -11,7 +12,7 @@ CODE_VERSION = code_version(report)
 
 
 def report_path(pairlake: PairlakeResource) -> Path:
-    return Path(pairlake.lake.root) / "reports" / "funnel.html"
+    return pairlake.lake.path(lake_layout.report("funnel.html"))
 
 
 @dg.asset(

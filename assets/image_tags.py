@@ -24,7 +24,7 @@ def image_tags(context: dg.AssetExecutionContext, pairlake: PairlakeResource) ->
     keys = list(context.partition_keys)
     lineage = pairlake.lineage(context, (CLIP_SCORES,), CODE_VERSION)
     scorers, identities = tagging.load_scorers(
-        settings.tags, settings.clip, model_config(settings.clip.model)["embed_dim"], tagging.heads_dir(lake.root)
+        settings.tags, settings.clip, model_config(settings.clip.model)["embed_dim"], tagging.heads_dir(lake)
     )
     version, tagged, means = image_tags_job.tag_partitions(
         pairlake.spark(), lake, keys, model_identity(settings.clip), scorers, identities, lineage

@@ -221,7 +221,7 @@ def _stages(n: int, path: Path, urls: list[str], pairs_per_file: int, servers: s
             "curation": {"near_duplicate_threshold": 1.0},
             "release": {"samples_per_shard": 10_000},  # production's, not the demo's 50
         })
-        lake = Lake(config.lake.root)
+        lake = Lake.of(config.lake)
         start = time.perf_counter()
         files = _candidates(lake, path, n, urls, pairs_per_file)
         _hash_lists(lake, path, urls, root)
@@ -235,7 +235,7 @@ def _stages(n: int, path: Path, urls: list[str], pairs_per_file: int, servers: s
 
         def tags() -> None:
             scorers, identities = tagging.load_scorers(config.tags, config.clip, model_config(config.clip.model)["embed_dim"],
-                                                       tagging.heads_dir(lake.root))
+                                                       tagging.heads_dir(lake))
             image_tags_job.tag_partitions(spark, lake, files, model_id, scorers, identities, lineage)
 
         stages: dict[str, Callable[[], object]] = {

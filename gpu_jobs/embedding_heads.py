@@ -17,9 +17,7 @@ refuses embeddings of another width or CLIP architecture before anything is scor
 from __future__ import annotations
 
 import json
-import os
 import re
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -32,6 +30,7 @@ from torch import nn
 
 from gpu_jobs.clip_model import LoadedClip, resolve_device
 from infra.config import ConfigError
+from infra.lake_storage import atomic_output
 
 OUTPUTS = ("probability", "score")  # probability: sigmoid of the last layer; score: its raw value
 MIN_ROWS_PER_CLASS = 5  # fewer cannot give both a training and a held-out row of each label
@@ -304,18 +303,6 @@ def load_head(path: str | Path, layout: str | None = None, device: str = "auto")
     return head.to(resolve_device("auto") if device == "auto" else torch.device(device))
 
 
-def _atomic_write(target: Path, write: Callable[[Any], None]) -> None:
-    # A plain open, not mkstemp: mkstemp's 0600 mode would survive the rename and lock other readers out.
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            write(fh)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def save_head(head: EmbeddingHead, directory: str | Path) -> Path:
     """Write ``<name>.pt`` and ``<name>.json`` into ``directory``; return the weights path.
 
@@ -326,9 +313,11 @@ def save_head(head: EmbeddingHead, directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / f"{head.name}.pt"
     state = {k: v.detach().cpu() for k, v in head.state_dict().items()}
-    _atomic_write(weights, lambda fh: torch.save(state, fh))
+    with atomic_output(weights) as fh:
+        torch.save(state, fh)
     sidecar = {**asdict(head.spec), "hidden": list(head.spec.hidden)}
-    _atomic_write(directory / f"{head.name}.json", lambda fh: fh.write((json.dumps(sidecar, indent=1) + "\n").encode()))
+    with atomic_output(directory / f"{head.name}.json") as fh:
+        fh.write((json.dumps(sidecar, indent=1) + "\n").encode())
     return weights
 
 

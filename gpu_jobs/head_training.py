@@ -45,7 +45,7 @@ def train_registered_head(
     """Train ``name`` on the configured model's stored embeddings of the labelled uids and save it
     into the lake's heads folder, where a tag config can name it."""
     labels = read_labels(labels_path)
-    lake = Lake(config.lake.root)
+    lake = Lake.of(config.lake)
     model_id = model_identity(config.clip)
     scores = lake.read(
         CLIP_SCORES, columns=["uid", "embedding_dim", "image_embedding"],
@@ -57,4 +57,4 @@ def train_registered_head(
     embeddings = embeddings_from_column(scores["image_embedding"], scores["embedding_dim"][0].as_py())
     y = np.array([labels[u] for u in scores["uid"].to_pylist()])
     head, report = train_head(embeddings.astype(np.float32), y, name, config.clip.model, layout, holdout, seed)
-    return report, save_head(head, heads_dir(lake.root))
+    return report, save_head(head, heads_dir(lake))

@@ -34,7 +34,9 @@ from faiss.contrib.inspect_tools import get_invlist
 from faiss.contrib.ondisk import merge_ondisk
 from tqdm import tqdm
 
+from infra import lake_layout
 from infra.delta_store import Lake
+from infra.lake_storage import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ LISTS_SUFFIX = ".ivfdata"
 
 def index_dir(lake: Lake, variant: str) -> Path:
     """Where a variant's index lives in the lake."""
-    return Path(lake.root) / "indexes" / variant
+    return lake.path(lake_layout.index(variant))
 
 
 class IndexLoadError(RuntimeError):
@@ -450,28 +452,19 @@ def save_index(directory: Path, index: faiss.Index, manifest: dict) -> None:
         raise ValueError(f"manifest key {MANIFEST_INDEX_KEY!r} is reserved for save_index")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    index_tmp = directory / f".{INDEX_FILE}.tmp-{os.getpid()}"
-    manifest_tmp = directory / f".{MANIFEST_FILE}.tmp-{os.getpid()}"
-    try:
-        lists = lists_file_of(index)
-        if lists is not None and lists.parent.resolve() != directory.resolve():
-            raise ValueError(f"the index's lists file {lists} is not in {directory}")
-        faiss.write_index(index, str(index_tmp))
-        ivf = _ivf(index)
-        stored = {**manifest, MANIFEST_INDEX_KEY: {
-            "file_bytes": index_tmp.stat().st_size, "ntotal": int(index.ntotal), "dim": int(index.d),
-            "nprobe": int(ivf.nprobe) if ivf is not None else None,
-            "lists_file": lists.name if lists is not None else None,
-            "lists_bytes": lists.stat().st_size if lists is not None else None}}
-        manifest_tmp.write_text(json.dumps(stored, indent=1, sort_keys=True))
-        for tmp in (index_tmp, manifest_tmp):
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-        os.replace(index_tmp, directory / INDEX_FILE)
-        os.replace(manifest_tmp, directory / MANIFEST_FILE)
-    finally:
-        index_tmp.unlink(missing_ok=True)
-        manifest_tmp.unlink(missing_ok=True)
+    lists = lists_file_of(index)
+    if lists is not None and lists.parent.resolve() != directory.resolve():
+        raise ValueError(f"the index's lists file {lists} is not in {directory}")
+    with atomic_output(directory / INDEX_FILE) as handle:
+        faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write))
+        file_bytes = handle.tell()
+    ivf = _ivf(index)
+    stored = {**manifest, MANIFEST_INDEX_KEY: {
+        "file_bytes": file_bytes, "ntotal": int(index.ntotal), "dim": int(index.d),
+        "nprobe": int(ivf.nprobe) if ivf is not None else None,
+        "lists_file": lists.name if lists is not None else None,
+        "lists_bytes": lists.stat().st_size if lists is not None else None}}
+    _write_manifest(directory, stored)  # last: it names what the index file must match
     for stale in directory.glob(f"*{LISTS_SUFFIX}"):
         if lists is None or stale.name != lists.name:
             stale.unlink()
@@ -479,11 +472,13 @@ def save_index(directory: Path, index: faiss.Index, manifest: dict) -> None:
 
 def update_manifest(directory: Path, **entries) -> None:
     """Change manifest entries of a saved index whose index file stays as it is (atomically)."""
-    path = Path(directory) / MANIFEST_FILE
-    manifest = {**json.loads(path.read_text()), **entries}
-    tmp = path.with_name(f".{MANIFEST_FILE}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    manifest = {**json.loads((Path(directory) / MANIFEST_FILE).read_text()), **entries}
+    _write_manifest(Path(directory), manifest)
+
+
+def _write_manifest(directory: Path, manifest: dict) -> None:
+    with atomic_output(directory / MANIFEST_FILE) as handle:
+        handle.write(json.dumps(manifest, indent=1, sort_keys=True).encode())
 
 
 def load_index(directory: Path) -> tuple[faiss.Index, dict]:

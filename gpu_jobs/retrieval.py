@@ -9,10 +9,8 @@ curated Delta version and CLIP model it was built from and the recall@10 measure
 from __future__ import annotations
 
 import io
-import os
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -26,8 +24,10 @@ from gpu_jobs import knn_index as knn
 from gpu_jobs.clip_model import ClipModelError, LoadedClip, load_clip, model_identity
 from gpu_jobs.embedding_format import embeddings_from_column
 from gpu_jobs.knn_index import UIDS_NAME, index_dir
+from infra import lake_layout
 from infra.config import ClipConfig, DownloadConfig
 from infra.delta_store import Lake
+from infra.lake_storage import atomic_output
 from infra.tables import CLIP_SCORES, CURATED
 from spark_jobs.download.resizer import resize_image
 
@@ -128,7 +128,7 @@ def remove_from_indexes(lake: Lake, uids: set[str], curated_version: int | None)
     vectors) matches the new one.
     """
     removed: dict[str, int] = {}
-    for directory in sorted(path.parent for path in (Path(lake.root) / "indexes").glob(f"*/{UIDS_NAME}")):
+    for directory in sorted(path.parent for path in lake.path(lake_layout.INDEXES).glob(f"*/{UIDS_NAME}")):
         ids = pq.read_table(directory / UIDS_NAME)
         gone = pc.is_in(ids["uid"], pa.array(sorted(uids), pa.string()))
         if not pc.any(gone).as_py():
@@ -139,8 +139,7 @@ def remove_from_indexes(lake: Lake, uids: set[str], curated_version: int | None)
         removed[directory.name] = knn.remove_ids(index, ids.filter(gone)["id"].to_numpy(), new_lists)
         manifest.pop(knn.MANIFEST_INDEX_KEY, None)
         manifest.update(vectors=int(index.ntotal), source_version=curated_version)
-        tmp = directory / f".{UIDS_NAME}.{os.getpid()}.tmp"
-        pq.write_table(ids.filter(pc.invert(gone)), tmp)
-        knn.save_index(directory, index, manifest)
-        os.replace(tmp, directory / UIDS_NAME)
+        with atomic_output(directory / UIDS_NAME) as kept:  # written first, published after the index
+            pq.write_table(ids.filter(pc.invert(gone)), kept)
+            knn.save_index(directory, index, manifest)
     return removed

@@ -18,7 +18,9 @@ import pyarrow as pa
 from gpu_jobs.clip_model import load_clip, model_identity
 from gpu_jobs.embedding_format import embeddings_from_column
 from gpu_jobs.embedding_heads import HeadError, ZeroShotScorer, load_head
+from infra import lake_layout
 from infra.config import ClipConfig, TagScorerConfig
+from infra.delta_store import Lake
 from infra.tables import IMAGE_TAGS
 
 STANDARD_TAGS = ("punsafe", "pwatermark", "aesthetic")
@@ -30,9 +32,9 @@ class Scorer(Protocol):
     def score(self, embeddings: np.ndarray) -> np.ndarray: ...
 
 
-def heads_dir(lake_root: str) -> Path:
+def heads_dir(lake: Lake) -> Path:
     """Where ``pairlake train-head`` registers heads: a tag config names them by name."""
-    return Path(lake_root) / "heads"
+    return lake.path(lake_layout.HEADS)
 
 
 def head_path(scorer: TagScorerConfig, registered: Path) -> Path:

@@ -39,8 +39,26 @@ class ConfigError(InputError):
 
 
 @dataclass(frozen=True)
+class StorageOptions:
+    """How to reach an object-store lake root (``s3://bucket/prefix``); unused for a local folder.
+
+    Credentials are never config values: the config names the environment variables that hold
+    them, read where the lake is opened (the driver and every executor). Unset variables leave
+    the store's own chain (an instance role, ~/.aws) to find credentials."""
+
+    endpoint: str = ""  # empty: AWS S3 itself; else an S3-compatible store's URL
+    region: str = ""
+    allow_http: bool = False  # plain http to the endpoint (a store on a private network)
+    addressing_style: str = "virtual"  # "virtual" (bucket.host) or "path" (host/bucket)
+    access_key_id_env: str = "AWS_ACCESS_KEY_ID"
+    secret_access_key_env: str = "AWS_SECRET_ACCESS_KEY"
+    session_token_env: str = "AWS_SESSION_TOKEN"
+
+
+@dataclass(frozen=True)
 class LakeConfig:
-    root: str = "lake"  # a local path or a URI (s3://bucket/prefix later)
+    root: str = "lake"  # a local path, or s3://bucket/prefix (see storage_options)
+    storage_options: StorageOptions = field(default_factory=StorageOptions)
     # Ordinary history: `pairlake vacuum` deletes files unreferenced for longer than this (time
     # travel reaches back this far). Removals purge regardless (see infra/purge.py).
     history_retention_hours: int = 168
@@ -90,6 +108,13 @@ class ExtractConfig:
     # candidates carry the signal and their images are never requested.
     honour_meta_robots: bool = True
     honour_tdm_meta: bool = True
+    # Reading WARC files over http(s) (spark_jobs/warc_input.py): a transient error (connection
+    # lost, timeout, HTTP 429 or 5xx) is retried up to read_retries times in a row, after
+    # read_backoff_s doubling each time; a lost connection resumes where it stopped. read_timeout_s
+    # bounds each wait for the server. A file still unreadable fails its partition only.
+    read_retries: int = 5
+    read_backoff_s: float = 1.0
+    read_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -499,6 +524,8 @@ def _validate(config: PairlakeConfig) -> None:
     ex, dl = config.extract, config.download
     if ex.min_caption_chars > ex.max_caption_chars:
         raise ConfigError("config extract.min_caption_chars must not exceed extract.max_caption_chars")
+    if ex.read_timeout_s <= 0:
+        raise ConfigError("config extract.read_timeout_s must be positive")
     if dl.resize_mode not in _RESIZE_MODES:
         raise ConfigError(f"config download.resize_mode must be one of {', '.join(_RESIZE_MODES)}, got {dl.resize_mode!r}")
     if dl.encode_format not in ("jpg", "png", "webp"):
@@ -554,3 +581,22 @@ def _validate(config: PairlakeConfig) -> None:
         raise ConfigError("config index.rows_per_shard must be at least 1")
     if not config.lake.root:
         raise ConfigError("config lake.root must not be empty")
+    _validate_storage(config.lake)
+
+
+_LAKE_SCHEMES = ("s3",)
+
+
+def _validate_storage(lake: LakeConfig) -> None:
+    scheme = lake.root.split("://", 1)[0] if "://" in lake.root else ""
+    if scheme and scheme not in _LAKE_SCHEMES:
+        raise ConfigError(f"config lake.root {lake.root!r}: the lake lives in a local folder or at s3://bucket/prefix")
+    if scheme and not lake.root.split("://", 1)[1].split("/", 1)[0]:
+        raise ConfigError(f"config lake.root {lake.root!r} names no bucket")
+    opts = lake.storage_options
+    if opts.addressing_style not in ("virtual", "path"):
+        raise ConfigError(f"config lake.storage_options.addressing_style must be virtual or path, got {opts.addressing_style!r}")
+    if opts.endpoint and not opts.endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"config lake.storage_options.endpoint must be an http(s):// URL, got {opts.endpoint!r}")
+    if opts.endpoint.startswith("http://") and not opts.allow_http:
+        raise ConfigError("config lake.storage_options.endpoint is plain http: set allow_http = true to use it")

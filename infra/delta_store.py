@@ -23,6 +23,9 @@ from deltalake import DeltaTable, Schema, WriterProperties, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
 
+from infra import lake_layout
+from infra.config import LakeConfig, StorageOptions
+from infra.lake_storage import bucket_versioning, delta_options, filesystem, is_object_store
 from infra.removal_fence import UNPINNED, check_commit, pinned_version
 from infra.tables import TableSpec
 
@@ -125,37 +128,90 @@ def row_groups_for(spec: TableSpec) -> WriterProperties | None:
     return WriterProperties(max_row_group_size=spec.row_group_rows) if spec.row_group_rows else None
 
 
+# Object-store roots whose bucket this process has checked (it exists, never versioned).
+_CHECKED_ROOTS: set[str] = set()
+
+
 class Lake:
     """The Delta tables under one root (a local path or an object-store URI)."""
 
-    def __init__(self, root: str, storage_options: dict[str, str] | None = None):
-        self.root = root if "://" in root else str(Path(root).resolve())
-        self.storage_options = storage_options
+    def __init__(self, root: str, storage: StorageOptions | None = None):
+        self.root = root.rstrip("/") if is_object_store(root) else str(Path(root).resolve())
+        self.storage = storage or StorageOptions()
+        self._filesystem: tuple[pafs.FileSystem, str] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A lake shipped to Spark tasks opens its filesystem there, with that machine's credentials.
+        return {**self.__dict__, "_filesystem": None}
+
+    @classmethod
+    def of(cls, config: LakeConfig) -> "Lake":
+        return cls(config.root, config.storage_options)
 
     @property
     def is_local(self) -> bool:
-        return "://" not in self.root
+        return not is_object_store(self.root)
 
-    def path(self, relative: str) -> Path:
-        """A path stored relative to the lake root (release folders, shards), for a local lake."""
-        return Path(self.root) / relative
+    @property
+    def storage_options(self) -> dict[str, str] | None:
+        """delta-rs options (credentials included: never log them); None for a local lake."""
+        return None if self.is_local else delta_options(self.storage)
+
+    @property
+    def filesystem(self) -> tuple[pafs.FileSystem, str]:
+        """The pyarrow filesystem holding the lake, and the root's path on it."""
+        if self._filesystem is None:
+            self._filesystem = filesystem(self.root, self.storage)
+        return self._filesystem
+
+    def location(self, key: str) -> str:
+        """Where a layout key (``infra.lake_layout``) lives on ``self.filesystem``."""
+        return key if key.startswith("/") else f"{self.filesystem[1]}/{key}"
+
+    def path(self, key: str) -> Path:
+        """A layout key as a local path: for the stages whose I/O needs local files (a local lake)."""
+        if not self.is_local and not key.startswith("/"):
+            raise LakeError(f"{key} on an object-store lake ({self.root}) is not supported yet: use a local lake root")
+        return Path(self.location(key))
 
     def uri(self, spec: TableSpec | str) -> str:
+        """The table's URI, as delta-rs and other Delta readers take it."""
         name = spec if isinstance(spec, str) else spec.name
-        return f"{self.root.rstrip('/')}/{name}"
+        return f"{self.root}/{lake_layout.table(name)}"
 
     def ensure_writable(self) -> None:
-        """Fail early, with one line, when the lake root cannot take writes."""
-        if not self.is_local:
-            return
-        root = Path(self.root)
+        """Fail early, with one line, when the lake root cannot take writes (a read-only folder, a
+        bucket that does not exist, a store that does not answer, credentials it refuses)."""
+        fs, base = self.filesystem
+        probe = f"{base}/.write-probe-{uuid.uuid4().hex}"
         try:
-            root.mkdir(parents=True, exist_ok=True)
-            probe = root / f".write-probe-{uuid.uuid4().hex}"
-            probe.write_bytes(b"")
-            probe.unlink()
+            if self.is_local:
+                fs.create_dir(base, recursive=True)
+            else:
+                self._check_bucket(fs, base.split("/", 1)[0])
+            with fs.open_output_stream(probe):
+                pass
+            fs.delete_file(probe)
         except OSError as exc:
-            raise LakeError(f"lake root {self.root} is not writable: {exc.strerror or exc}") from None
+            detail = exc.strerror or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise LakeError(f"lake root {self.root} is not writable: {detail}") from None
+
+    def _check_bucket(self, fs: pafs.FileSystem, bucket: str) -> None:
+        """Once per process and root: the bucket exists and never had versioning."""
+        if self.root in _CHECKED_ROOTS:
+            return
+        if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+            # Some stores create a bucket on the first write: a typo must not make a new one.
+            raise LakeError(f"lake root {self.root}: bucket {bucket} does not exist")
+        try:
+            versioning = bucket_versioning(self.root, self.storage)
+        except Exception as exc:  # botocore's errors share no base with OSError
+            raise LakeError(f"lake root {self.root}: cannot read bucket {bucket}'s versioning: {exc}") from None
+        if versioning:
+            raise LakeError(
+                f"lake root {self.root}: bucket {bucket} has versioning {versioning.lower()}: deleted objects stay as "
+                "noncurrent versions, so a removal could not erase them; use a bucket that never had versioning")
+        _CHECKED_ROOTS.add(self.root)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -264,13 +320,12 @@ class Lake:
         return None if table is None else self._dataset(spec, table)
 
     def _dataset(self, spec: TableSpec, table: DeltaTable) -> pads.Dataset:
-        if self.is_local:
-            # pyarrow's own filesystem: scanning through delta-rs's filesystem handler on pyarrow's
-            # threads aborted the process at exit ("terminate called without an active exception")
-            # in about 1 run of 5 (deltalake 1.6.6).
-            local = pafs.SubTreeFileSystem(self.uri(spec), pafs.LocalFileSystem())
-            return table.to_pyarrow_dataset(filesystem=local)
-        return table.to_pyarrow_dataset()
+        # pyarrow's own filesystem: scanning through delta-rs's filesystem handler on pyarrow's
+        # threads aborted the process at exit ("terminate called without an active exception")
+        # in about 1 run of 5 (deltalake 1.6.6).
+        name = spec if isinstance(spec, str) else spec.name
+        fs, _ = self.filesystem
+        return table.to_pyarrow_dataset(filesystem=pafs.SubTreeFileSystem(self.location(lake_layout.table(name)), fs))
 
     def history(self, spec: TableSpec | str) -> list[dict[str, Any]]:
         table = self.table(spec)
@@ -367,7 +422,8 @@ class Lake:
         """The removal fence over files written by others (Spark executors), read column by column."""
         if not add_actions or pinned_version(self) == lineage.removals_version:
             return
-        filesystem, base = pafs.FileSystem.from_uri(self.uri(spec))
+        filesystem, _ = self.filesystem
+        base = self.location(lake_layout.table(spec.name))
         columns = [c for c in ("uid", "url", "final_url", "status", "sha256", "md5") if c in spec.schema.names]
         paths = [f"{base}/{urllib.parse.unquote(a.path)}" for a in add_actions]
         # Batch by batch: a run's written rows never sit in the committing process at once.

@@ -19,10 +19,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from infra import lake_layout
 from infra.config import InputError
 from infra.process_identity import process_identity
 
-LEASE_DIR = "_leases"
+LEASE_DIR = lake_layout.LEASES
 
 
 class LeaseBusy(InputError):
@@ -56,7 +57,7 @@ def _read(path: Path) -> dict | None:
 @contextlib.contextmanager
 def lease(lake_root: str | Path, name: str, purpose: str, wait_s: float) -> Iterator[None]:
     """Hold the lease ``name`` of the lake for the block; waits up to ``wait_s`` for another holder."""
-    path = Path(lake_root) / LEASE_DIR / f"{name}.json"
+    path = Path(lake_root) / lake_layout.lease(name)
     path.parent.mkdir(parents=True, exist_ok=True)
     me = _me()
     deadline = time.monotonic() + wait_s

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
+from infra import lake_layout
 from infra.delta_store import Lake, Lineage
 from infra.tables import TableSpec
 
@@ -82,7 +83,8 @@ def purge_history(lake: Lake, spec: TableSpec, lineage: Lineage) -> tuple[int, i
     table = lake.table(spec)
     table.create_checkpoint()
     current = table.version()
-    fs, log_dir = pafs.FileSystem.from_uri(f"{lake.uri(spec)}/_delta_log")
+    fs, _ = lake.filesystem
+    log_dir = lake.location(f"{lake_layout.table(spec.name)}/_delta_log")
     removed = 0
     for info in fs.get_file_info(pafs.FileSelector(log_dir)):
         match = _LOG_ENTRY.match(info.base_name)

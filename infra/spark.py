@@ -26,6 +26,7 @@ from pyspark.errors.exceptions.captured import PythonException
 from pyspark.sql import DataFrame, SparkSession
 
 from infra.config import ConfigError, InputError, SparkConfig
+from infra import lake_storage
 from infra.delta_store import Lake, Lineage
 from infra.spark_delta import FORMAT, DeltaDataSource, lineage_option
 from infra.tables import TableSpec
@@ -134,7 +135,8 @@ def read_table(
     A read smaller than a split per core is split into at least ``tasks_per_core`` tasks per core:
     where each row costs much (CLIP), more and smaller tasks even out the cores' shares."""
     reader = (
-        spark.read.format(FORMAT).option("root", lake.root).option("table", spec.name)
+        spark.read.format(FORMAT).option("root", lake.root).option("storage", lake_storage.to_json(lake.storage))
+        .option("table", spec.name)
         # Files are packed into read tasks as Spark packs its own Parquet scans.
         .option("split_bytes", str(_bytes(spark.conf.get("spark.sql.files.maxPartitionBytes"))))
         .option("parallelism", str(spark.sparkContext.defaultParallelism * tasks_per_core))
@@ -183,6 +185,7 @@ def write_table(
         df.write.format(FORMAT)
         .mode("overwrite")
         .option("root", lake.root)
+        .option("storage", lake_storage.to_json(lake.storage))
         .option("table", spec.name)
         .option("lineage", lineage_option(lineage))
     )

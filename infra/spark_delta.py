@@ -33,6 +33,7 @@ from pyspark.sql.datasource import (
 from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.types import StructType
 
+from infra import lake_layout, lake_storage
 from infra.delta_store import Lake, Lineage
 from infra.tables import TableSpec, table_spec
 
@@ -69,10 +70,15 @@ def _known(spec: TableSpec, columns: Iterable[str]) -> set[str]:
     return set(columns)
 
 
-def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    if "://" not in uri:
-        return pafs.LocalFileSystem(), uri
-    return pafs.FileSystem.from_uri(uri)
+def _lake(options: dict[str, str]) -> Lake:
+    """The lake the options name, opened where the code runs: an executor reads the credentials
+    from its own environment, so none travels in a task (readers and writers keep no Lake)."""
+    return Lake(options["root"], lake_storage.from_json(options.get("storage")))
+
+
+def _table_dir(options: dict[str, str], spec: TableSpec) -> tuple[pafs.FileSystem, str]:
+    lake = _lake(options)
+    return lake.filesystem[0], lake.location(lake_layout.table(spec.name))
 
 
 def _partition_dir(spec: TableSpec, values: tuple[str, ...]) -> str:
@@ -83,7 +89,7 @@ def _partition_dir(spec: TableSpec, values: tuple[str, ...]) -> str:
 
 @dataclass
 class _DataFile:
-    path: str  # absolute URI or path of one Parquet file
+    path: str  # of one Parquet file, relative to the table's folder
     partition_values: dict[str, str]
 
 
@@ -145,7 +151,7 @@ class _DeltaReader(DataSourceReader):
         self.where = _wanted(options, self.spec)
 
     def partitions(self) -> list[InputPartition]:
-        lake = Lake(self.options["root"])
+        lake = _lake(self.options)
         version = int(self.options["version"]) if self.options.get("version") else None
         table = lake.table(self.spec, version)
         if table is None:
@@ -159,8 +165,7 @@ class _DeltaReader(DataSourceReader):
                 continue
             if not all(self._file_may_hold(column, allowed, action, values) for column, allowed in self.where.items()):
                 continue
-            path = f"{table.table_uri.rstrip('/')}/{urllib.parse.unquote(action['path'])}"
-            files.append((_DataFile(path.removeprefix("file://"), values), action["size_bytes"]))
+            files.append((_DataFile(urllib.parse.unquote(action["path"]), values), action["size_bytes"]))
         split_bytes = int(self.options.get("split_bytes") or _SPLIT_BYTES)
         return _packed(files, split_bytes, int(self.options.get("parallelism") or 1))
 
@@ -174,11 +179,11 @@ class _DeltaReader(DataSourceReader):
     def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
         if not isinstance(partition, _FilePartition):
             return  # a table with no files: Spark still reads one (empty) default partition
+        filesystem, table_dir = _table_dir(self.options, self.spec)
         for file in partition.files:
-            yield from self._read_file(file)
+            yield from self._read_file(filesystem, f"{table_dir}/{file.path}", file)
 
-    def _read_file(self, file: _DataFile) -> Iterator[pa.RecordBatch]:
-        filesystem, path = _filesystem(file.path)
+    def _read_file(self, filesystem: pafs.FileSystem, path: str, file: _DataFile) -> Iterator[pa.RecordBatch]:
         dataset = pads.dataset(path, filesystem=filesystem, format="parquet")
         stored = set(dataset.schema.names)
         row_filter = None
@@ -219,7 +224,6 @@ class _DeltaWriter(DataSourceArrowWriter):
         self.options = options
         self.overwrite = overwrite
         self.spec = _spec(options)
-        self.table_uri = Lake(options["root"]).uri(self.spec)
         # Every file of this write carries its id, so an abort can find the files of tasks that
         # were still running when the job failed (their commit messages never reach the driver).
         self.write_id = uuid.uuid4().hex
@@ -233,7 +237,7 @@ class _DeltaWriter(DataSourceArrowWriter):
         Rows come sorted by partition (``write_table`` sorts them), so a file is closed as soon
         as the next partition's rows begin: one open file per task, whatever the number of
         partitions, instead of one per partition each holding the metadata of its row groups."""
-        filesystem, table_path = _filesystem(self.table_uri)
+        filesystem, table_path = _table_dir(self.options, self.spec)
         open_files: dict[tuple[str, ...], _OpenFile] = {}
         files: list[dict[str, Any]] = []
         try:
@@ -294,7 +298,7 @@ class _DeltaWriter(DataSourceArrowWriter):
         lineage = _lineage_from_json(self.options["lineage"]) if self.options.get("lineage") else Lineage()
         replace = json.loads(self.options["replace_partitions"]) if self.options.get("replace_partitions") else None
         try:
-            Lake(self.options["root"]).commit_files(
+            _lake(self.options).commit_files(
                 self.spec, adds, lineage, replace_partitions=replace, overwrite=self.overwrite and replace is None
             )
         except Exception:
@@ -303,7 +307,7 @@ class _DeltaWriter(DataSourceArrowWriter):
             raise
 
     def abort(self, messages: list[WriterCommitMessage | None]) -> None:
-        filesystem, table_path = _filesystem(self.table_uri)
+        filesystem, table_path = _table_dir(self.options, self.spec)
         # The marker goes first, so every file that the sweep below misses is removed by its writer.
         marker = self._abort_marker(table_path)
         filesystem.create_dir(marker.rsplit("/", 1)[0], recursive=True)

@@ -26,7 +26,7 @@ def import_hash_list(
     """Import ``path`` as ``source``'s ``kind`` list; returns (blocklist Delta version, digests)."""
     lineage = Lineage(run_id=f"import-{uuid.uuid4().hex[:12]}", asset_key="blocklist", partition_keys=(source,),
                       code_version=code_version(blocklist))
-    version, imported = blocklist.import_blocklist(Lake(config.lake.root), path, source, kind, lineage, list_date)
+    version, imported = blocklist.import_blocklist(Lake.of(config.lake), path, source, kind, lineage, list_date)
     if instance is None:
         ensure_dagster_home()
         instance = dg.DagsterInstance.get()

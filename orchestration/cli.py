@@ -34,12 +34,13 @@ def _cmd_materialize(args: argparse.Namespace, config: PairlakeConfig) -> None:
     ensure_dagster_home()
     runs = materialize_all(partitions=args.partitions or None)
     print(f"{len(runs)} runs: {', '.join(runs)}")
-    print(build_funnel(Lake(config.lake.root), config.clip_threshold()).table())
+    print(build_funnel(Lake.of(config.lake), config.clip_threshold()).table())
 
 
 def _cmd_demo(args: argparse.Namespace, config: PairlakeConfig) -> None:
     from orchestration.demo import run_demo
     from assets.funnel_report import report_path
+    from infra.delta_store import Lake
     from orchestration.resources import PairlakeResource
 
     funnel = run_demo(config)
@@ -51,7 +52,7 @@ def _cmd_demo(args: argparse.Namespace, config: PairlakeConfig) -> None:
     last = _latest_release(config)
     if last is not None:
         print(f"release {last['release']} v{last['version']} ({last['kind']}): {last['samples']} samples in "
-              f"{last['shards']} shards at {Path(config.lake.root) / last['path']}")
+              f"{last['shards']} shards at {Lake.of(config.lake).path(last['path'])}")
     print("opt out an image: .venv/bin/pairlake --profile demo optout submit --url URL --requester WHO --reason WHY; "
           "then make ui (the sensor applies it) or .venv/bin/pairlake --profile demo optout apply")
     print(f"report: {report_path(PairlakeResource()).resolve()}")
@@ -62,23 +63,24 @@ def _latest_release(config: PairlakeConfig) -> dict | None:
     from infra.delta_store import Lake
     from spark_jobs.release import latest
 
-    return latest(Lake(config.lake.root), config.release.name)
+    return latest(Lake.of(config.lake), config.release.name)
 
 
 def _index_manifest(config: PairlakeConfig) -> dict:
     from gpu_jobs.knn_index import index_dir, load_index
     from infra.delta_store import Lake
 
-    return load_index(index_dir(Lake(config.lake.root), config.index.variant))[1]
+    return load_index(index_dir(Lake.of(config.lake), config.index.variant))[1]
 
 
 def _cmd_report(args: argparse.Namespace, config: PairlakeConfig) -> None:
     from orchestration.report import build_funnel, write_report
+    from infra import lake_layout
     from infra.delta_store import Lake
 
-    funnel = build_funnel(Lake(config.lake.root), config.clip_threshold())
+    funnel = build_funnel(Lake.of(config.lake), config.clip_threshold())
     print(funnel.table())
-    print(f"report: {write_report(funnel, Path(config.lake.root) / 'reports' / 'funnel.html')}")
+    print(f"report: {write_report(funnel, Lake.of(config.lake).path(lake_layout.report('funnel.html')))}")
 
 
 def _cmd_blocklist_import(args: argparse.Namespace, config: PairlakeConfig) -> None:
@@ -111,7 +113,7 @@ def _cmd_search(args: argparse.Namespace, config: PairlakeConfig) -> None:
     from spark_jobs.download.resizer import ImageRejected
     from infra.delta_store import Lake
 
-    search = VariantSearch(Lake(config.lake.root), args.variant or config.index.variant, config.clip, config.download)
+    search = VariantSearch(Lake.of(config.lake), args.variant or config.index.variant, config.clip, config.download)
     if args.image:
         try:
             hits = search.by_image(image, args.k)
@@ -150,7 +152,7 @@ def _cmd_lineage(args: argparse.Namespace, config: PairlakeConfig) -> None:
     from infra.delta_store import Lake
     from orchestration.lineage import describe, format_lineage
 
-    info = describe(Lake(config.lake.root), args.uid)
+    info = describe(Lake.of(config.lake), args.uid)
     print(json.dumps(info, indent=2, default=str) if args.json else format_lineage(info))
 
 
@@ -258,14 +260,14 @@ def _cmd_release_run(args: argparse.Namespace, config: PairlakeConfig) -> None:
         raise InputError(f"release {config.release.name} has no version (is curated empty?)")
     print(f"run {run}: {config.release.name} v{last['version']} ({last['kind']}), {last['samples']} samples in "
           f"{last['shards']} shards, {last['removed']} removed / {last['added']} added since the previous version")
-    print(f"  {Lake(config.lake.root).path(last['path'])}")
+    print(f"  {Lake.of(config.lake).path(last['path'])}")
 
 
 def _cmd_release_list(args: argparse.Namespace, config: PairlakeConfig) -> None:
     from infra.delta_store import Lake
     from infra.tables import RELEASES
 
-    rows = sorted(Lake(config.lake.root).read(RELEASES).to_pylist(), key=lambda r: (r["release"], r["version"]))
+    rows = sorted(Lake.of(config.lake).read(RELEASES).to_pylist(), key=lambda r: (r["release"], r["version"]))
     if not rows:
         raise InputError("no releases yet: .venv/bin/pairlake release create")
     print(f"{'release':<24} {'version':>7} {'kind':<10} {'samples':>8} {'shards':>6} {'removed':>7} {'added':>6}  created")
@@ -288,7 +290,7 @@ def _cmd_vacuum(args: argparse.Namespace, config: PairlakeConfig) -> None:
     from infra.purge import vacuum_history
     from infra.tables import ALL_TABLES
 
-    lake, hours = Lake(config.lake.root), config.lake.history_retention_hours
+    lake, hours = Lake.of(config.lake), config.lake.history_retention_hours
     lineage = Lineage(run_id=f"vacuum-{uuid.uuid4().hex[:12]}")
     for name, spec in ALL_TABLES.items():
         print(f"{name:<20} {vacuum_history(lake, spec, hours, lineage):>6} files older than {hours} h deleted")

@@ -63,4 +63,4 @@ def run_demo(config: PairlakeConfig) -> report.Funnel:
     with ImageServer(load_site(crawl_dir / "site"), port=config.demo.server_port) as server:
         print(f"serving the sample crawl's images at {server.url}")
         materialize_all()
-    return report.build_funnel(Lake(config.lake.root), config.clip_threshold())
+    return report.build_funnel(Lake.of(config.lake), config.clip_threshold())

@@ -19,9 +19,11 @@ import time
 import uuid
 from pathlib import Path
 
+from infra import lake_layout
 from infra.config import PairlakeConfig
 from infra.delta_store import Lake, Lineage
 from infra.lake_lease import lease
+from infra.lake_storage import atomic_output
 from infra.tables import CURATED
 from spark_jobs import optout, release
 
@@ -29,17 +31,16 @@ log = logging.getLogger(__name__)
 
 
 def inbox_dir(config: PairlakeConfig) -> Path:
-    inbox = Path(config.optout.inbox)
-    return inbox if inbox.is_absolute() else Path(config.lake.root) / inbox
+    return Lake.of(config.lake).path(lake_layout.optout_inbox(config.optout.inbox))
 
 
 def rejected_dir(config: PairlakeConfig) -> Path:
-    return inbox_dir(config).parent / "rejected"
+    return Lake.of(config.lake).path(lake_layout.optout_beside_inbox(config.optout.inbox, "rejected"))
 
 
 def held_dir(config: PairlakeConfig) -> Path:
     """Requests waiting for a person's confirmation (over-broad); the sensor never looks here."""
-    return inbox_dir(config).parent / "held"
+    return Lake.of(config.lake).path(lake_layout.optout_beside_inbox(config.optout.inbox, "held"))
 
 
 def removal_lease(config: PairlakeConfig, purpose: str):
@@ -52,7 +53,7 @@ def _id_in_use(config: PairlakeConfig, request_id: str) -> str | None:
     for folder in (inbox_dir(config), held_dir(config), rejected_dir(config)):
         if (folder / f"{request_id}.json").exists():
             return f"a request file in {folder}"
-    status = optout.latest_status(Lake(config.lake.root), request_id)
+    status = optout.latest_status(Lake.of(config.lake), request_id)
     return f"the audit ({status})" if status else None
 
 
@@ -90,10 +91,8 @@ def submit_request(config: PairlakeConfig, data: dict, image: Path | None = None
         raise
     if image is not None:
         (staging / data["image"]).replace(inbox / data["image"])
-    # Written aside and renamed: the sensor never sees half a request.
-    tmp = staging / f"{request_id}.json"
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    tmp.replace(inbox / f"{request_id}.json")
+    with atomic_output(inbox / f"{request_id}.json") as fh:  # the sensor never sees half a request
+        fh.write(json.dumps(data, indent=2, sort_keys=True).encode())
     return inbox / f"{request_id}.json"
 
 
@@ -152,7 +151,7 @@ def apply_request_file(config: PairlakeConfig, path: Path, lineage: Lineage,
 def _apply(config: PairlakeConfig, path: Path, lineage: Lineage, confirmed_by: str | None) -> optout.RemovalOutcome:
     from gpu_jobs.retrieval import remove_from_indexes
 
-    lake = Lake(config.lake.root)
+    lake = Lake.of(config.lake)
     received = dt.datetime.now(dt.timezone.utc)
     try:
         request = optout.parse_request_file(path)
@@ -217,7 +216,7 @@ def _apply(config: PairlakeConfig, path: Path, lineage: Lineage, confirmed_by: s
 
 def preview_request(config: PairlakeConfig, request_id: str) -> dict:
     """What the request would remove (a pending or held file), or what it did remove (the audit)."""
-    lake = Lake(config.lake.root)
+    lake = Lake.of(config.lake)
     optout.check_request_id(request_id)
     history = optout.request_rows(lake).get(request_id, [])
     for folder in (inbox_dir(config), held_dir(config)):
@@ -240,6 +239,6 @@ def preview_request(config: PairlakeConfig, request_id: str) -> dict:
 
 def request_status(config: PairlakeConfig, request_id: str | None = None) -> list[dict]:
     """The newest audit row of every request (or one), newest first."""
-    history = optout.request_rows(Lake(config.lake.root))
+    history = optout.request_rows(Lake.of(config.lake))
     rows = [h[-1] for rid, h in history.items() if request_id is None or rid == request_id]
     return sorted(rows, key=lambda r: r["recorded_at"] or r["received_at"], reverse=True)

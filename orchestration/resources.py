@@ -46,7 +46,7 @@ class PairlakeResource(dg.ConfigurableResource):
 
     @property
     def lake(self) -> Lake:
-        return Lake(self.settings.lake.root)
+        return Lake.of(self.settings.lake)
 
     def spark(self) -> SparkSession:
         return shared_spark_session(self.settings.spark)

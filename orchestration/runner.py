@@ -57,7 +57,7 @@ def _execute(job_name: str, instance: dg.DagsterInstance, tags: dict[str, str] |
 
 def preflight(config: PairlakeConfig) -> None:
     """Refuse, with one line and before any commit, what would fail a stage halfway through."""
-    Lake(config.lake.root).ensure_writable()
+    Lake.of(config.lake).ensure_writable()
     list_warc_files(config.crawl)
     load_clip(config.clip)
     config.clip_threshold()

@@ -18,7 +18,7 @@ def optimize_lake(config: PairlakeConfig, lineage: Lineage, tables: Iterable[str
     """Compact ``tables`` (every table when none is named), each in one commit, under the removal
     lease so that no purge runs meanwhile; ``report`` hears of each table as it is done."""
     specs = [table_spec(name) for name in tables] or list(ALL_TABLES.values())
-    lake = Lake(config.lake.root)
+    lake = Lake.of(config.lake)
     done = []
     with removal_lease(config, f"compaction ({lineage.run_id})"):
         for spec in specs:

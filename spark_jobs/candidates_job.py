@@ -2,7 +2,9 @@
 
 Each task runs ``extract_pairs`` on one file and emits its pairs plus, as side rows, its rejects and
 counters; the driver writes pairs through the Delta data source (one commit replacing exactly the
-run's partitions) and the small side tables through delta-rs.
+run's partitions) and the small side tables through delta-rs. A file that cannot be read (missing,
+retries exhausted, not a WARC) is a failed partition, not a failed job: the task emits one side row
+saying why, and that partition is left as stored while the other files' pairs are committed.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from infra.tables import CANDIDATES, WARC_REJECTS
 from spark_jobs.blocklist import url_matches
 from spark_jobs.warc_pairs import extract_pairs
 
-# Side rows travel in the same Arrow stream as the pairs: kind "pair", "reject" or "counts". Side
-# rows leave the pair columns empty, so every column is nullable here.
+# Side rows travel in the same Arrow stream as the pairs: kind "pair", "reject", "counts" or "failed".
+# Side rows leave the pair columns empty, so every column is nullable here.
 _OUT_SCHEMA = pa.schema(
     [f.with_nullable(True) for f in CANDIDATES.schema] + [pa.field("kind", pa.string()), pa.field("payload", pa.string())]
 )
@@ -35,31 +37,40 @@ _OUT_SCHEMA = pa.schema(
 
 @dataclass
 class CandidatesOutcome:
-    version: int
-    counts: dict[str, dict[str, int]]  # partition -> counter -> value
+    version: int | None  # of candidates after the run; None if it has none (every file failed)
+    counts: dict[str, dict[str, int]]  # committed partition -> counter -> value
     rejects: pa.Table
+    failed: dict[str, str]  # partition whose file could not be read -> why, one line; left as stored
+
+
+def _side_rows(warc_file: str, side: list[tuple[str, str]]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pydict(
+        {
+            **{f.name: pa.nulls(len(side), f.type) for f in CANDIDATES.schema},
+            "warc_file": [warc_file] * len(side),
+            "kind": [k for k, _ in side],
+            "payload": [p for _, p in side],
+        },
+        schema=_OUT_SCHEMA,
+    )
 
 
 def _extract_task(crawl_id: str, config: ExtractConfig):
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for row in batch.to_pylist():
-                result = extract_pairs(row["uri"], row["warc_file"], crawl_id, config)
+                try:
+                    result = extract_pairs(row["uri"], row["warc_file"], crawl_id, config)
+                except (OSError, ValueError) as exc:  # what extract_pairs raises for an unreadable file
+                    yield _side_rows(row["warc_file"], [("failed", " ".join(str(exc).split()))])
+                    continue
                 pairs = result.pairs
                 yield from pairs.append_column("kind", pa.array(["pair"] * pairs.num_rows, pa.string())).append_column(
                     "payload", pa.nulls(pairs.num_rows, pa.string())
                 ).cast(_OUT_SCHEMA).to_batches()
                 side = [("reject", json.dumps(r, default=str)) for r in result.rejects.to_pylist()]
                 side.append(("counts", json.dumps(result.counts)))
-                yield pa.RecordBatch.from_pydict(
-                    {
-                        **{f.name: pa.nulls(len(side), f.type) for f in CANDIDATES.schema},
-                        "warc_file": [row["warc_file"]] * len(side),
-                        "kind": [k for k, _ in side],
-                        "payload": [p for _, p in side],
-                    },
-                    schema=_OUT_SCHEMA,
-                )
+                yield _side_rows(row["warc_file"], side)
 
     return run
 
@@ -72,7 +83,6 @@ def build_candidates(
     config: ExtractConfig,
     lineage: Lineage,
 ) -> CandidatesOutcome:
-    names = [f.warc_file for f in warc_files]
     files = spark.sparkContext.parallelize([(f.warc_file, f.uri) for f in warc_files], max(1, len(warc_files)))
     extracted = (
         files.toDF("warc_file string, uri string")
@@ -81,6 +91,10 @@ def build_candidates(
     )
     try:
         side = extracted.where("kind != 'pair'").select("warc_file", "kind", "payload").collect()
+        failed = {r["warc_file"]: r["payload"] for r in side if r["kind"] == "failed"}
+        # Only the partitions of files read whole are replaced: replacing a failed file's partition
+        # with nothing would delete the pairs an earlier run stored for it.
+        names = [f.warc_file for f in warc_files if f.warc_file not in failed]
         pairs = extracted.where("kind = 'pair'").select(*CANDIDATES.schema.names)
         # Within the run the earliest (file, offset) keeps a uid; a uid already stored by another
         # partition stays there, so re-running a partition never moves or duplicates a pair.
@@ -97,7 +111,9 @@ def build_candidates(
                 r["warc_file"]: r["count"]
                 for r in unique.join(opted_out, "uid", "left_semi").groupBy("warc_file").count().collect()
             }
-            version = write_table(kept, lake, CANDIDATES, lineage, replace_partitions=names)
+            version = (
+                write_table(kept, lake, CANDIDATES, lineage, replace_partitions=names) if names else lake.version(CANDIDATES)
+            )
         finally:
             kept.unpersist()
     finally:
@@ -108,7 +124,7 @@ def build_candidates(
     for row in side:
         if row["kind"] == "counts":
             counts[row["warc_file"]].update(json.loads(row["payload"]))
-        else:
+        elif row["kind"] == "reject":
             rejects.append(json.loads(row["payload"]))
     for name in names:
         counts[name]["removed_by_request"] = opted_per_file.get(name, 0)
@@ -117,5 +133,6 @@ def build_candidates(
         )
         counts[name]["candidates"] = kept_per_file.get(name, 0)
     reject_table = pa.Table.from_pylist(rejects, schema=WARC_REJECTS.schema) if rejects else WARC_REJECTS.schema.empty_table()
-    lake.replace_partitions(WARC_REJECTS, reject_table, names, lineage)
-    return CandidatesOutcome(version=version, counts={k: dict(v) for k, v in counts.items()}, rejects=reject_table)
+    if names:
+        lake.replace_partitions(WARC_REJECTS, reject_table, names, lineage)
+    return CandidatesOutcome(version, {k: dict(v) for k, v in counts.items()}, reject_table, failed)

@@ -23,7 +23,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from infra.config import ClipConfig
+from infra.config import ClipConfig, StorageOptions
 from infra.delta_store import Lake, Lineage
 from infra.spark import read_table, write_table
 from infra.tables import CANDIDATES, CLIP_SCORES, IMAGES
@@ -108,7 +108,7 @@ def _captions_of(lake: Lake, version: int, warc_file: str) -> dict[str, str]:
     return _captions[key]
 
 
-def _scoring_task(root: str, storage_options: dict | None, captions_version: int, config: ClipConfig, devices, peak):
+def _scoring_task(root: str, storage: StorageOptions, captions_version: int, config: ClipConfig, devices, peak):
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import torch
 
@@ -121,7 +121,7 @@ def _scoring_task(root: str, storage_options: dict | None, captions_version: int
         if clip.device.type == "cpu" and context is not None:
             torch.set_num_threads(max(1, context.cpus()))  # the task's share of the executor's cores
         label = str(clip.device) if assigned is None else f"{clip.device} (spark gpu {assigned})"
-        lake = Lake(root, storage_options)
+        lake = Lake(root, storage)
         scored = 0
         for batch in batches:
             if not batch.num_rows:
@@ -162,7 +162,7 @@ def score_partitions(
         tasks_per_core=_TASKS_PER_CORE,
     )
     scored = images.mapInArrow(
-        _scoring_task(lake.root, lake.storage_options, captions_version, config, devices, peak),
+        _scoring_task(lake.root, lake.storage, captions_version, config, devices, peak),
         from_arrow_schema(CLIP_SCORES.schema),
     )
     version = write_table(scored, lake, CLIP_SCORES, lineage, replace_partitions=partitions)

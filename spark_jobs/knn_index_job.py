@@ -34,9 +34,11 @@ from pyspark.sql.pandas.types import from_arrow_schema
 from gpu_jobs import knn_index as knn
 from gpu_jobs.embedding_format import embeddings_from_column
 from gpu_jobs.knn_index import UIDS_NAME, index_dir
+from infra import lake_layout
 from infra.arrow_runs import key_runs
 from infra.config import IndexConfig
 from infra.delta_store import Lake, Lineage
+from infra.lake_storage import atomic_output
 from infra.spark import collect, read_table
 from infra.tables import CLIP_SCORES, CURATED
 from spark_jobs.uid_order import number_by_uid
@@ -54,14 +56,12 @@ def _shard_task(trained: object, queries: object, dim: int, top_k: int, staging:
     """Add each shard's rows (sorted by id) to a copy of the trained index; write it and its uids."""
 
     def finish(shard: int, index: faiss.Index, top: knn.ExactTop, uids: list[pa.RecordBatch]) -> pa.RecordBatch:
-        # Written whole, then renamed: a retried or speculative task never leaves half a shard.
+        # Published whole: a retried or speculative task never leaves half a shard.
         path = Path(staging) / f"shard-{shard:05d}.faiss"
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-        faiss.write_index(index, str(tmp))
-        tmp.replace(path)
-        uids_path = Path(staging) / f"shard-{shard:05d}.uids.parquet"
-        pq.write_table(pa.Table.from_batches(uids), tmp)
-        tmp.replace(uids_path)
+        with atomic_output(path) as handle:
+            faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write))
+        with atomic_output(Path(staging) / f"shard-{shard:05d}.uids.parquet") as handle:
+            pq.write_table(pa.Table.from_batches(uids), handle)
         scores, ids = top.result()
         return pa.RecordBatch.from_pylist(
             [{"shard": shard, "rows": int(index.ntotal), "index_bytes": path.stat().st_size,
@@ -104,7 +104,7 @@ def build_variant_index(
     numbered = numbered.persist(StorageLevel.MEMORY_AND_DISK)
     out = index_dir(lake, config.variant)
     token = uuid.uuid4().hex[:12]
-    staging = out / f".staging-{token}"
+    staging = lake.path(lake_layout.index_staging(config.variant, token))
     lists_file = None
     try:
         if n == 0:
@@ -165,12 +165,10 @@ def build_variant_index(
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "run_id": lineage.run_id,
         }
-        uids_tmp = staging / UIDS_NAME
         uids_schema = pa.schema([("id", pa.int64()), ("uid", pa.string())])
-        with pq.ParquetWriter(uids_tmp, uids_schema) as writer:
+        with atomic_output(out / UIDS_NAME) as handle, pq.ParquetWriter(handle, uids_schema) as writer:
             for shard in built:  # shard order is id order
                 writer.write_table(pq.read_table(staging / f"shard-{shard['shard']:05d}.uids.parquet").cast(uids_schema))
-        uids_tmp.replace(out / UIDS_NAME)
         knn.save_index(out, index, manifest)
         lists_file = None  # published
         return manifest

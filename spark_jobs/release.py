@@ -31,6 +31,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
+from infra import lake_layout
 from infra.checksums import file_sha256
 from infra.config import InputError, ReleaseConfig
 from infra.delta_store import Lake, Lineage
@@ -68,11 +69,11 @@ class ReleaseVersion:
 
 
 def releases_root(lake: Lake) -> Path:
-    return Path(lake.root) / "releases"
+    return lake.path(lake_layout.RELEASES)
 
 
 def version_dir(lake: Lake, release: str, version: int) -> Path:
-    return releases_root(lake) / release / f"v{version}"
+    return lake.path(lake_layout.release_version(release, version))
 
 
 def export_id(release: str, version: int) -> str:
@@ -344,7 +345,7 @@ def withdraw(lake: Lake, uids: set[str], lineage: Lineage) -> list[str]:
         rows = shards.filter(pc.equal(shards["export_id"], ident)).to_pylist()
         changed = False
         for row in rows:
-            tar = Path(lake.root) / row["path"]  # relative to the lake root (absolute in older lakes)
+            tar = lake.path(row["path"])  # relative to the lake root (absolute in older lakes)
             parquet = tar.with_suffix(".parquet")
             if not parquet.exists():
                 continue

@@ -17,7 +17,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 import re
 import tarfile
 import time
@@ -31,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from infra.config import InputError
+from infra.lake_storage import atomic_output
 from infra.tables import SHARDS
 
 log = logging.getLogger(__name__)
@@ -177,31 +177,6 @@ def _numbered(batches: Iterable[pa.RecordBatch], samples_per_shard: int) -> Iter
         yield batch.append_column("shard", pa.array(index))
 
 
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp")  # hidden: never matched by a shard glob
-
-
-def _commit(fh: IO[bytes], tmp: Path, path: Path) -> None:
-    fh.flush()
-    os.fsync(fh.fileno())
-    fh.close()
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def _atomic_file(path: Path) -> Iterator[IO[bytes]]:
-    """Write to a hidden temp file, then fsync and rename it to ``path``; remove it on failure."""
-    tmp = _tmp_path(path)
-    fh = tmp.open("wb")
-    try:
-        yield fh
-        _commit(fh, tmp, path)
-    except BaseException:
-        fh.close()
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 class _HashingWriter:
     """File wrapper that hashes and counts what is written, so the tar is never re-read."""
 
@@ -232,8 +207,8 @@ class _ShardWriter:
         fields = [f for f in schema if f.name != "image"]
         self.parquet_schema = pa.schema([pa.field("key", pa.string()), *fields, pa.field("status", pa.string())])
         self.tar_path = out / f"{self.name}.tar"
-        self._fh = _tmp_path(self.tar_path).open("wb")
-        self._hashing = _HashingWriter(self._fh)
+        self._output = contextlib.ExitStack()
+        self._hashing = _HashingWriter(self._output.enter_context(atomic_output(self.tar_path)))
         self._tar = _TarWriter(self._hashing)
 
     def add(self, meta: dict[str, Any], image: bytes | None) -> None:
@@ -250,14 +225,13 @@ class _ShardWriter:
 
     def finish(self) -> ShardInfo:
         self._tar.close()  # writes the end-of-archive blocks
-        _commit(self._fh, _tmp_path(self.tar_path), self.tar_path)
+        self._output.close()  # publishes the tar
         rows = pa.Table.from_pylist(self.rows, schema=self.parquet_schema)
         return _finish_shard(self.out, self.name, rows, self._hashing, self.image_bytes)
 
     def abort(self) -> None:
         """Drop the unfinished tar (an error is already propagating)."""
-        self._fh.close()
-        _tmp_path(self.tar_path).unlink(missing_ok=True)
+        self._output.__exit__(ShardExportError, ShardExportError("aborted"), None)
 
 
 class _TarWriter:
@@ -298,7 +272,7 @@ def _member_header(name: str, size: int) -> bytes:
 def _finish_shard(out: Path, name: str, rows: pa.Table, tar: _HashingWriter, image_bytes: int) -> ShardInfo:
     """Write the shard's parquet and _stats.json after its tar (already renamed into place)."""
     sha256 = tar.sha256.hexdigest()
-    with _atomic_file(out / f"{name}.parquet") as fh:
+    with atomic_output(out / f"{name}.parquet") as fh:
         pq.write_table(rows, fh)
     stats = {
         "count": rows.num_rows,
@@ -310,9 +284,8 @@ def _finish_shard(out: Path, name: str, rows: pa.Table, tar: _HashingWriter, ima
         "image_bytes": image_bytes,
         "sha256": sha256,
     }
-    with _atomic_file(out / f"{name}_stats.json") as fh:
+    with atomic_output(out / f"{name}_stats.json") as fh:
         fh.write(json.dumps(stats, indent=2, sort_keys=True).encode())
-    _fsync_dir(out)
     return ShardInfo(name, str(out / f"{name}.tar"), rows.num_rows, tar.size, sha256)
 
 
@@ -338,7 +311,7 @@ def rewrite_shard(tar_path: str | Path, drop_keys: set[str], out_dir: str | Path
     image_bytes = 0
     target = out / f"{name}.tar"
     with src.open("rb") as source, tarfile.open(fileobj=source, mode="r:") as old:
-        with _atomic_file(target) as fh:
+        with atomic_output(target) as fh:
             hashing = _HashingWriter(fh)
             new = _TarWriter(hashing)
             for member in old:
@@ -350,12 +323,3 @@ def rewrite_shard(tar_path: str | Path, drop_keys: set[str], out_dir: str | Path
                 new.add(member.name, data)
             new.close()
     return _finish_shard(out, name, rows, hashing, image_bytes)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make the renames durable too (POSIX: a rename lives in the directory's metadata)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -15,21 +15,21 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from infra.config import ExtractConfig, InputError
+from infra.lake_storage import atomic_output
 from infra.tables import CANDIDATES, WARC_REJECTS
 from spark_jobs.caption_language import detect_languages
 from spark_jobs.html_images import META_ROBOTS, TDM_META, PageImages, PageTooComplex, page_images
 from spark_jobs.http_response import BadHttpHeaders, BodyTooLarge, UndecodableBody, decode_body, parse_head
 from spark_jobs.page_charset import UndecodablePage, charset_from_content_type, to_utf8
+from spark_jobs.warc_input import open_warc
 from spark_jobs.warc_reader import RecordError, WarcRecord, read_records
 
 # Every counter, present (maybe 0) in every result so that funnels line up across files.
@@ -220,7 +220,7 @@ def _parse_warc_date(value: str | None) -> datetime | None:
 
 
 def extract_pairs(warc_uri: str, warc_file: str, crawl_id: str, config: ExtractConfig) -> ExtractResult:
-    """Candidate pairs, rejects and counts of one WARC file (a local path or an fsspec URL).
+    """Candidate pairs, rejects and counts of one WARC file (a local path, http(s) or fsspec URL).
 
     Raises FileNotFoundError / OSError naming the file when it cannot be opened or read, and
     ValueError for an uncompressed WARC or a file that is not a WARC at all.
@@ -228,7 +228,7 @@ def extract_pairs(warc_uri: str, warc_file: str, crawl_id: str, config: ExtractC
     extraction = _Extraction(warc_file, config)
     max_block = config.max_page_bytes + _HTTP_HEAD_ROOM
     try:
-        with fsspec.open(warc_uri, "rb") as fh:
+        with open_warc(warc_uri, config) as fh:
             for item in read_records(fh, max_block):
                 if isinstance(item, RecordError):
                     extraction.reject(item.offset, item.target_uri, item.reason, item.detail)
@@ -258,22 +258,15 @@ def write_pairs_parquet(warc_uris: list[str], out: str, crawl_id: str, config: E
     """
     _check_paths(warc_uris, out)
     totals = dict.fromkeys(COUNTERS, 0)
-    folder, name = os.path.split(os.path.abspath(out))
-    partial = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.partial")
-    try:
-        with pq.ParquetWriter(partial, CANDIDATES.schema) as writer:
-            for uri in warc_uris:
-                try:
-                    result = extract_pairs(uri, warc_file_name(uri), crawl_id, config)
-                except (FileNotFoundError, IsADirectoryError, ValueError) as exc:
-                    raise InputError(str(exc)) from None
-                writer.write_table(result.pairs)
-                for counter, value in result.counts.items():
-                    totals[counter] += value
-        os.replace(partial, out)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+    with atomic_output(os.path.abspath(out)) as fh, pq.ParquetWriter(fh, CANDIDATES.schema) as writer:
+        for uri in warc_uris:
+            try:
+                result = extract_pairs(uri, warc_file_name(uri), crawl_id, config)
+            except (FileNotFoundError, IsADirectoryError, ValueError) as exc:
+                raise InputError(str(exc)) from None
+            writer.write_table(result.pairs)
+            for counter, value in result.counts.items():
+                totals[counter] += value
     return totals
 
 

@@ -4,6 +4,7 @@ process while the tests that do not need it run first."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -15,7 +16,9 @@ import pytest
 from gpu_jobs import demo_model
 from gpu_jobs.demo_heads import ensure_demo_heads
 from gpu_jobs.demo_heads import is_current as heads_are_current
+from infra import s3_server
 from infra.config import SparkConfig
+from infra.delta_store import Lake
 from infra.local_cluster import LocalStandaloneCluster
 from infra.spark import build_spark_session
 
@@ -137,3 +140,24 @@ def demo_checkpoint():
 def demo_heads(demo_checkpoint):
     """The demo's tag heads (punsafe, pwatermark, aesthetic) over the demo model, cached beside it."""
     return ensure_demo_heads(demo_checkpoint.parent)
+
+
+# The local S3 server's one identity, in the environment as any user's credentials would be: set
+# before any Spark JVM starts, so its executors' Python workers read them too.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", s3_server.ACCESS_KEY)
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", s3_server.SECRET_KEY)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory) -> Iterator[s3_server.S3Endpoint]:
+    """A real S3-compatible server (SeaweedFS) on 127.0.0.1 for the whole run."""
+    with s3_server.LocalS3Server(tmp_path_factory.mktemp("s3")) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3_lake(s3_endpoint, request) -> Lake:
+    """A lake in a fresh bucket of the local S3 server."""
+    bucket = "t-" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:20]
+    s3_endpoint.create_bucket(bucket)
+    return Lake(f"s3://{bucket}/lake", s3_endpoint.storage_options())

@@ -113,6 +113,12 @@ def test_a_file_overrides_only_its_keys(tmp_path):
         ("[release]\nname = 'a/b'\n", "release.name must be a non-empty name"),
         ("[optout]\nmin_similarity = 1.5\n", "optout.min_similarity must be a cosine"),
         ("[tags.pwatermark]\nhead = 'w.pt'\n", "filter on punsafe: configure tags.punsafe"),
+        ("[lake]\nroot = 'gs://b/lake'\n", "lives in a local folder or at s3://bucket/prefix"),
+        ("[lake]\nroot = 's3:///lake'\n", "names no bucket"),
+        ("[lake.storage_options]\naddressing_style = 'dns'\n", "addressing_style must be virtual or path"),
+        ("[lake.storage_options]\nendpoint = '127.0.0.1:9000'\n", "endpoint must be an http"),
+        ("[lake.storage_options]\nendpoint = 'http://127.0.0.1:9000'\n", "plain http: set allow_http = true"),
+        ("[lake.storage_options]\naccess_key = 'AKIA'\n", "unknown config key lake.storage_options.access_key"),
     ],
 )
 def test_bad_values_are_one_clear_line(tmp_path, text, message):

