@@ -107,6 +107,8 @@ class LocalS3Server:
             [weed_binary(), "server", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
              f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
              "-s3", f"-s3.port={s3}", f"-s3.config={identities}", "-master.telemetry=false",
+             # Its Iceberg and Lance catalogs listen on fixed ports: off, so that servers can run side by side.
+             "-s3.port.iceberg=0", "-s3.port.lance=0",
              # Small volumes: the default 30 GB each would reserve far more disk than tests write.
              "-master.volumeSizeLimitMB=256", "-volume.max=0"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

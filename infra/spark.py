@@ -27,7 +27,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from infra.config import ConfigError, InputError, SparkConfig
 from infra import lake_storage
-from infra.delta_store import Lake, Lineage
+from infra.delta_store import Lake, LakeError, Lineage
 from infra.spark_delta import FORMAT, DeltaDataSource, lineage_option
 from infra.tables import TableSpec
 
@@ -212,14 +212,15 @@ _RAISED = re.compile(r"^((?:[A-Za-z_]\w*\.)+)([A-Za-z_]\w*): (.*)$", re.MULTILIN
 
 
 def _task_error(exc: PythonException) -> Exception:
-    """A task's InputError (a bad config, a bad input) as itself, one line; anything else as Spark
-    reported it. Spark aborts the write first, so nothing of it was committed."""
+    """A task's InputError (a bad config, a bad input) or LakeError (a store that stopped
+    answering) as itself, one line; anything else as Spark reported it. Spark aborts the write
+    first, so nothing of it was committed."""
     for module, name, message in reversed(_RAISED.findall(str(exc))):
         try:
             cls = getattr(importlib.import_module(module.rstrip(".")), name)
         except (ImportError, AttributeError):
             continue
-        if isinstance(cls, type) and issubclass(cls, InputError):
+        if isinstance(cls, type) and issubclass(cls, (InputError, LakeError)):
             return cls(message.strip())
         break
     return exc

@@ -10,8 +10,10 @@ No delta-spark jars are involved, so nothing is fetched from Maven.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import time
 import urllib.parse
 import uuid
@@ -22,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+from deltalake.exceptions import DeltaError
 from pyarrow import fs as pafs
 from pyspark.sql.datasource import (
     DataSource,
@@ -34,8 +37,10 @@ from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.types import StructType
 
 from infra import lake_layout, lake_storage
-from infra.delta_store import Lake, Lineage
+from infra.delta_store import Lake, LakeError, Lineage
 from infra.tables import TableSpec, table_spec
+
+log = logging.getLogger(__name__)
 
 FORMAT = "pairlake_delta"
 _READ_BATCH_ROWS = 1024  # rows per Arrow batch a read hands Spark (option batch_rows)
@@ -74,6 +79,17 @@ def _lake(options: dict[str, str]) -> Lake:
     """The lake the options name, opened where the code runs: an executor reads the credentials
     from its own environment, so none travels in a task (readers and writers keep no Lake)."""
     return Lake(options["root"], lake_storage.from_json(options.get("storage")))
+
+
+@contextlib.contextmanager
+def _store_errors(options: dict[str, str], *also: type[Exception]) -> Iterator[None]:
+    """An I/O error of the lake's store (a bucket that stopped answering, a full disk) as one
+    line naming the lake: the caller (``infra.spark``) relays a task's LakeError as itself."""
+    try:
+        yield
+    except (OSError, *also) as exc:
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise LakeError(f"lake {options['root']} cannot be read or written: {detail}") from None
 
 
 def _table_dir(options: dict[str, str], spec: TableSpec) -> tuple[pafs.FileSystem, str]:
@@ -179,9 +195,10 @@ class _DeltaReader(DataSourceReader):
     def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
         if not isinstance(partition, _FilePartition):
             return  # a table with no files: Spark still reads one (empty) default partition
-        filesystem, table_dir = _table_dir(self.options, self.spec)
-        for file in partition.files:
-            yield from self._read_file(filesystem, f"{table_dir}/{file.path}", file)
+        with _store_errors(self.options):
+            filesystem, table_dir = _table_dir(self.options, self.spec)
+            for file in partition.files:
+                yield from self._read_file(filesystem, f"{table_dir}/{file.path}", file)
 
     def _read_file(self, filesystem: pafs.FileSystem, path: str, file: _DataFile) -> Iterator[pa.RecordBatch]:
         dataset = pads.dataset(path, filesystem=filesystem, format="parquet")
@@ -232,6 +249,10 @@ class _DeltaWriter(DataSourceArrowWriter):
         return f"{table_path}/{_ABORTED_DIR}/{self.write_id}"
 
     def write(self, iterator: Iterator[pa.RecordBatch]) -> _WrittenFiles:
+        with _store_errors(self.options):
+            return self._write(iterator)
+
+    def _write(self, iterator: Iterator[pa.RecordBatch]) -> _WrittenFiles:
         """Stream the task's rows into one Parquet file per table partition they fall in.
 
         Rows come sorted by partition (``write_table`` sorts them), so a file is closed as soon
@@ -256,8 +277,9 @@ class _DeltaWriter(DataSourceArrowWriter):
         except BaseException:
             for f in open_files.values():
                 f.discard(filesystem)
-            for written in files:
-                filesystem.delete_file(f"{table_path}/{written['path']}")
+            with contextlib.suppress(OSError):  # a store that stopped answering: the abort's sweep or a vacuum
+                for written in files:
+                    filesystem.delete_file(f"{table_path}/{written['path']}")
             raise
         # A task that outlives the job's failure (Spark kills it asynchronously) finds the abort
         # marker here and removes its own files: either this check sees the marker, or the files
@@ -298,15 +320,22 @@ class _DeltaWriter(DataSourceArrowWriter):
         lineage = _lineage_from_json(self.options["lineage"]) if self.options.get("lineage") else Lineage()
         replace = json.loads(self.options["replace_partitions"]) if self.options.get("replace_partitions") else None
         try:
-            _lake(self.options).commit_files(
-                self.spec, adds, lineage, replace_partitions=replace, overwrite=self.overwrite and replace is None
-            )
+            with _store_errors(self.options, DeltaError):
+                _lake(self.options).commit_files(
+                    self.spec, adds, lineage, replace_partitions=replace, overwrite=self.overwrite and replace is None
+                )
         except Exception:
             # A refused commit (the removal fence, a conflict) leaves no written file behind.
             self.abort(messages)
             raise
 
     def abort(self, messages: list[WriterCommitMessage | None]) -> None:
+        try:
+            self._sweep()
+        except OSError as exc:  # the store is down: the files stay unreferenced until a vacuum
+            log.warning("write %s aborted, its files not removed: %s", self.write_id, exc)
+
+    def _sweep(self) -> None:
         filesystem, table_path = _table_dir(self.options, self.spec)
         # The marker goes first, so every file that the sweep below misses is removed by its writer.
         marker = self._abort_marker(table_path)

@@ -14,7 +14,7 @@ from infra import lake_storage
 from infra.config import StorageOptions
 from infra.delta_store import Lake, LakeError, Lineage
 from infra.local_cluster import _free_port
-from infra.s3_server import SECRET_KEY
+from infra.s3_server import SECRET_KEY, LocalS3Server
 from infra.spark import read_table, write_table
 from infra.tables import STAGE_STATS
 
@@ -99,3 +99,60 @@ def test_a_versioned_bucket_is_refused_at_start(s3_endpoint, s3_lake):
     client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     with pytest.raises(LakeError, match=rf"^lake root {s3_lake.root}: bucket {bucket} has versioning enabled: "):
         s3_lake.ensure_writable()
+
+
+def _held_at(gate):
+    """A Spark task that hands over its rows only once ``gate`` exists, after saying it waits."""
+    def run(batches):
+        import os
+        import time
+
+        open(str(gate) + ".waiting", "w").close()
+        while not os.path.exists(gate):
+            time.sleep(0.05)
+        yield from batches
+
+    return run
+
+
+def test_the_store_stopping_mid_write_is_one_line_commits_nothing_and_a_rerun_heals(spark, tmp_path):
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    server = LocalS3Server(tmp_path / "s3")
+    endpoint = server.start()
+    try:
+        endpoint.create_bucket("outage")
+        lake = Lake("s3://outage/lake", endpoint.storage_options())
+        write_table(_frame(spark, 300), lake, STAGE_STATS, Lineage(run_id="before"), replace_partitions=["0", "1", "2"])
+        gate = tmp_path / "gate"
+        held = _frame(spark, 3000).mapInArrow(_held_at(gate), from_arrow_schema(STAGE_STATS.schema))
+        outcome: dict[str, BaseException] = {}
+
+        def write() -> None:
+            spark._jvm.org.apache.spark.sql.SparkSession.setActiveSession(spark._jsparkSession)
+            try:
+                write_table(held, lake, STAGE_STATS, Lineage(run_id="during"), replace_partitions=["0", "1", "2"])
+            except Exception as exc:  # noqa: BLE001 - asserted below
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=write)
+        thread.start()
+        while not (tmp_path / "gate.waiting").exists():
+            assert thread.is_alive(), outcome
+            thread.join(0.05)
+        server.stop()  # the store goes away while the tasks hold their rows
+        gate.touch()
+        thread.join(300)
+        error = outcome.get("error")
+        assert isinstance(error, LakeError), error
+        assert str(error).startswith("lake s3://outage/lake cannot be read or written: ") and "\n" not in str(error)
+
+        server.start()  # the same data and ports
+        assert lake.version(STAGE_STATS) == 0 and lake.read(STAGE_STATS).num_rows == 300  # nothing committed
+        write_table(_frame(spark, 3000), lake, STAGE_STATS, Lineage(run_id="rerun"), replace_partitions=["0", "1", "2"])
+        clean = Lake(str(tmp_path / "clean"))
+        write_table(_frame(spark, 3000), clean, STAGE_STATS, Lineage(run_id="clean"), replace_partitions=["0", "1", "2"])
+        order = [("partition", "ascending"), ("metric", "ascending")]
+        assert lake.read(STAGE_STATS).sort_by(order).equals(clean.read(STAGE_STATS).sort_by(order))
+    finally:
+        server.stop()
