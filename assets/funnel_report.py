@@ -1,18 +1,11 @@
 """The funnel report: counts per stage and an HTML page with plots, refreshed after each export."""
 
-from pathlib import Path
-
 import dagster as dg
 
-from infra import lake_layout
 from orchestration import report
 from orchestration.resources import PairlakeResource, code_version
 
 CODE_VERSION = code_version(report)
-
-
-def report_path(pairlake: PairlakeResource) -> Path:
-    return pairlake.lake.path(lake_layout.report("funnel.html"))
 
 
 @dg.asset(
@@ -25,12 +18,12 @@ def report_path(pairlake: PairlakeResource) -> Path:
 )
 def funnel_report(context: dg.AssetExecutionContext, pairlake: PairlakeResource) -> dg.MaterializeResult:
     funnel = report.build_funnel(pairlake.lake, pairlake.settings.clip_threshold())
-    path = report.write_report(funnel, report_path(pairlake))
+    location = report.write_report(funnel, pairlake.lake)
     context.log.info("\n" + funnel.table())
     return dg.MaterializeResult(
         metadata={
             **{name: count for name, count in funnel.steps},
             "funnel": dg.MetadataValue.md(f"```\n{funnel.table()}\n```"),
-            "report": dg.MetadataValue.path(str(path)),
+            "report": dg.MetadataValue.path(location),
         }
     )

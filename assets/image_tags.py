@@ -23,9 +23,10 @@ def image_tags(context: dg.AssetExecutionContext, pairlake: PairlakeResource) ->
     settings, lake = pairlake.settings, pairlake.lake
     keys = list(context.partition_keys)
     lineage = pairlake.lineage(context, (CLIP_SCORES,), CODE_VERSION)
-    scorers, identities = tagging.load_scorers(
-        settings.tags, settings.clip, model_config(settings.clip.model)["embed_dim"], tagging.heads_dir(lake)
-    )
+    with tagging.registered_heads(lake) as registered:
+        scorers, identities = tagging.load_scorers(
+            settings.tags, settings.clip, model_config(settings.clip.model)["embed_dim"], registered
+        )
     version, tagged, means = image_tags_job.tag_partitions(
         pairlake.spark(), lake, keys, model_identity(settings.clip), scorers, identities, lineage
     )

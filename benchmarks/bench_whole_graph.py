@@ -234,8 +234,9 @@ def _stages(n: int, path: Path, urls: list[str], pairs_per_file: int, servers: s
         out: dict[str, dict] = {}
 
         def tags() -> None:
-            scorers, identities = tagging.load_scorers(config.tags, config.clip, model_config(config.clip.model)["embed_dim"],
-                                                       tagging.heads_dir(lake))
+            with tagging.registered_heads(lake) as registered:
+                scorers, identities = tagging.load_scorers(config.tags, config.clip,
+                                                           model_config(config.clip.model)["embed_dim"], registered)
             image_tags_job.tag_partitions(spark, lake, files, model_id, scorers, identities, lineage)
 
         stages: dict[str, Callable[[], object]] = {

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -303,20 +304,21 @@ def load_head(path: str | Path, layout: str | None = None, device: str = "auto")
     return head.to(resolve_device("auto") if device == "auto" else torch.device(device))
 
 
-def save_head(head: EmbeddingHead, directory: str | Path) -> Path:
-    """Write ``<name>.pt`` and ``<name>.json`` into ``directory``; return the weights path.
+def save_head(head: EmbeddingHead, directory: str | Path, fs: pafs.FileSystem | None = None) -> str:
+    """Write ``<name>.pt`` and ``<name>.json`` into ``directory`` (on ``fs``, a local folder by
+    default); return the weights' location.
 
-    Each file is replaced atomically, readers never see half a file. The sidecar goes last, so a
-    new head's pair is complete once its sidecar exists.
+    Each file is published whole (``atomic_output``), readers never see half a file. The sidecar
+    goes last, so a new head's pair is complete once its sidecar exists.
     """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    weights = directory / f"{head.name}.pt"
+    if fs is None or isinstance(fs, pafs.LocalFileSystem):
+        Path(directory).mkdir(parents=True, exist_ok=True)
+    weights = f"{directory}/{head.name}.pt"
     state = {k: v.detach().cpu() for k, v in head.state_dict().items()}
-    with atomic_output(weights) as fh:
+    with atomic_output(weights, fs) as fh:
         torch.save(state, fh)
     sidecar = {**asdict(head.spec), "hidden": list(head.spec.hidden)}
-    with atomic_output(directory / f"{head.name}.json") as fh:
+    with atomic_output(f"{directory}/{head.name}.json", fs) as fh:
         fh.write((json.dumps(sidecar, indent=1) + "\n").encode())
     return weights
 

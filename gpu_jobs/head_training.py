@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 from gpu_jobs.clip_model import model_identity
 from gpu_jobs.embedding_format import embeddings_from_column
 from gpu_jobs.embedding_heads import HeadError, TrainReport, save_head, train_head
-from gpu_jobs.tagging import heads_dir
+from infra import lake_layout
 from infra.config import PairlakeConfig
 from infra.delta_store import Lake
 from infra.tables import CLIP_SCORES
@@ -41,7 +41,7 @@ def read_labels(path: Path) -> dict[str, int]:
 
 def train_registered_head(
     config: PairlakeConfig, name: str, labels_path: Path, layout: str = "linear", holdout: float = 0.2, seed: int = 0
-) -> tuple[TrainReport, Path]:
+) -> tuple[TrainReport, str]:
     """Train ``name`` on the configured model's stored embeddings of the labelled uids and save it
     into the lake's heads folder, where a tag config can name it."""
     labels = read_labels(labels_path)
@@ -57,4 +57,4 @@ def train_registered_head(
     embeddings = embeddings_from_column(scores["image_embedding"], scores["embedding_dim"][0].as_py())
     y = np.array([labels[u] for u in scores["uid"].to_pylist()])
     head, report = train_head(embeddings.astype(np.float32), y, name, config.clip.model, layout, holdout, seed)
-    return report, save_head(head, heads_dir(lake))
+    return report, save_head(head, lake.location(lake_layout.HEADS), lake.filesystem[0])

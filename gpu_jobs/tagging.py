@@ -7,6 +7,7 @@ columns of their own in ``image_tags``; any other configured tag goes into its `
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -32,9 +33,10 @@ class Scorer(Protocol):
     def score(self, embeddings: np.ndarray) -> np.ndarray: ...
 
 
-def heads_dir(lake: Lake) -> Path:
-    """Where ``pairlake train-head`` registers heads: a tag config names them by name."""
-    return lake.path(lake_layout.HEADS)
+def registered_heads(lake: Lake) -> contextlib.AbstractContextManager[Path]:
+    """The heads ``pairlake train-head`` registered in the lake (a tag config names them by name),
+    as a local folder for the duration of a ``with`` block."""
+    return lake.local_copy(lake_layout.HEADS)
 
 
 def head_path(scorer: TagScorerConfig, registered: Path) -> Path:

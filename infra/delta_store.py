@@ -7,14 +7,16 @@ named partitions in that one commit, so a retry or a crash-and-rerun never leave
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import tempfile
 import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import IO, Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -25,7 +27,7 @@ from deltalake.transaction import AddAction, CommitProperties, create_table_with
 
 from infra import lake_layout
 from infra.config import LakeConfig, StorageOptions
-from infra.lake_storage import bucket_versioning, delta_options, filesystem, is_object_store
+from infra.lake_storage import atomic_output, bucket_versioning, delta_options, filesystem, is_object_store
 from infra.removal_fence import UNPINNED, check_commit, pinned_version
 from infra.tables import TableSpec
 
@@ -173,6 +175,28 @@ class Lake:
         if not self.is_local and not key.startswith("/"):
             raise LakeError(f"{key} on an object-store lake ({self.root}) is not supported yet: use a local lake root")
         return Path(self.location(key))
+
+    def publish(self, key: str) -> contextlib.AbstractContextManager[IO[bytes]]:
+        """Write the artefact at ``key`` whole or not at all (``atomic_output`` on the lake's
+        filesystem), e.g. ``with lake.publish(lake_layout.report("funnel.html")) as fh: ...``."""
+        location = self.location(key)
+        if self.is_local:
+            Path(location).parent.mkdir(parents=True, exist_ok=True)
+        return atomic_output(location, self.filesystem[0])
+
+    @contextlib.contextmanager
+    def local_copy(self, key: str) -> Iterator[Path]:
+        """A folder of the lake as local files, for readers that need files (torch, faiss): the
+        folder itself on a local lake; on an object store a temporary copy of the objects under
+        it, removed when the block ends (an empty folder if there are none)."""
+        if self.is_local:
+            yield self.path(key)
+            return
+        fs, _ = self.filesystem
+        with tempfile.TemporaryDirectory(prefix="pairlake-lake-copy-") as out:
+            if fs.get_file_info(self.location(key)).type == pafs.FileType.Directory:
+                pafs.copy_files(self.location(key), out, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+            yield Path(out)
 
     def uri(self, spec: TableSpec | str) -> str:
         """The table's URI, as delta-rs and other Delta readers take it."""

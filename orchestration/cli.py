@@ -39,9 +39,8 @@ def _cmd_materialize(args: argparse.Namespace, config: PairlakeConfig) -> None:
 
 def _cmd_demo(args: argparse.Namespace, config: PairlakeConfig) -> None:
     from orchestration.demo import run_demo
-    from assets.funnel_report import report_path
+    from orchestration.report import REPORT
     from infra.delta_store import Lake
-    from orchestration.resources import PairlakeResource
 
     funnel = run_demo(config)
     print()
@@ -55,7 +54,7 @@ def _cmd_demo(args: argparse.Namespace, config: PairlakeConfig) -> None:
               f"{last['shards']} shards at {Lake.of(config.lake).path(last['path'])}")
     print("opt out an image: .venv/bin/pairlake --profile demo optout submit --url URL --requester WHO --reason WHY; "
           "then make ui (the sensor applies it) or .venv/bin/pairlake --profile demo optout apply")
-    print(f"report: {report_path(PairlakeResource()).resolve()}")
+    print(f"report: {Lake.of(config.lake).uri(REPORT)}")
     print("see the runs and asset lineage: make ui  (http://127.0.0.1:3000)")
 
 
@@ -75,12 +74,11 @@ def _index_manifest(config: PairlakeConfig) -> dict:
 
 def _cmd_report(args: argparse.Namespace, config: PairlakeConfig) -> None:
     from orchestration.report import build_funnel, write_report
-    from infra import lake_layout
     from infra.delta_store import Lake
 
     funnel = build_funnel(Lake.of(config.lake), config.clip_threshold())
     print(funnel.table())
-    print(f"report: {write_report(funnel, Lake.of(config.lake).path(lake_layout.report('funnel.html')))}")
+    print(f"report: {write_report(funnel, Lake.of(config.lake))}")
 
 
 def _cmd_blocklist_import(args: argparse.Namespace, config: PairlakeConfig) -> None:

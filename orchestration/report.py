@@ -8,7 +8,6 @@ import html
 import io
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 from collections import Counter
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from infra import lake_layout
 from infra.delta_store import Lake
 from infra.tables import (
     BLOCKLIST_MATCHES,
@@ -209,8 +209,11 @@ def _plots(funnel: Funnel) -> list[tuple[str, str]]:
     return plots
 
 
-def write_report(funnel: Funnel, path: Path) -> Path:
-    """Write the HTML report (funnel table, counters, plots inline) to ``path``."""
+REPORT = lake_layout.report("funnel.html")
+
+
+def write_report(funnel: Funnel, lake: Lake) -> str:
+    """Publish the HTML report (funnel table, counters, plots inline) in the lake; returns its URI."""
     rows = "".join(f"<tr><td>{html.escape(n)}</td><td>{c:,}</td></tr>" for n, c in funnel.steps)
     counters = "".join(
         f"<h3>{html.escape(stage)}</h3><table>"
@@ -225,6 +228,6 @@ table{{border-collapse:collapse}}tr:nth-child(even){{background:#f3f3f3}}</style
 <h1>pairlake funnel</h1><p>generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}</p>
 <table><tr><th>stage</th><th>count</th></tr>{rows}</table>{images}<h2>Counters per stage</h2>{counters}
 </body></html>"""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page)
-    return path
+    with lake.publish(REPORT) as fh:
+        fh.write(page.encode())
+    return lake.uri(REPORT)

@@ -7,6 +7,7 @@ the reference must load unchanged and score the same.
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,7 +172,7 @@ def test_trained_head_generalises_and_round_trips_through_save_and_load(tmp_path
     assert report.n_train + report.n_holdout == len(y) and report.positives == int(y.sum())
     assert report.n_holdout == pytest.approx(0.2 * len(y), abs=2)
 
-    weights = save_head(head, tmp_path / "heads")
+    weights = Path(save_head(head, tmp_path / "heads"))
     assert sorted(p.name for p in weights.parent.iterdir()) == ["clean-vs-watermark.json", "clean-vs-watermark.pt"]
     (tmp_path / "plain").touch()
     assert weights.stat().st_mode == (tmp_path / "plain").stat().st_mode  # readable as any file the umask allows

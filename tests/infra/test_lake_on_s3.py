@@ -156,3 +156,29 @@ def test_the_store_stopping_mid_write_is_one_line_commits_nothing_and_a_rerun_he
         assert lake.read(STAGE_STATS).sort_by(order).equals(clean.read(STAGE_STATS).sort_by(order))
     finally:
         server.stop()
+
+
+def test_registered_heads_and_the_report_live_in_the_bucket(s3_lake):
+    import numpy as np
+
+    from gpu_jobs import tagging
+    from gpu_jobs.embedding_heads import load_head, save_head, train_head
+    from infra import lake_layout
+    from orchestration import report
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 16)).astype(np.float32)
+    head, _ = train_head(x, (x[:, 0] > 0).astype(int), "mine", "ViT-B-32", "linear", 0.2, 0)
+    fs, _ = s3_lake.filesystem
+    location = save_head(head, s3_lake.location(lake_layout.HEADS), fs)
+    assert location == f"{s3_lake.location(lake_layout.HEADS)}/mine.pt"
+    with tagging.registered_heads(s3_lake) as registered:
+        loaded = load_head(registered / "mine.pt", device="cpu")
+    assert not registered.exists()  # the local copy is gone after the block
+    assert loaded.spec == head.spec
+    assert all(np.array_equal(a.detach(), b.detach()) for a, b in zip(head.state_dict().values(), loaded.state_dict().values()))
+
+    uri = report.write_report(report.build_funnel(s3_lake, 0.28), s3_lake)  # of a lake with no tables yet
+    assert uri == f"{s3_lake.root}/reports/funnel.html"
+    with fs.open_input_file(s3_lake.location(lake_layout.report("funnel.html"))) as fh:
+        assert b"pairlake funnel" in fh.read()

@@ -11,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
-import pyarrow.compute as pc
 from infra.config import load_config
 from infra.delta_store import Lake
 from infra.image_server import ImageServer, load_site
@@ -103,9 +103,13 @@ samples_per_shard = 20
             first = snapshot(lake)
             log_after_first = list(server.access_log)
             # A list published after the crawl was downloaded: it names one curated image by the MD5
-            # of its bytes; the re-run must remove it using the stored digest alone.
-            late_uid = sorted(first["curated"]["uid"].to_pylist())[0]
-            late_md5 = first["images"].filter(pc.equal(first["images"]["uid"], late_uid))["md5"][0].as_py()
+            # of its bytes; the re-run must remove it using the stored digest alone. The image is
+            # one whose bytes no other URL serves (an MD5 names every copy; uids, and so which
+            # image sorts first, change with the image server's port).
+            md5_of = dict(zip(first["images"]["uid"].to_pylist(), first["images"]["md5"].to_pylist()))
+            copies = Counter(md5_of.values())
+            late_uid = min(u for u in first["curated"]["uid"].to_pylist() if copies[md5_of[u]] == 1)
+            late_md5 = md5_of[late_uid]
             late_list = root / "late-md5.txt"
             late_list.write_text(late_md5 + "\n")
             import_hash_list(load_config(config), late_list, LATE_LIST, "image-md5", instance=instance)

@@ -1,6 +1,7 @@
 """The funnel from tables scanned a batch at a time: the counts and histograms of a planted lake."""
 
 import datetime as dt
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -65,5 +66,5 @@ def test_funnel_counts_and_histograms(tmp_path, monkeypatch):
     assert sum(funnel.similarity_dropped.counts) == int((sims <= 0.28).sum())
     assert sum(funnel.tags["punsafe"].counts) == n and funnel.tags["pwatermark"].counts == []
     assert sum(funnel.tags["aesthetic"].counts) == n  # one value: a range of width 1 around it
-    page = report.write_report(funnel, tmp_path / "report.html").read_text()
+    page = Path(report.write_report(funnel, Lake(str(tmp_path / "lake")))).read_text()
     assert page.count("<img src='data:image/png;base64,") == 4  # funnel, similarity, tags, failures
