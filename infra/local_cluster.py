@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,11 +17,7 @@ from types import TracebackType
 
 import pyspark
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from infra.local_services import free_port, run_until_interrupted
 
 
 class LocalStandaloneCluster:
@@ -82,10 +77,10 @@ class LocalStandaloneCluster:
         raise RuntimeError(f"spark {name} did not start; log: {log.read_text(errors='replace')[-2000:]}")
 
     def start(self) -> str:
-        port = _free_port()
+        port = free_port()
         self._spawn(
             "master", "org.apache.spark.deploy.master.Master",
-            "--host", "127.0.0.1", "--port", str(port), "--webui-port", str(_free_port()),
+            "--host", "127.0.0.1", "--port", str(port), "--webui-port", str(free_port()),
         )
         self.master_url = f"spark://127.0.0.1:{port}"
         self._wait_for("master", r"Starting Spark master|I have been elected leader")
@@ -98,7 +93,7 @@ class LocalStandaloneCluster:
             self._spawn(
                 name, "org.apache.spark.deploy.worker.Worker", self.master_url,
                 "--host", "127.0.0.1", "--cores", str(self.worker_cores), "--memory", self.worker_memory,
-                "--webui-port", str(_free_port()), "--work-dir", str(self.work_dir / name), env=opts,
+                "--webui-port", str(free_port()), "--work-dir", str(self.work_dir / name), env=opts,
             )
             self._wait_for(name, r"Successfully registered with master")
         return self.master_url
@@ -123,11 +118,7 @@ class LocalStandaloneCluster:
 def main() -> None:
     with LocalStandaloneCluster() as url:
         print(f"spark standalone cluster at {url} (Ctrl-C stops it)", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+        run_until_interrupted()
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from types import TracebackType
 import pyarrow.fs as pafs
 
 from infra.config import StorageOptions
+from infra.local_services import free_port, run_until_interrupted
 
 # The one identity the local server knows; tests and the demo read it from the environment like
 # any credentials (infra.lake_storage), so these values are set there, never written to a config.
@@ -39,9 +40,7 @@ def _free_ports(n: int) -> list[int]:
     each service) are free too."""
     ports: list[int] = []
     while len(ports) < n:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         if port + 10000 > 65535 or port in ports:
             continue
         try:
@@ -163,11 +162,7 @@ def main() -> None:
               f"  [lake] root = \"s3://BUCKET/pairlake\"\n"
               f"  [lake.storage_options] endpoint = \"{endpoint.url}\"  allow_http = true  addressing_style = \"path\"",
               flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+        run_until_interrupted()
 
 
 if __name__ == "__main__":

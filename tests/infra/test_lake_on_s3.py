@@ -13,7 +13,7 @@ import pytest
 from infra import lake_storage
 from infra.config import StorageOptions
 from infra.delta_store import Lake, LakeError, Lineage
-from infra.local_cluster import _free_port
+from infra.local_services import free_port
 from infra.s3_server import SECRET_KEY, LocalS3Server
 from infra.spark import read_table, write_table
 from infra.tables import STAGE_STATS
@@ -75,7 +75,7 @@ def test_credentials_stay_in_the_environment(spark, s3_lake):
 
 
 def test_a_store_that_does_not_answer_is_one_line():
-    lake = Lake("s3://bucket/lake", StorageOptions(endpoint=f"http://127.0.0.1:{_free_port()}", allow_http=True,
+    lake = Lake("s3://bucket/lake", StorageOptions(endpoint=f"http://127.0.0.1:{free_port()}", allow_http=True,
                                                    addressing_style="path", region="us-east-1"))
     with pytest.raises(LakeError, match=r"^lake root s3://bucket/lake is not writable: ") as raised:
         lake.ensure_writable()
