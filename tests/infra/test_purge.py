@@ -21,20 +21,26 @@ def _rows(uids: list[str], warc_file: str) -> pa.Table:
     ) if n else IMAGES.schema.empty_table()
 
 
-def test_purge_removes_rows_files_and_log_entries(tmp_path):
-    lake = Lake(str(tmp_path))
+@pytest.fixture(params=["folder", "bucket"])
+def lake(request, tmp_path) -> Lake:
+    """A lake in a local folder, or in a bucket of the real local S3 server."""
+    return Lake(str(tmp_path)) if request.param == "folder" else request.getfixturevalue("s3_lake")
+
+
+def test_purge_removes_rows_files_and_log_entries(lake):
+    """On a disk and on object storage alike: every object of the lake is scanned afterwards."""
     lake.replace_partitions(IMAGES, _rows(["a1", "a2"], "w1"), ["w1"], Lineage())
     lake.replace_partitions(IMAGES, _rows(["b1"], "w2"), ["w2"], Lineage())
     lake.replace_partitions(IMAGES, _rows(["a1", "a2", "a3"], "w1"), ["w1"], Lineage())  # an older copy of a1 stays
     needles = [b"http://img.example/a1/secret.jpg", b"BYTES-OF-a1"]
-    assert all(files_holding(tmp_path, n) for n in needles)  # the scan sees them before
+    assert all(files_holding(lake, n) for n in needles)  # the scan sees them before
 
     result = purge_uids(lake, IMAGES, ["a1"], Lineage(run_id="removal"), partitions=["w1"])
 
     assert result.rows_deleted == 1 and result.files_vacuumed >= 2 and result.log_entries_removed >= 3
     assert sorted(lake.read(IMAGES)["uid"].to_pylist()) == ["a2", "a3", "b1"]
     for needle in needles:
-        assert files_holding(tmp_path, needle) == []
+        assert files_holding(lake, needle) == []
     with pytest.raises(LakeError, match="purged by a removal"):
         lake.read(IMAGES, version=0)  # time travel before the purge is gone, by design
     lake.append(IMAGES, _rows(["c1"], "w3"), Lineage())  # and the table goes on as usual
