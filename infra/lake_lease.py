@@ -21,6 +21,7 @@ from pathlib import Path
 
 from infra import lake_layout
 from infra.config import InputError
+from infra.delta_store import Lake
 from infra.process_identity import process_identity
 
 LEASE_DIR = lake_layout.LEASES
@@ -57,7 +58,7 @@ def _read(path: Path) -> dict | None:
 @contextlib.contextmanager
 def lease(lake_root: str | Path, name: str, purpose: str, wait_s: float) -> Iterator[None]:
     """Hold the lease ``name`` of the lake for the block; waits up to ``wait_s`` for another holder."""
-    path = Path(lake_root) / lake_layout.lease(name)
+    path = Lake(str(lake_root)).path(lake_layout.lease(name))  # a local root only, for now
     path.parent.mkdir(parents=True, exist_ok=True)
     me = _me()
     deadline = time.monotonic() + wait_s
