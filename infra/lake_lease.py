@@ -2,8 +2,9 @@
 
 Removals take the ``removal`` lease, so two opt-out runs never purge the same tables at once (the
 second waits, then says in one line who holds it). The lease is a file created with O_EXCL under
-``<lake>/_leases/``; it names the holder's host, pid and process identity, so a lease left
-by a killed process on this host is recognised and taken over. The holding process may take it
+``<lake>/_leases/`` (in a bucket: an object created only if absent, by a conditional put); it
+names the holder's host, pid and process identity, so a lease left by a killed process on this
+host is recognised and taken over. The holding process may take it
 again (a CLI that holds it runs the removal step in process).
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 from infra import lake_layout
 from infra.config import InputError
 from infra.delta_store import Lake
+from infra.lake_storage import bucket_and_key, s3_client
 from infra.process_identity import process_identity
 
 LEASE_DIR = lake_layout.LEASES
@@ -42,59 +44,129 @@ def _dead(holder: dict) -> bool:
     return process_identity(int(holder.get("pid", -1))) != holder.get("process")
 
 
-def _read(path: Path) -> dict | None:
+def _parse(data: bytes, age_s: float) -> dict:
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
+        return json.loads(data)
+    except ValueError:
         # Half written by a holder that died between create and write: old enough means abandoned.
-        with contextlib.suppress(OSError):
-            if time.time() - path.stat().st_mtime > 60:
-                return {"host": socket.gethostname(), "pid": -1}
-        return {}
+        return {"host": socket.gethostname(), "pid": -1} if age_s > 60 else {}
+
+
+class _LeaseFile:
+    """The lease as a file on a local (or shared) disk: created with O_EXCL."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.where = str(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def create(self, record: dict) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as fh:
+            json.dump(record, fh)
+        return True
+
+    def read(self) -> tuple[dict | None, object]:
+        try:
+            return _parse(self.path.read_bytes(), time.time() - self.path.stat().st_mtime), None
+        except FileNotFoundError:
+            return None, None
+
+    def take_over(self, holder: dict, token: object, record: dict) -> bool:
+        # Renamed aside first: of two processes that both saw it dead, one wins; the loser puts
+        # back what it moved if that was already the winner's. The caller then creates it anew.
+        aside = self.path.with_name(f".{self.path.name}.dead-{uuid.uuid4().hex[:8]}")
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(self.path, aside)
+            if self._read(aside) != holder:
+                with contextlib.suppress(FileExistsError):
+                    os.link(aside, self.path)
+            aside.unlink()
+        return False
+
+    @staticmethod
+    def _read(path: Path) -> dict | None:
+        try:
+            return _parse(path.read_bytes(), time.time() - path.stat().st_mtime)
+        except FileNotFoundError:
+            return None
+
+    def release(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+class _LeaseObject:
+    """The lease as an object in the lake's bucket: created only if absent (``If-None-Match``),
+    taken over only if unchanged since it was read (``If-Match`` on its etag)."""
+
+    def __init__(self, lake: Lake, key: str) -> None:
+        self.client = s3_client(lake.storage)
+        self.bucket, self.key = bucket_and_key(lake.root, key)
+        self.where = f"{lake.root}/{key}"
+
+    def _put(self, record: dict, **condition: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self.key, Body=json.dumps(record).encode(), **condition)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
+        return True
+
+    def create(self, record: dict) -> bool:
+        return self._put(record, IfNoneMatch="*")
+
+    def read(self) -> tuple[dict | None, object]:
+        from botocore.exceptions import ClientError
+
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=self.key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None, None
+            raise
+        age = (dt.datetime.now(dt.timezone.utc) - answer["LastModified"]).total_seconds()
+        return _parse(answer["Body"].read(), age), answer["ETag"]
+
+    def take_over(self, holder: dict, token: object, record: dict) -> bool:
+        return self._put(record, IfMatch=str(token))
+
+    def release(self) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self.key)
 
 
 @contextlib.contextmanager
-def lease(lake_root: str | Path, name: str, purpose: str, wait_s: float) -> Iterator[None]:
+def lease(lake: Lake, name: str, purpose: str, wait_s: float) -> Iterator[None]:
     """Hold the lease ``name`` of the lake for the block; waits up to ``wait_s`` for another holder."""
-    path = Lake(str(lake_root)).path(lake_layout.lease(name))  # a local root only, for now
-    path.parent.mkdir(parents=True, exist_ok=True)
+    key = lake_layout.lease(name)
+    record = _LeaseFile(lake.path(key)) if lake.is_local else _LeaseObject(lake, key)
     me = _me()
+    mine = {**me, "purpose": purpose, "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = _read(path)
-            if holder is None:
-                continue  # released just now
-            if holder and all(holder.get(k) == me[k] for k in ("host", "pid", "process")):
-                yield  # this process holds it already
-                return
-            if holder and _dead(holder):
-                # Taken over by renaming first: of two processes that both saw it dead, one wins.
-                aside = path.with_name(f".{name}.dead-{uuid.uuid4().hex[:8]}")
-                with contextlib.suppress(FileNotFoundError):
-                    os.rename(path, aside)
-                    if _read(aside) != holder:  # another process took it over meanwhile: put theirs back
-                        with contextlib.suppress(FileExistsError):
-                            os.link(aside, path)
-                    aside.unlink()
-                continue
-            if time.monotonic() >= deadline:
-                who = f"{holder.get('purpose', '?')} (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, " \
-                      f"since {holder.get('since', '?')})" if holder else "a process that is starting"
-                raise LeaseBusy(f"another {name} is running: {who}; waited {wait_s:.0f} s. If nothing runs there, "
-                                f"delete {path}") from None
-            time.sleep(0.2)
+    while not record.create(mine):
+        holder, token = record.read()
+        if holder is None:
+            continue  # released just now
+        if holder and all(holder.get(k) == me[k] for k in ("host", "pid", "process")):
+            yield  # this process holds it already
+            return
+        if holder and _dead(holder):
+            if record.take_over(holder, token, mine):
+                break
             continue
-        with os.fdopen(fd, "w") as fh:
-            json.dump({**me, "purpose": purpose, "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
-                      fh)
-        break
+        if time.monotonic() >= deadline:
+            who = f"{holder.get('purpose', '?')} (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, " \
+                  f"since {holder.get('since', '?')})" if holder else "a process that is starting"
+            raise LeaseBusy(f"another {name} is running: {who}; waited {wait_s:.0f} s. If nothing runs there, "
+                            f"delete {record.where}") from None
+        time.sleep(0.2)
     try:
         yield
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        record.release()

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO
 
@@ -26,10 +26,12 @@ def is_object_store(root: str) -> bool:
     return "://" in root
 
 
-def _credentials(options: StorageOptions) -> dict[str, str]:
+def _credentials(options: StorageOptions, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The credentials in the variables ``options`` names (of ``environ``, by default this process's)."""
+    environ = os.environ if environ is None else environ
     named = {"access_key": options.access_key_id_env, "secret_key": options.secret_access_key_env,
              "session_token": options.session_token_env}
-    return {key: os.environ[name] for key, name in named.items() if name and os.environ.get(name)}
+    return {key: environ[name] for key, name in named.items() if name and environ.get(name)}
 
 
 def delta_options(options: StorageOptions) -> dict[str, str]:
@@ -121,21 +123,31 @@ def atomic_output(path: str | Path, fs: pafs.FileSystem | None = None) -> Iterat
     stream.close()
 
 
-def bucket_versioning(root: str, options: StorageOptions) -> str | None:
-    """The bucket's versioning status ("Enabled", "Suspended") or None when it was never turned on.
-
-    A versioned bucket keeps every deleted object as a noncurrent version, so a removal's purge
-    could not erase the bytes; the lake refuses such a bucket (``Lake.ensure_writable``)."""
+def s3_client(options: StorageOptions, environ: Mapping[str, str] | None = None):
+    """A botocore S3 client for what pyarrow's filesystem does not offer (bucket versioning,
+    conditional writes), with the lake's endpoint and credentials."""
     import botocore.config
     import botocore.session
 
-    bucket = root.split("://", 1)[1].split("/", 1)[0]
-    credentials = _credentials(options)
-    client = botocore.session.get_session().create_client(
+    credentials = _credentials(options, environ)
+    return botocore.session.get_session().create_client(
         "s3", endpoint_url=options.endpoint or None, region_name=options.region or None,
         aws_access_key_id=credentials.get("access_key"), aws_secret_access_key=credentials.get("secret_key"),
         aws_session_token=credentials.get("session_token"),
         config=botocore.config.Config(s3={"addressing_style": options.addressing_style},
                                       retries={"max_attempts": 3, "mode": "standard"}),
     )
-    return client.get_bucket_versioning(Bucket=bucket).get("Status")
+
+
+def bucket_and_key(root: str, key: str = "") -> tuple[str, str]:
+    """``s3://bucket/prefix`` + a layout key -> (bucket, object key)."""
+    bucket, _, prefix = root.split("://", 1)[1].partition("/")
+    return bucket, "/".join(part for part in (prefix.strip("/"), key) if part)
+
+
+def bucket_versioning(root: str, options: StorageOptions) -> str | None:
+    """The bucket's versioning status ("Enabled", "Suspended") or None when it was never turned on.
+
+    A versioned bucket keeps every deleted object as a noncurrent version, so a removal's purge
+    could not erase the bytes; the lake refuses such a bucket (``Lake.ensure_writable``)."""
+    return s3_client(options).get_bucket_versioning(Bucket=bucket_and_key(root)[0]).get("Status")

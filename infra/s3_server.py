@@ -17,8 +17,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +24,7 @@ from types import TracebackType
 import pyarrow.fs as pafs
 
 from infra.config import StorageOptions
+from infra.lake_storage import s3_client
 from infra.local_services import free_port, run_until_interrupted
 
 # The one identity the local server knows; tests and the demo read it from the environment like
@@ -33,6 +32,7 @@ from infra.local_services import free_port, run_until_interrupted
 ACCESS_KEY = "pairlake-local"
 SECRET_KEY = "pairlake-local-secret"
 REGION = "us-east-1"
+_PROBE_BUCKET = "pairlake-server-ready"
 
 
 def _free_ports(n: int) -> list[int]:
@@ -118,18 +118,27 @@ class LocalS3Server:
         return self.endpoint
 
     def _wait_ready(self) -> None:
-        """Ready when the gateway answers a signed-or-not request with an S3 reply (403 included)."""
+        """Ready when an object written at the first start reads back: the gateway answering is
+        not enough after a restart, where reads fail (HTTP 500) until the volumes are served again."""
         assert self._proc is not None and self.endpoint is not None
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client = s3_client(self.endpoint.storage_options(), self.endpoint.environment())
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 break
             try:
-                urllib.request.urlopen(self.endpoint.url, timeout=2)
-                return
-            except urllib.error.HTTPError:
-                return  # AccessDenied: the gateway is up and checks credentials
-            except OSError:
+                if not client.list_objects_v2(Bucket=_PROBE_BUCKET, Prefix="probe").get("KeyCount"):
+                    client.put_object(Bucket=_PROBE_BUCKET, Key="probe", Body=b"ready")
+                if client.get_object(Bucket=_PROBE_BUCKET, Key="probe")["Body"].read() == b"ready":
+                    return
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "NoSuchBucket":
+                    client.create_bucket(Bucket=_PROBE_BUCKET)
+                    continue
+                time.sleep(0.3)
+            except (BotoCoreError, OSError):
                 time.sleep(0.3)
         tail = (self.data_dir / "weed.log").read_text(errors="replace")[-2000:]
         self.stop()

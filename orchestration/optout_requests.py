@@ -45,7 +45,7 @@ def held_dir(config: PairlakeConfig) -> Path:
 
 def removal_lease(config: PairlakeConfig, purpose: str):
     """The lake's removal lease: one removal at a time, the next waits up to optout.lock_wait_s."""
-    return lease(config.lake.root, "removal", purpose, config.optout.lock_wait_s)
+    return lease(Lake.of(config.lake), "removal", purpose, config.optout.lock_wait_s)
 
 
 def _id_in_use(config: PairlakeConfig, request_id: str) -> str | None:
