@@ -97,22 +97,23 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     runs: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="pairlake-bench-lake-") as work, LocalS3Server(Path(work) / "s3") as endpoint:
-        os.environ.update(endpoint.environment())
-        server_pid = next(int(p) for p in os.listdir("/proc") if p.isdigit() and _is_weed(int(p), work))
-        for repeat in range(args.repeats):
-            for where in ("folder", "bucket"):
-                if where == "folder":
-                    lake, pid = Lake(str(Path(work) / f"lake-{uuid.uuid4().hex[:8]}")), None
-                else:
-                    bucket = f"bench-{uuid.uuid4().hex[:8]}"
-                    endpoint.create_bucket(bucket)
-                    lake, pid = Lake(f"s3://{bucket}/lake", endpoint.storage_options()), server_pid
-                steps = run_once(lake, args.rows, args.partitions, args.removed, pid)
-                runs.append({"where": where, "repeat": repeat, "steps": steps})
-                print(f"  {where:6} #{repeat}: " + ", ".join(
-                    f"{name} {s['wall_s']:.1f} s (cpu {s['cpu_s']:.1f} + server {s['server_cpu_s']:.1f})"
-                    for name, s in steps.items()), flush=True)
+    with tempfile.TemporaryDirectory(prefix="pairlake-bench-lake-") as work:
+        server = LocalS3Server(Path(work) / "s3")
+        with server as endpoint:
+            os.environ.update(endpoint.environment())
+            for repeat in range(args.repeats):
+                for where in ("folder", "bucket"):
+                    if where == "folder":
+                        lake, pid = Lake(str(Path(work) / f"lake-{uuid.uuid4().hex[:8]}")), None
+                    else:
+                        bucket = f"bench-{uuid.uuid4().hex[:8]}"
+                        endpoint.create_bucket(bucket)
+                        lake, pid = Lake(f"s3://{bucket}/lake", endpoint.storage_options()), server.pid
+                    steps = run_once(lake, args.rows, args.partitions, args.removed, pid)
+                    runs.append({"where": where, "repeat": repeat, "steps": steps})
+                    print(f"  {where:6} #{repeat}: " + ", ".join(
+                        f"{name} {s['wall_s']:.1f} s (cpu {s['cpu_s']:.1f} + server {s['server_cpu_s']:.1f})"
+                        for name, s in steps.items()), flush=True)
     print(f"\nlake work on {args.rows:,} rows, {args.partitions} partitions; fastest .. slowest run, wall s "
           "(this process's CPU s + the server's)")
     print(f"  {'step':8} {'folder':>34} {'bucket':>34}")
@@ -126,14 +127,6 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                                    "machine": machine(), "args": vars(args), "runs": runs}, indent=1))
-
-
-def _is_weed(pid: int, work: str) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return bool(cmdline) and cmdline[0].endswith(b"weed") and any(work.encode() in part for part in cmdline)
 
 
 if __name__ == "__main__":

@@ -70,10 +70,7 @@ class _LeaseFile:
         return True
 
     def read(self) -> tuple[dict | None, object]:
-        try:
-            return _parse(self.path.read_bytes(), time.time() - self.path.stat().st_mtime), None
-        except FileNotFoundError:
-            return None, None
+        return self._read(self.path), None
 
     def take_over(self, holder: dict, token: object, record: dict) -> bool:
         # Renamed aside first: of two processes that both saw it dead, one wins; the loser puts

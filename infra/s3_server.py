@@ -144,6 +144,11 @@ class LocalS3Server:
         self.stop()
         raise RuntimeError(f"the local S3 server did not start within {self.start_timeout_s:.0f} s; log: {tail}")
 
+    @property
+    def pid(self) -> int | None:
+        """The running server's process id (None when stopped)."""
+        return None if self._proc is None else self._proc.pid
+
     def stop(self) -> None:
         """Stop by PID (the process group): TERM, then KILL if it lingers."""
         proc, self._proc = self._proc, None
