@@ -27,7 +27,7 @@ from deltalake.transaction import AddAction, CommitProperties, create_table_with
 
 from infra import lake_layout
 from infra.config import LakeConfig, StorageOptions
-from infra.lake_storage import atomic_output, bucket_versioning, delta_options, filesystem, is_object_store
+from infra.lake_storage import Folder, atomic_output, bucket_versioning, delta_options, filesystem, is_object_store
 from infra.removal_fence import UNPINNED, check_commit, pinned_version
 from infra.tables import TableSpec
 
@@ -175,6 +175,10 @@ class Lake:
         if not self.is_local and not key.startswith("/"):
             raise LakeError(f"{key} on an object-store lake ({self.root}) is not supported yet: use a local lake root")
         return Path(self.location(key))
+
+    def folder(self, key: str) -> Folder:
+        """A layout key's folder on the lake's filesystem, for reading and writing its files."""
+        return Folder(self.filesystem[0], self.location(key))
 
     def publish(self, key: str) -> contextlib.AbstractContextManager[IO[bytes]]:
         """Write the artefact at ``key`` whole or not at all (``atomic_output`` on the lake's

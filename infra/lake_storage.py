@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fnmatch
 import json
 import os
 import uuid
@@ -121,6 +122,108 @@ def atomic_output(path: str | Path, fs: pafs.FileSystem | None = None) -> Iterat
             fs.delete_file(path)
         raise
     stream.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class Folder:
+    """A folder of files on a filesystem: a local directory, or a prefix in a bucket (where
+    "folders" exist only as the keys under them). Stages read and write artefacts through it, so
+    the same code serves both. A Folder holds an open filesystem with its credentials, so it is
+    never pickled: Spark tasks get the Lake (which reopens its filesystem there) and a layout key.
+    """
+
+    fs: pafs.FileSystem
+    path: str  # on ``fs``: an absolute local path, or "bucket/prefix"
+
+    @classmethod
+    def local(cls, path: str | Path) -> "Folder":
+        return cls(pafs.LocalFileSystem(), str(Path(path).resolve()))
+
+    def __reduce__(self):
+        if not self.is_local:
+            raise TypeError("a Folder on an object store is not pickled (it holds credentials): "
+                            "send the Lake and a layout key, and open the folder there")
+        return (Folder.local, (self.path,))
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def file(self, name: str) -> str:
+        """The location of ``name`` in this folder, on ``self.fs``."""
+        return f"{self.path}/{name}"
+
+    def sub(self, name: str) -> "Folder":
+        return Folder(self.fs, self.file(name))
+
+    @property
+    def local_path(self) -> Path:
+        """This folder as a local path (only for a local folder: a bucket has none)."""
+        if not self.is_local:
+            raise ValueError(f"{self.path} is in an object store, not a local folder")
+        return Path(self.path)
+
+    def create(self) -> None:
+        """Make the folder (a no-op in a bucket, where a key's prefix needs no creating)."""
+        if self.is_local:
+            self.fs.create_dir(self.path, recursive=True)
+
+    def exists(self, name: str | None = None) -> bool:
+        """Whether file ``name`` exists (or, without a name, whether the folder holds anything)."""
+        if name is None:
+            return self.fs.get_file_info(self.path).type == pafs.FileType.Directory
+        return self.fs.get_file_info(self.file(name)).type == pafs.FileType.File
+
+    def names(self, pattern: str = "*") -> list[str]:
+        """The names of the files directly in this folder that match the glob ``pattern``, sorted."""
+        selector = pafs.FileSelector(self.path, allow_not_found=True)
+        found = (info.base_name for info in self.fs.get_file_info(selector) if info.type == pafs.FileType.File)
+        return sorted(name for name in found if fnmatch.fnmatchcase(name, pattern))
+
+    def folders(self) -> list[str]:
+        """The names of the folders directly in this one, sorted."""
+        selector = pafs.FileSelector(self.path, allow_not_found=True)
+        return sorted(info.base_name for info in self.fs.get_file_info(selector)
+                      if info.type == pafs.FileType.Directory)
+
+    def size(self, name: str) -> int:
+        return self.fs.get_file_info(self.file(name)).size
+
+    def open(self, name: str) -> IO[bytes]:
+        """``name`` for reading, seekable (tarfile and parquet seek)."""
+        return self.fs.open_input_file(self.file(name))  # type: ignore[return-value]
+
+    def read_bytes(self, name: str) -> bytes:
+        with self.open(name) as fh:
+            return fh.read()
+
+    def publish(self, name: str) -> contextlib.AbstractContextManager[IO[bytes]]:
+        """Write ``name`` whole or not at all (``atomic_output``)."""
+        self.create()
+        return atomic_output(self.file(name), self.fs)
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        with self.publish(name) as fh:
+            fh.write(data)
+
+    def delete(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.delete_file(self.file(name))
+
+    def remove(self) -> None:
+        """Delete the folder and everything under it (nothing if it does not exist)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.delete_dir(self.path)
+
+    def share(self, name: str, into: "Folder", as_name: str | None = None) -> None:
+        """Make ``name`` also ``into/as_name`` without passing its bytes through this process: a
+        hard link on a local disk (both names, one file), a server-side copy in a bucket."""
+        target = into.file(as_name or name)
+        into.create()
+        if self.is_local and into.is_local:
+            os.link(self.file(name), target)
+        else:
+            self.fs.copy_file(self.file(name), target)
 
 
 def s3_client(options: StorageOptions, environ: Mapping[str, str] | None = None):

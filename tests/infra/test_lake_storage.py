@@ -1,14 +1,17 @@
-"""atomic_output, the one way an artefact is published: on a disk and in a bucket of a real
+"""atomic_output, the one way an artefact is published, and Folder, the one way artefacts are read and
+written: on a disk and in a bucket of a real
 S3-compatible server, a reader sees the old file or the whole new one, never a part, and a failed
 write leaves nothing behind."""
 
 import os
+import pickle
 import stat
 
 import pyarrow.fs as pafs
 import pytest
 
-from infra.lake_storage import atomic_output
+from infra import lake_layout
+from infra.lake_storage import Folder, atomic_output
 
 
 class Boom(Exception):
@@ -57,3 +60,41 @@ def test_in_a_bucket_the_object_lands_whole_at_close_or_not_at_all(s3_lake):
             fh.write(b"half")
             raise Boom
     assert fs.get_file_info(f"{base}/releases/r/v1/000001.tar").type == pafs.FileType.NotFound
+
+
+@pytest.fixture(params=["folder", "bucket"])
+def lake_folder(request, tmp_path):
+    """The same Folder operations on a local folder and on a bucket of the real S3 server."""
+    if request.param == "folder":
+        return Folder.local(tmp_path / "lake" / "releases" / "r")
+    lake = request.getfixturevalue("s3_lake")
+    return lake.folder(lake_layout.release("r"))
+
+
+def test_a_folder_reads_lists_shares_and_deletes_alike_on_disk_and_in_a_bucket(lake_folder):
+    v1, v2 = lake_folder.sub("v1"), lake_folder.sub("v2")
+    assert not v1.exists() and v1.names() == [] and lake_folder.folders() == []
+    v1.write_bytes("00000.tar", b"tar bytes")
+    v1.write_bytes("00001.tar", b"more")
+    v1.write_bytes("manifest.json", b"{}")
+    assert v1.exists() and v1.exists("00000.tar") and not v1.exists("00002.tar")
+    assert v1.names("[0-9]*.tar") == ["00000.tar", "00001.tar"]
+    assert v1.size("00001.tar") == 4
+    with v1.open("00000.tar") as fh:
+        fh.seek(4)
+        assert fh.read() == b"bytes"
+    v1.share("00000.tar", v2)
+    assert v2.read_bytes("00000.tar") == b"tar bytes"
+    v1.delete("00000.tar")
+    v1.delete("00000.tar")  # already gone: nothing to do
+    assert v2.read_bytes("00000.tar") == b"tar bytes"  # the shared copy stays
+    assert lake_folder.folders() == ["v1", "v2"]
+    v1.remove()
+    assert not v1.exists() and lake_folder.folders() == ["v2"]
+
+
+def test_a_bucket_folder_is_never_pickled_with_its_credentials(s3_lake, tmp_path):
+    with pytest.raises(TypeError, match="holds credentials"):
+        pickle.dumps(s3_lake.folder("releases"))
+    local = Folder.local(tmp_path)
+    assert pickle.loads(pickle.dumps(local)) == Folder.local(tmp_path)
