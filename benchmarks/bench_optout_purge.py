@@ -48,13 +48,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from benchmarks.bench_knn_index import clustered_embeddings, machine
-from gpu_jobs.knn_index import UIDS_NAME, index_dir
+from gpu_jobs.knn_index import UIDS_NAME, index_folder
 from infra.config import IndexConfig, ReleaseConfig, SparkConfig, load_config
 from infra.delta_store import Lake, Lineage
 from infra.tables import (
     CANDIDATES, CLIP_SCORES, CURATED, DEDUP, IMAGE_TAGS, IMAGES, KEPT_PAIRS, REMOVALS, SAMPLE_TABLES, TableSpec,
 )
-from orchestration.optout_requests import apply_request_file, submit_request
+from orchestration.optout_requests import apply_request_file, inbox_dir, submit_request
 from infra.spark import build_spark_session
 from spark_jobs import release
 from spark_jobs.knn_index_job import build_variant_index
@@ -308,7 +308,7 @@ def leftover_uids(lake: Lake, uids: list[str]) -> dict[str, int]:
     for spec in SAMPLE_TABLES:
         held = lake.read(spec, columns=["uid"])["uid"]
         left[spec.name] = pc.sum(pc.is_in(held, wanted)).as_py() or 0
-    ids = pq.read_table(index_dir(lake, INDEXED) / UIDS_NAME)
+    ids = pq.read_table(index_folder(lake, INDEXED).open(UIDS_NAME))
     left["index uids"] = pc.sum(pc.is_in(ids["uid"], wanted)).as_py() or 0
     shards = 0
     for path in sorted((Path(lake.root) / "releases").rglob("[0-9]*.parquet")):
@@ -368,15 +368,15 @@ def timed_request(root: str) -> dict:
     watch = _Stopwatch()
     watch.wrap(purge_module, "delete_uids", lambda lake, spec, *a, **k: spec.name)
     watch.wrap(purge_module, "purge_history", lambda lake, spec, *a, **k: spec.name)
-    watch.wrap(shard_export, "rewrite_shard", lambda tar, *a, **k: Path(tar).stem)
+    watch.wrap(shard_export, "rewrite_shard", lambda source, shard, *a, **k: shard)
     config = load_config(overrides={"lake": {"root": root}})
     cpu0 = time.process_time()
     start = time.perf_counter()
     try:
-        path = submit_request(config, {"request_id": REQUEST_ID, "requester": "bench", "reason": "benchmark",
+        name = submit_request(config, {"request_id": REQUEST_ID, "requester": "bench", "reason": "benchmark",
                                        "kind": "url", "value": TARGET_URL})
         submitted = time.perf_counter()
-        outcome = apply_request_file(config, path, Lineage(run_id="bench"))
+        outcome = apply_request_file(config, inbox_dir(config), name, Lineage(run_id="bench"))
         total = time.perf_counter() - start
     finally:
         watch.restore()

@@ -91,7 +91,7 @@ def measure(spark, lake: Lake, out: Path, samples_per_shard: int) -> dict:
     reset_peak_rss()  # the driver's peak of the export alone, not of building the lake
     before = rss_mb()
     cpu0, wall0 = tree_cpu_seconds(), time.perf_counter()
-    shards = export_variant_shards(spark, lake, "safe", out, samples_per_shard)
+    shards = export_variant_shards(spark, lake, "safe", str(out), samples_per_shard)
     wall, cpu = time.perf_counter() - wall0, tree_cpu_seconds() - cpu0
     peaks = tree_peak_rss_mb()
     return {

@@ -205,7 +205,11 @@ class Lake:
     def uri(self, spec: TableSpec | str) -> str:
         """The table's URI, as delta-rs and other Delta readers take it."""
         name = spec if isinstance(spec, str) else spec.name
-        return f"{self.root}/{lake_layout.table(name)}"
+        return self.uri_of(lake_layout.table(name))
+
+    def uri_of(self, key: str) -> str:
+        """A layout key as users and other tools name it: a local path, or an s3:// URI."""
+        return key if key.startswith("/") else f"{self.root}/{key}"
 
     def ensure_writable(self) -> None:
         """Fail early, with one line, when the lake root cannot take writes (a read-only folder, a

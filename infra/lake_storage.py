@@ -193,6 +193,11 @@ class Folder:
         """``name`` for reading, seekable (tarfile and parquet seek)."""
         return self.fs.open_input_file(self.file(name))  # type: ignore[return-value]
 
+    def stream(self, name: str) -> IO[bytes]:
+        """``name`` for reading front to back (one GET on a store, where each seek of ``open`` is a
+        request of its own)."""
+        return self.fs.open_input_stream(self.file(name), buffer_size=1 << 20)  # type: ignore[return-value]
+
     def read_bytes(self, name: str) -> bytes:
         with self.open(name) as fh:
             return fh.read()
@@ -224,6 +229,11 @@ class Folder:
             os.link(self.file(name), target)
         else:
             self.fs.copy_file(self.file(name), target)
+
+
+def as_folder(where: "Folder | str | Path") -> Folder:
+    """A Folder as it is; a path as the local folder it names (a user's copy of shards)."""
+    return where if isinstance(where, Folder) else Folder.local(where)
 
 
 def s3_client(options: StorageOptions, environ: Mapping[str, str] | None = None):

@@ -1,7 +1,7 @@
 """`pairlake lineage UID`: where one sample came from and where it went.
 
 Every table is read with a uid filter, so only the files and row groups that can hold the uid are
-scanned; release versions are read from disk (``<lake>/releases/<name>/v<k>/``): ``members.parquet``
+scanned; release versions are read from the lake (``<lake>/releases/<name>/v<k>/``): ``members.parquet``
 as published and the shard parquet files as they are now (a removal may have rewritten them).
 A removed uid is described from the audit trail (``removals`` + ``optout_requests``) and never with
 a URL, even one a table should no longer hold.
@@ -10,19 +10,19 @@ a URL, even one a table should no longer hold.
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 from typing import Any
 
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 
 from infra.config import InputError
+from infra import lake_layout
 from infra.delta_store import Lake
+from infra.lake_storage import Folder
 from infra.tables import (
     BLOCKLIST_MATCHES, CANDIDATES, CLIP_SCORES, CURATED, DEDUP, IMAGE_TAGS, IMAGES, KEPT_PAIRS, OPTOUT_REQUESTS,
     REMOVALS, TableSpec,
 )
-from spark_jobs.release import MEMBERS, releases_root
+from spark_jobs.release import MEMBERS
 
 _SOURCE = ("crawl_id", "warc_file", "record_offset", "page_url", "url", "caption", "language", "fetch_date")
 _DOWNLOAD = ("status", "error", "http_status", "attempts", "final_url", "fetched_at", "sha256",
@@ -59,30 +59,35 @@ def _without_urls(row: dict | None) -> dict | None:
 
 
 def _releases(lake: Lake, uid: str) -> list[dict]:
-    """Every release version that published ``uid`` or whose shards on disk hold it now."""
+    """Every release version that published ``uid`` or whose shards hold it now."""
     by_uid = pads.field("uid") == uid
     found = []
-    versions = [d for d in releases_root(lake).glob("*/v*") if d.is_dir() and d.name[1:].isdigit()]
-    for directory in sorted(versions, key=lambda d: (d.parent.name, int(d.name[1:]))):
-        published: set[tuple[str, str]] = set()
-        if (directory / MEMBERS).exists():
-            hits = pq.read_table(directory / MEMBERS, columns=["shard", "key"], filters=by_uid)
-            published = set(zip(hits["shard"].to_pylist(), hits["key"].to_pylist()))
-        present = _in_shards(sorted(directory.glob("[0-9]*.parquet")), by_uid)
-        for shard, key in sorted(published | present):
-            found.append({"release": directory.parent.name, "version": int(directory.name[1:]),
-                          "shard": shard, "key": key, "present": (shard, key) in present})
+    releases = lake.folder(lake_layout.RELEASES)
+    for release in releases.folders():
+        numbers = sorted(int(name[1:]) for name in releases.sub(release).folders() if name[1:].isdigit())
+        for number in numbers:
+            directory = lake.folder(lake_layout.release_version(release, number))
+            published: set[tuple[str, str]] = set()
+            if directory.exists(MEMBERS):
+                hits = pads.dataset(directory.file(MEMBERS), format="parquet", filesystem=directory.fs).to_table(
+                    columns=["shard", "key"], filter=by_uid)
+                published = set(zip(hits["shard"].to_pylist(), hits["key"].to_pylist()))
+            present = _in_shards(directory, by_uid)
+            for shard, key in sorted(published | present):
+                found.append({"release": release, "version": number,
+                              "shard": shard, "key": key, "present": (shard, key) in present})
     return found
 
 
-def _in_shards(paths: list[Path], by_uid: pads.Expression) -> set[tuple[str, str]]:
-    """(shard, key) of the uid in the given shard parquet files: one filtered scan over all of them."""
-    if not paths:
+def _in_shards(directory: Folder, by_uid: pads.Expression) -> set[tuple[str, str]]:
+    """(shard, key) of the uid in the shard parquet files there: one filtered scan over all of them."""
+    names = directory.names("[0-9]*.parquet")
+    if not names:
         return set()
-    scanner = pads.dataset([str(p) for p in paths], format="parquet").scanner(columns=["key"], filter=by_uid)
+    dataset = pads.dataset([directory.file(name) for name in names], format="parquet", filesystem=directory.fs)
     return {
-        (Path(tagged.fragment.path).stem, key)
-        for tagged in scanner.scan_batches()
+        (tagged.fragment.path.rsplit("/", 1)[1].removesuffix(".parquet"), key)
+        for tagged in dataset.scanner(columns=["key"], filter=by_uid).scan_batches()
         for key in tagged.record_batch.column("key").to_pylist()
     }
 

@@ -10,6 +10,9 @@ minus every sample removed since (opt-outs, hash lists): its shards are the prev
 those samples dropped, keys unchanged, so the diff alone turns an old copy into the new one
 (``apply_diff``). Removed samples appear in the diff by key and sha256 of their uid, never by URL.
 Only the newest version keeps shard files; older versions keep their manifest, members and diff.
+Every file is read and written through the lake's Folder, so a release lives in a local folder or a
+bucket alike; Spark reads the shards' parquet in its tasks (a task per shard, or per row group of
+members.parquet), never through the driver.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import os
 import shutil
 from collections import Counter
 from dataclasses import dataclass
@@ -32,9 +34,10 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from infra import lake_layout
-from infra.checksums import file_sha256
+from infra.checksums import stream_sha256
 from infra.config import InputError, ReleaseConfig
 from infra.delta_store import Lake, Lineage
+from infra.lake_storage import Folder, as_folder
 from infra.spark import read_table
 from infra.tables import BLOCKLIST_MATCHES, CURATED, RELEASES, REMOVALS, SHARDS, TableSpec
 from spark_jobs import shard_export, shard_export_job
@@ -61,19 +64,15 @@ class ReleaseVersion:
     release: str
     version: int
     kind: str  # snapshot or rerelease
-    path: str
+    path: str  # the version's folder: a local path, or an s3:// URI
     samples: int
     shards: int
     removed: int
     added: int
 
 
-def releases_root(lake: Lake) -> Path:
-    return lake.path(lake_layout.RELEASES)
-
-
-def version_dir(lake: Lake, release: str, version: int) -> Path:
-    return lake.path(lake_layout.release_version(release, version))
+def version_dir(lake: Lake, release: str, version: int) -> Folder:
+    return lake.folder(lake_layout.release_version(release, version))
 
 
 def export_id(release: str, version: int) -> str:
@@ -88,27 +87,58 @@ def latest(lake: Lake, release: str) -> dict | None:
 
 # -- reading a version ---------------------------------------------------------------------------
 
-def shard_members(directory: Path) -> Iterator[pa.Table]:
-    """(shard, key, uid) of each shard file on disk now, one shard at a time (a removal may have
+def _shard_rows(directory: Folder, name: str) -> pa.Table:
+    """(shard, key, uid) of the shard whose parquet is ``name``."""
+    with directory.open(name) as fh:
+        rows = pq.read_table(fh, columns=["key", "uid"])
+    shard = name.removesuffix(".parquet")
+    return rows.append_column("shard", pa.array([shard] * rows.num_rows, pa.string())).select(
+        _MEMBERS_SCHEMA.names).cast(_MEMBERS_SCHEMA)
+
+
+def shard_members(directory: Folder | str | Path) -> Iterator[pa.Table]:
+    """(shard, key, uid) of each shard file there now, one shard at a time (a removal may have
     rewritten some since the version was published)."""
-    for path in sorted(directory.glob("[0-9]*.parquet")):
-        rows = pq.read_table(path, columns=["key", "uid"])
-        yield rows.append_column("shard", pa.array([path.stem] * rows.num_rows, pa.string())).select(
-            _MEMBERS_SCHEMA.names).cast(_MEMBERS_SCHEMA)
+    directory = as_folder(directory)
+    for name in directory.names("[0-9]*.parquet"):
+        yield _shard_rows(directory, name)
 
 
-def _current(spark: SparkSession, directory: Path) -> DataFrame:
-    """shard_members of ``directory`` as a DataFrame."""
-    files = sorted(str(path) for path in directory.glob("[0-9]*.parquet"))
-    if not files:
+def _pieces_frame(spark: SparkSession, lake: Lake, key: str, pieces: list[tuple[str, int]]) -> DataFrame:
+    """(shard, key, uid) read by Spark tasks from parquet files of the lake folder ``key``: a piece
+    is (a shard's parquet, -1) or (members.parquet, one of its row groups)."""
+    if not pieces:
         return spark.createDataFrame([], from_arrow_schema(_MEMBERS_SCHEMA))
-    shard = F.regexp_extract(F.input_file_name(), r"(\d+)\.parquet$", 1)
-    return spark.read.parquet(*files).select(shard.alias("shard"), "key", "uid")
+
+    def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        directory = lake.folder(key)
+        for batch in batches:
+            for name, group in zip(batch.column("name").to_pylist(), batch.column("group").to_pylist()):
+                if group < 0:
+                    yield from _shard_rows(directory, name).to_batches()
+                else:
+                    with directory.open(name) as fh:
+                        yield from pq.ParquetFile(fh).read_row_group(group).cast(_MEMBERS_SCHEMA).to_batches()
+
+    listed = spark.createDataFrame(pieces, "name string, group int")
+    return listed.repartition(len(pieces)).mapInArrow(read, from_arrow_schema(_MEMBERS_SCHEMA))
 
 
-def _published(spark: SparkSession, directory: Path) -> DataFrame:
+def _current(spark: SparkSession, lake: Lake, key: str) -> DataFrame:
+    """shard_members of the lake folder ``key`` as a DataFrame."""
+    return _pieces_frame(spark, lake, key, [(name, -1) for name in lake.folder(key).names("[0-9]*.parquet")])
+
+
+def _published_count(directory: Folder) -> int:
+    with directory.open(MEMBERS) as fh:
+        return pq.ParquetFile(fh).metadata.num_rows
+
+
+def _published(spark: SparkSession, lake: Lake, key: str) -> DataFrame:
     """(shard, key, uid) of a version as it was published."""
-    return spark.read.parquet(str(directory / MEMBERS))
+    with lake.folder(key).open(MEMBERS) as fh:
+        groups = pq.ParquetFile(fh).metadata.num_row_groups
+    return _pieces_frame(spark, lake, key, [(MEMBERS, group) for group in range(groups)])
 
 
 def _uids(spark: SparkSession, lake: Lake, *specs: TableSpec) -> DataFrame:
@@ -122,8 +152,8 @@ def _uids(spark: SparkSession, lake: Lake, *specs: TableSpec) -> DataFrame:
     return union
 
 
-def _manifest(directory: Path) -> dict:
-    return json.loads((directory / MANIFEST).read_text())
+def _manifest(directory: Folder) -> dict:
+    return json.loads(directory.read_bytes(MANIFEST))
 
 
 # -- making a version ----------------------------------------------------------------------------
@@ -144,19 +174,21 @@ def _removal_reasons(spark: SparkSession, lake: Lake, gone: DataFrame) -> DataFr
     return gone.withColumn("reason", reason)
 
 
-def _diff(spark: SparkSession, lake: Lake, previous: Path, shards: list[shard_export.ShardInfo], out: Path,
+def _diff(spark: SparkSession, lake: Lake, previous: str, shards: list[shard_export.ShardInfo], out: str,
           kind: str) -> tuple[int, int]:
-    """Write diff.json/diff.parquet of ``out`` against the published ``previous``; (removed, added).
-    The removed samples' rows come to the driver: a diff holds what left, not the release."""
-    old, new = _published(spark, previous), _current(spark, out).select("uid")
+    """Write diff.json/diff.parquet of version ``out`` against the published ``previous`` (layout
+    keys); (removed, added). The removed samples' rows come to the driver: a diff holds what left,
+    not the release."""
+    old, new = _published(spark, lake, previous), _current(spark, lake, out).select("uid")
     gone = _removal_reasons(spark, lake, old.join(new, "uid", "left_anti"))
     rows = (
         gone.select("shard", "key", F.sha2("uid", 256).alias("uid_sha256"), "reason")
         .toArrow().cast(_DIFF_SCHEMA).sort_by([("shard", "ascending"), ("key", "ascending")])
     )
-    pq.write_table(rows, out / DIFF_ROWS)
+    with lake.folder(out).publish(DIFF_ROWS) as fh:
+        pq.write_table(rows, fh)
     added = new.join(old.select("uid"), "uid", "left_anti").count()
-    old_manifest = _manifest(previous)
+    old_manifest = _manifest(lake.folder(previous))
     before = {s["shard"]: s["sha256"] for s in old_manifest["shards"]}
     after = {s.shard: s.sha256 for s in shards}
     dropped = Counter(rows["shard"].to_pylist())
@@ -177,14 +209,14 @@ def _diff(spark: SparkSession, lake: Lake, previous: Path, shards: list[shard_ex
         ],
         "removed_samples": DIFF_ROWS,
     }
-    (out / DIFF).write_text(json.dumps(diff, indent=2, sort_keys=True))
+    lake.folder(out).write_bytes(DIFF, json.dumps(diff, indent=2, sort_keys=True).encode())
     return rows.num_rows, added
 
 
-def write_members(out: Path) -> int:
+def write_members(out: Folder) -> int:
     """members.parquet from the shard files, a shard at a time; how many samples there are."""
     samples = 0
-    with pq.ParquetWriter(out / MEMBERS, _MEMBERS_SCHEMA) as writer:
+    with out.publish(MEMBERS) as fh, pq.ParquetWriter(fh, _MEMBERS_SCHEMA) as writer:
         writer.write_table(_MEMBERS_SCHEMA.empty_table())  # a version without samples still has the file
         for rows in shard_members(out):
             writer.write_table(rows)
@@ -193,9 +225,11 @@ def write_members(out: Path) -> int:
 
 
 def _write_version(spark: SparkSession, lake: Lake, config: ReleaseConfig, version: int, kind: str,
-                   shards: list[shard_export.ShardInfo], out: Path, previous: Path | None,
+                   shards: list[shard_export.ShardInfo], out: str, previous: str | None,
                    source_versions: dict[str, int], rules: dict, lineage: Lineage) -> ReleaseVersion:
-    samples = write_members(out)
+    """members, diff and manifest of the version at ``out`` (layout keys here and for ``previous``),
+    then its rows in SHARDS and RELEASES; the previous version retires."""
+    samples = write_members(lake.folder(out))
     removed, added = (0, samples) if previous is None else _diff(spark, lake, previous, shards, out, kind)
     now = dt.datetime.now(dt.timezone.utc)
     manifest = {
@@ -205,10 +239,10 @@ def _write_version(spark: SparkSession, lake: Lake, config: ReleaseConfig, versi
         "samples": samples, "source_versions": source_versions, "rules": rules,
         "shards": [{"shard": s.shard, "samples": s.samples, "bytes": s.bytes, "sha256": s.sha256} for s in shards],
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    lake.folder(out).write_bytes(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
     ident = export_id(config.name, version)
     # Paths relative to the lake root: a lake copied or moved elsewhere still finds its shards.
-    relative = [dataclasses.replace(s, path=_relative(lake, s.path)) for s in shards]
+    relative = [dataclasses.replace(s, path=f"{out}/{s.shard}.tar") for s in shards]
     lake.replace_partitions(SHARDS, shard_export.manifest_table(relative, ident, source_versions.get("curated", -1), now),
                             [ident], lineage)
     row = {
@@ -216,35 +250,32 @@ def _write_version(spark: SparkSession, lake: Lake, config: ReleaseConfig, versi
         "previous_version": manifest["previous_version"], "variant": config.variant,
         "samples": samples, "shards": len(shards), "removed": removed, "added": added,
         "source_versions": json.dumps(source_versions, sort_keys=True), "rules": json.dumps(rules, sort_keys=True),
-        "path": _relative(lake, out), "created_at": now, "run_id": lineage.run_id,
+        "path": out, "created_at": now, "run_id": lineage.run_id,
     }
     lake.append(RELEASES, pa.Table.from_pylist([row], schema=RELEASES.schema), lineage)
     if previous is not None:
         _retire(lake, config.name, previous, lineage)
-    return ReleaseVersion(config.name, version, kind, str(out), samples, len(shards), removed, added)
+    return ReleaseVersion(config.name, version, kind, lake.uri_of(out), samples, len(shards), removed, added)
 
 
-def _relative(lake: Lake, path: str | Path) -> str:
-    return Path(path).relative_to(lake.root).as_posix()
-
-
-def _retire(lake: Lake, release: str, directory: Path, lineage: Lineage) -> None:
+def _retire(lake: Lake, release: str, key: str, lineage: Lineage) -> None:
     """A superseded version keeps its manifest, members and diff; its shard files go (the new
     version holds what is still released: re-release shards share their unchanged files)."""
-    for path in directory.iterdir():
-        if path.name not in (MANIFEST, MEMBERS, DIFF, DIFF_ROWS):
-            path.unlink()
-    version = int(directory.name.removeprefix("v"))
+    directory = lake.folder(key)
+    for name in directory.names():
+        if name not in (MANIFEST, MEMBERS, DIFF, DIFF_ROWS):
+            directory.delete(name)
+    version = int(key.rsplit("/v", 1)[1])
     ident = export_id(release, version)
     lake.replace_partitions(SHARDS, SHARDS.schema.empty_table(), [ident], lineage)
 
 
-def _fresh_dir(lake: Lake, release: str, version: int) -> Path:
-    out = version_dir(lake, release, version)
-    if out.exists():  # a version dir without a RELEASES row: a run that died before committing it
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    return out
+def _fresh_dir(lake: Lake, release: str, version: int) -> str:
+    """The new version's folder, emptied of what a run that died before committing it left there."""
+    key = lake_layout.release_version(release, version)
+    lake.folder(key).remove()
+    lake.folder(key).create()
+    return key
 
 
 def make_release(spark: SparkSession, lake: Lake, config: ReleaseConfig, rules: dict, source_versions: dict[str, int],
@@ -262,39 +293,39 @@ def make_release(spark: SparkSession, lake: Lake, config: ReleaseConfig, rules: 
     if mode not in ("auto", "rerelease"):
         raise ReleaseError(f"release mode must be auto or rerelease, got {mode!r}")
     last = latest(lake, config.name)
-    previous = version_dir(lake, config.name, last["version"]) if last else None
-    if previous is None or not (previous / MEMBERS).exists():
+    previous = lake_layout.release_version(config.name, last["version"]) if last else None
+    if previous is None or not lake.folder(previous).exists(MEMBERS):
         if mode == "rerelease":
             raise ReleaseError(f"release {config.name} has no previous version to re-release")
         return _snapshot(spark, lake, config, 1 if last is None else last["version"] + 1, previous,
                          source_versions, rules, lineage, image_ext)
     curated = read_table(spark, lake, CURATED, version=source_versions.get("curated"), columns=["uid"],
                          where={"variant": [config.variant]})
-    held = _current(spark, previous)
+    held = _current(spark, lake, previous)
     if mode == "rerelease":
         drop = held.join(_uids(spark, lake, REMOVALS, BLOCKLIST_MATCHES), "uid", "left_semi")
     else:
         if not curated.join(held, "uid", "left_anti").isEmpty():
-            _check_drop(spark, config, last, previous, curated, confirmed_by)
+            _check_drop(spark, lake, config, last, previous, curated, confirmed_by)
             return _snapshot(spark, lake, config, last["version"] + 1, previous, source_versions,
                              {**rules, "confirmed_by": confirmed_by}, lineage, image_ext)
         drop = held.join(curated, "uid", "left_anti")
-    amended = held.count() != pq.read_metadata(previous / MEMBERS).num_rows
+    amended = held.count() != _published_count(lake.folder(previous))
     if drop.isEmpty() and not amended:
         return None
-    _check_drop(spark, config, last, previous, held.join(drop.select("uid"), "uid", "left_anti"), confirmed_by)
+    _check_drop(spark, lake, config, last, previous, held.join(drop.select("uid"), "uid", "left_anti"), confirmed_by)
     return _rerelease(spark, lake, config, previous, drop, last["version"] + 1, source_versions,
                       {**rules, "confirmed_by": confirmed_by}, lineage)
 
 
-def _check_drop(spark: SparkSession, config: ReleaseConfig, last: dict, previous: Path, kept: DataFrame,
+def _check_drop(spark: SparkSession, lake: Lake, config: ReleaseConfig, last: dict, previous: str, kept: DataFrame,
                 confirmed_by: str | None) -> None:
     """Refuse a version that drops too much of the published one (an over-broad removal, a curation
     gone wrong) until a person confirms it."""
-    published = pq.read_metadata(previous / MEMBERS).num_rows
+    published = _published_count(lake.folder(previous))
     if confirmed_by or not published:
         return
-    dropped = _published(spark, previous).join(kept.select("uid"), "uid", "left_anti").count()
+    dropped = _published(spark, lake, previous).join(kept.select("uid"), "uid", "left_anti").count()
     if dropped <= config.max_auto_drop_fraction * published:
         return
     raise ReleaseNeedsConfirmation(
@@ -304,7 +335,7 @@ def _check_drop(spark: SparkSession, config: ReleaseConfig, last: dict, previous
         "pairlake release rerelease --confirmed-by WHO")
 
 
-def _snapshot(spark: SparkSession, lake: Lake, config: ReleaseConfig, version: int, previous: Path | None,
+def _snapshot(spark: SparkSession, lake: Lake, config: ReleaseConfig, version: int, previous: str | None,
               source_versions: dict[str, int], rules: dict, lineage: Lineage, image_ext: str) -> ReleaseVersion:
     out = _fresh_dir(lake, config.name, version)
     shards = shard_export_job.export_variant_shards(
@@ -314,19 +345,22 @@ def _snapshot(spark: SparkSession, lake: Lake, config: ReleaseConfig, version: i
                           lineage)
 
 
-def _rerelease(spark: SparkSession, lake: Lake, config: ReleaseConfig, previous: Path, drop: DataFrame, version: int,
+def _rerelease(spark: SparkSession, lake: Lake, config: ReleaseConfig, previous: str, drop: DataFrame, version: int,
                source_versions: dict[str, int], rules: dict, lineage: Lineage) -> ReleaseVersion:
     """The previous version's shards less ``drop`` (shard, key, uid): the shards that lose samples
-    are rewritten in parallel, one Spark task each; the others are shared, no bytes copied."""
+    are rewritten in parallel, one Spark task each; the others are shared, their bytes never
+    passing through this process (hard links on a disk, server-side copies in a bucket)."""
     out = _fresh_dir(lake, config.name, version)
-    shards = shard_export_job.rewrite_shards(spark, drop, previous, out)
+    shards = shard_export_job.rewrite_shards(spark, lake, drop, previous, out)
     changed = {info.shard for info in shards}
-    for tar in sorted(previous.glob("[0-9]*.tar")):
-        if tar.stem not in changed:
-            for name in (tar.name, f"{tar.stem}.parquet", f"{tar.stem}_stats.json"):
-                os.link(previous / name, out / name)
-            stats = json.loads((out / f"{tar.stem}_stats.json").read_text())
-            shards.append(shard_export.ShardInfo(tar.stem, str(out / tar.name), stats["count"], stats["bytes"],
+    source, target = lake.folder(previous), lake.folder(out)
+    for tar in source.names("[0-9]*.tar"):
+        shard = tar.removesuffix(".tar")
+        if shard not in changed:
+            for name in (tar, f"{shard}.parquet", f"{shard}_stats.json"):
+                source.share(name, target)
+            stats = json.loads(target.read_bytes(f"{shard}_stats.json"))
+            shards.append(shard_export.ShardInfo(shard, target.file(tar), stats["count"], stats["bytes"],
                                                  stats["sha256"]))
     shards.sort(key=lambda info: info.shard)
     return _write_version(spark, lake, config, version, "rerelease", shards, out, previous, source_versions, rules,
@@ -345,14 +379,16 @@ def withdraw(lake: Lake, uids: set[str], lineage: Lineage) -> list[str]:
         rows = shards.filter(pc.equal(shards["export_id"], ident)).to_pylist()
         changed = False
         for row in rows:
-            tar = lake.path(row["path"])  # relative to the lake root (absolute in older lakes)
-            parquet = tar.with_suffix(".parquet")
-            if not parquet.exists():
+            # The path is relative to the lake root (absolute in older lakes).
+            directory, tar = row["path"].rsplit("/", 1)
+            folder, shard = lake.folder(directory), tar.removesuffix(".tar")
+            if not folder.exists(f"{shard}.parquet"):
                 continue
-            held = pq.read_table(parquet, columns=["key", "uid"])
+            with folder.open(f"{shard}.parquet") as fh:
+                held = pq.read_table(fh, columns=["key", "uid"])
             keys = held.filter(pc.is_in(held["uid"], wanted))["key"].to_pylist()
             if keys:
-                info = shard_export.rewrite_shard(tar, set(keys), tar.parent)
+                info = shard_export.rewrite_shard(folder, shard, set(keys))
                 row.update(samples=info.samples, bytes=info.bytes, sha256=info.sha256)
                 rewritten.append(f"{ident}:{row['shard']}")
                 changed = True
@@ -361,43 +397,52 @@ def withdraw(lake: Lake, uids: set[str], lineage: Lineage) -> list[str]:
     return rewritten
 
 
-def apply_diff(diff_path: str | Path, shards_dir: str | Path, out_dir: str | Path | None = None) -> list[str]:
+def apply_diff(diff: Folder | str | Path, shards_dir: Folder | str | Path,
+               out_dir: Folder | str | Path | None = None) -> list[str]:
     """Clean a copy of the previous version's shards with a published diff (in place, or into
     ``out_dir``); every changed shard is checked against the diff's checksums before and after.
+    ``diff`` is diff.json or the new version's folder (a local path, or a Folder of the lake).
     Returns the shards rewritten."""
-    diff_file = Path(diff_path)
-    diff_file = diff_file / DIFF if diff_file.is_dir() else diff_file
+    if isinstance(diff, Folder) or Path(diff).is_dir():
+        published, diff_name = as_folder(diff), DIFF
+    else:
+        published, diff_name = Folder.local(Path(diff).parent), Path(diff).name
     try:
-        diff = json.loads(diff_file.read_text())
-        removed = pq.read_table(diff_file.parent / diff["removed_samples"])
+        changes = json.loads(published.read_bytes(diff_name))
+        with published.open(changes["removed_samples"]) as fh:
+            removed = pq.read_table(fh)
     except (OSError, ValueError, KeyError) as exc:
-        raise ReleaseError(f"cannot read the diff {diff_file}: {exc}") from None
-    if not diff.get("applicable"):
+        raise ReleaseError(f"cannot read the diff {published.file(diff_name)}: {exc}") from None
+    if not changes.get("applicable"):
         raise ReleaseError(
-            f"v{diff['to_version']} of {diff['release']} is a snapshot ({diff['added']} samples added): "
-            "it cannot be made from v{0} by deletion; download it".format(diff["from_version"])
+            f"v{changes['to_version']} of {changes['release']} is a snapshot ({changes['added']} samples added): "
+            "it cannot be made from v{0} by deletion; download it".format(changes["from_version"])
         )
-    source = Path(shards_dir)
-    out = Path(out_dir) if out_dir is not None else source
+    source = as_folder(shards_dir)
+    out = as_folder(out_dir) if out_dir is not None else source
     keys: dict[str, set[str]] = {}
     for shard, key in zip(removed["shard"].to_pylist(), removed["key"].to_pylist()):
         keys.setdefault(shard, set()).add(key)
+    for change in changes["shards_changed"]:
+        tar = f"{change['shard']}.tar"
+        if not source.exists(tar):
+            raise ReleaseError(f"{source.file(tar)} is missing: the diff changes shard {change['shard']}")
+        with source.stream(tar) as fh:
+            if stream_sha256(fh) != change["from_sha256"]:
+                raise ReleaseError(f"{source.file(tar)} is not shard {change['shard']} of "
+                                   f"v{changes['from_version']} (checksum differs)")
     done = []
-    for change in diff["shards_changed"]:
-        tar = source / f"{change['shard']}.tar"
-        if not tar.exists():
-            raise ReleaseError(f"{tar} is missing: the diff changes shard {change['shard']}")
-        if file_sha256(tar) != change["from_sha256"]:
-            raise ReleaseError(f"{tar} is not shard {change['shard']} of v{diff['from_version']} (checksum differs)")
-    for change in diff["shards_changed"]:
-        info = shard_export.rewrite_shard(source / f"{change['shard']}.tar", keys.get(change["shard"], set()), out)
+    for change in changes["shards_changed"]:
+        info = shard_export.rewrite_shard(source, change["shard"], keys.get(change["shard"], set()), out)
         if info.sha256 != change["to_sha256"]:
-            raise ReleaseError(f"shard {change['shard']} did not come out as v{diff['to_version']} (checksum differs)")
+            raise ReleaseError(f"shard {change['shard']} did not come out as v{changes['to_version']} (checksum differs)")
         done.append(change["shard"])
     if out != source:  # shards the diff leaves alone are copied as they are
-        for tar in sorted(source.glob("[0-9]*.tar")):
-            if tar.stem not in done:
-                for name in (tar.name, f"{tar.stem}.parquet", f"{tar.stem}_stats.json"):
-                    if (source / name).exists():
-                        shutil.copyfile(source / name, out / name)
+        for tar in source.names("[0-9]*.tar"):
+            shard = tar.removesuffix(".tar")
+            if shard not in done:
+                for name in (tar, f"{shard}.parquet", f"{shard}_stats.json"):
+                    if source.exists(name):
+                        with source.stream(name) as fh, out.publish(name) as copy:
+                            shutil.copyfileobj(fh, copy, 1 << 20)
     return done

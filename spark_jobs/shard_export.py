@@ -2,12 +2,13 @@
 
 ``out_dir/00000.tar`` holds ``{key}.jpg``, ``{key}.txt`` (caption) and ``{key}.json`` (metadata) per
 sample; next to it ``00000.parquet`` (one row per sample: key + metadata) and ``00000_stats.json``.
+``out_dir`` is a Folder: a local folder or a prefix in the lake's bucket.
 Keys are img2dataset's: shard index (5 digits) + position in the shard, e.g. ``000000012``.
 
 Shards are reproducible: samples are ordered by uid and every tar header field that would vary
 (mtime, owner, mode) is fixed, so the same rows always give byte-identical tars and the manifest's
-sha256 identifies content. Each file is written to a hidden temp name, fsynced and renamed, so a
-crash never leaves a partial file under a final name; ``_stats.json`` is written last per shard.
+sha256 identifies content. Each file is published whole (``Folder.publish``), so a crash never
+leaves a partial file under a final name; ``_stats.json`` is written last per shard.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from infra.config import InputError
-from infra.lake_storage import atomic_output
+from infra.lake_storage import Folder, as_folder
 from infra.tables import SHARDS
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class ShardInfo:
 
 def export_shards(
     samples: Iterable[pa.RecordBatch] | pa.Table,
-    out_dir: str | Path,
+    out_dir: Folder | str | Path,
     samples_per_shard: int,
     image_ext: str = "jpg",
     overwrite: bool = False,
@@ -87,20 +88,20 @@ def export_shards(
     return shards
 
 
-def prepare_out_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
+def prepare_out_dir(out_dir: Folder | str | Path, overwrite: bool = False) -> Folder:
     """Create ``out_dir``; it must hold no shards unless ``overwrite``, which deletes them first."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    existing = sorted(p for p in out.iterdir() if _SHARD_FILE.match(p.name))
+    out = as_folder(out_dir)
+    out.create()
+    existing = [name for name in out.names() if _SHARD_FILE.match(name)]
     if existing and not overwrite:
-        raise FileExistsError(f"{out} already holds shard files ({existing[0].name}, ...); use a fresh directory")
-    for path in existing:
-        path.unlink()
+        raise FileExistsError(f"{out.path} already holds shard files ({existing[0]}, ...); use a fresh directory")
+    for name in existing:
+        out.delete(name)
     return out
 
 
 def write_numbered_shards(
-    samples: Iterable[pa.RecordBatch], out: Path, samples_per_shard: int, image_ext: str = "jpg"
+    samples: Iterable[pa.RecordBatch], out: Folder, samples_per_shard: int, image_ext: str = "jpg"
 ) -> Iterator[ShardInfo]:
     """Write samples that carry their shard's index (column ``shard``), sorted by shard then uid,
     each shard whole: the one writer behind a single-process export and each Spark export task.
@@ -195,7 +196,7 @@ class _HashingWriter:
 class _ShardWriter:
     """One shard being written: the tar streams to its temp file; parquet and stats follow on finish."""
 
-    def __init__(self, out: Path, index: int, key_digits: int, image_ext: str, schema: pa.Schema) -> None:
+    def __init__(self, out: Folder, index: int, key_digits: int, image_ext: str, schema: pa.Schema) -> None:
         self.index = index
         self.name = f"{index:0{SHARD_DIGITS}d}"
         self.out = out
@@ -206,9 +207,8 @@ class _ShardWriter:
         self.rows: list[dict[str, Any]] = []
         fields = [f for f in schema if f.name != "image"]
         self.parquet_schema = pa.schema([pa.field("key", pa.string()), *fields, pa.field("status", pa.string())])
-        self.tar_path = out / f"{self.name}.tar"
         self._output = contextlib.ExitStack()
-        self._hashing = _HashingWriter(self._output.enter_context(atomic_output(self.tar_path)))
+        self._hashing = _HashingWriter(self._output.enter_context(out.publish(f"{self.name}.tar")))
         self._tar = _TarWriter(self._hashing)
 
     def add(self, meta: dict[str, Any], image: bytes | None) -> None:
@@ -269,10 +269,10 @@ def _member_header(name: str, size: int) -> bytes:
     return header[:148] + b"%06o\0" % sum(header) + header[155:]
 
 
-def _finish_shard(out: Path, name: str, rows: pa.Table, tar: _HashingWriter, image_bytes: int) -> ShardInfo:
-    """Write the shard's parquet and _stats.json after its tar (already renamed into place)."""
+def _finish_shard(out: Folder, name: str, rows: pa.Table, tar: _HashingWriter, image_bytes: int) -> ShardInfo:
+    """Write the shard's parquet and _stats.json after its tar (already published)."""
     sha256 = tar.sha256.hexdigest()
-    with atomic_output(out / f"{name}.parquet") as fh:
+    with out.publish(f"{name}.parquet") as fh:
         pq.write_table(rows, fh)
     stats = {
         "count": rows.num_rows,
@@ -284,9 +284,8 @@ def _finish_shard(out: Path, name: str, rows: pa.Table, tar: _HashingWriter, ima
         "image_bytes": image_bytes,
         "sha256": sha256,
     }
-    with atomic_output(out / f"{name}_stats.json") as fh:
-        fh.write(json.dumps(stats, indent=2, sort_keys=True).encode())
-    return ShardInfo(name, str(out / f"{name}.tar"), rows.num_rows, tar.size, sha256)
+    out.write_bytes(f"{name}_stats.json", json.dumps(stats, indent=2, sort_keys=True).encode())
+    return ShardInfo(name, out.file(f"{name}.tar"), rows.num_rows, tar.size, sha256)
 
 
 def sample_key(member_name: str) -> str:
@@ -294,24 +293,24 @@ def sample_key(member_name: str) -> str:
     return member_name.split(".", 1)[0]
 
 
-def rewrite_shard(tar_path: str | Path, drop_keys: set[str], out_dir: str | Path | None = None) -> ShardInfo:
-    """Rewrite one shard without the samples ``drop_keys``: its tar, parquet and _stats.json.
+def rewrite_shard(source: Folder | str | Path, name: str, drop_keys: set[str],
+                  out_dir: Folder | str | Path | None = None) -> ShardInfo:
+    """Rewrite shard ``name`` ("00001") of ``source`` without the samples ``drop_keys``: its tar,
+    parquet and _stats.json.
 
     The kept members are copied in order with the same fixed headers, and keys are not renumbered,
     so anyone holding the same shard who drops the same keys gets a byte-identical tar (what
     ``pairlake release apply-diff`` relies on). Writes into ``out_dir`` (default: in place), each
-    file atomically.
+    file atomically; the old tar is read front to back as it streams in.
     """
-    src = Path(tar_path)
-    out = Path(out_dir) if out_dir is not None else src.parent
-    out.mkdir(parents=True, exist_ok=True)
-    name = src.stem
-    rows = pq.read_table(src.with_suffix(".parquet"))
+    src = as_folder(source)
+    out = as_folder(out_dir) if out_dir is not None else src
+    with src.open(f"{name}.parquet") as fh:
+        rows = pq.read_table(fh)
     rows = rows.filter(pc.invert(pc.is_in(rows["key"], pa.array(sorted(drop_keys), pa.string()))))
     image_bytes = 0
-    target = out / f"{name}.tar"
-    with src.open("rb") as source, tarfile.open(fileobj=source, mode="r:") as old:
-        with atomic_output(target) as fh:
+    with src.stream(f"{name}.tar") as stream, tarfile.open(fileobj=stream, mode="r|") as old:
+        with out.publish(f"{name}.tar") as fh:
             hashing = _HashingWriter(fh)
             new = _TarWriter(hashing)
             for member in old:

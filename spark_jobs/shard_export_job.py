@@ -6,13 +6,13 @@ samples_per_shard. Rows are hash-partitioned by shard, sorted by uid within it,
 and written by the same writer as a single-process export (``shard_export.write_numbered_shards``):
 the same tars byte for byte, whatever the cluster.
 
-Shard files are written where the executors see the lake (a shared filesystem), each atomically.
+Tasks write shard files straight into the lake (a shared folder or the bucket), each published
+whole; a task gets the Lake and the folder's layout key, and opens the filesystem itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
@@ -49,13 +49,14 @@ def export_variant_shards(
     spark: SparkSession,
     lake: Lake,
     variant: str,
-    out: Path,
+    out: str,
     samples_per_shard: int,
     image_ext: str = "jpg",
     curated_version: int | None = None,
     images_version: int | None = None,
 ) -> list[ShardInfo]:
-    """Write the curated ``variant`` (at ``curated_version``) as shards into ``out`` (holding none), with
+    """Write the curated ``variant`` (at ``curated_version``) as shards into the lake folder ``out`` (a
+    layout key; holding no shards), with
     the image bytes of ``images`` (at ``images_version``); one ShardInfo per tar, in shard order."""
     if samples_per_shard < 1:
         raise ValueError(f"samples_per_shard must be at least 1, got {samples_per_shard}")
@@ -73,31 +74,30 @@ def export_variant_shards(
         .repartition(shards, "shard")
         .sortWithinPartitions("shard", "uid")
     )
-    directory = str(shard_export.prepare_out_dir(out))
+    shard_export.prepare_out_dir(lake.folder(out))
 
     def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         conformed = (batch.cast(schema) for batch in batches)
-        for info in shard_export.write_numbered_shards(conformed, Path(directory), samples_per_shard, image_ext):
+        for info in shard_export.write_numbered_shards(conformed, lake.folder(out), samples_per_shard, image_ext):
             yield pa.RecordBatch.from_pylist([dataclasses.asdict(info)], schema=_INFO_SCHEMA)
 
     written = collect(samples.mapInArrow(write, from_arrow_schema(_INFO_SCHEMA)))
     return sorted((ShardInfo(**row) for row in written.to_pylist()), key=lambda info: info.shard)
 
 
-def rewrite_shards(spark: SparkSession, drop: DataFrame, source: Path, out: Path) -> list[ShardInfo]:
-    """Rewrite each shard of ``source`` that holds a sample of ``drop`` (columns shard, key) into
-    ``out`` without those samples, one Spark task per shard; the rewritten shards' ShardInfos."""
+def rewrite_shards(spark: SparkSession, lake: Lake, drop: DataFrame, source: str, out: str) -> list[ShardInfo]:
+    """Rewrite each shard of the lake folder ``source`` that holds a sample of ``drop`` (columns
+    shard, key) into the folder ``out`` (layout keys) without those samples, one Spark task per
+    shard; the rewritten shards' ShardInfos."""
     per_shard = drop.groupBy("shard").agg(F.collect_list("key").alias("keys"))
     shards = per_shard.count()
     if not shards:
         return []
-    out.mkdir(parents=True, exist_ok=True)
-    source_dir, out_dir = str(source), str(out)
 
     def rewrite(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for row in batch.to_pylist():
-                info = shard_export.rewrite_shard(Path(source_dir) / f"{row['shard']}.tar", set(row["keys"]), out_dir)
+                info = shard_export.rewrite_shard(lake.folder(source), row["shard"], set(row["keys"]), lake.folder(out))
                 yield pa.RecordBatch.from_pylist([dataclasses.asdict(info)], schema=_INFO_SCHEMA)
 
     written = collect(per_shard.repartition(shards, "shard").mapInArrow(rewrite, from_arrow_schema(_INFO_SCHEMA)))

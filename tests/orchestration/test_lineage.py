@@ -89,14 +89,14 @@ def lake(tmp_path_factory):
     # v1 held both; v2, the re-release after the opt-out, holds KEPT only and v1's shards were retired.
     v1 = write_release(lake, "demo", 1, [KEPT, GONE])
     write_release(lake, "demo", 2, [KEPT])
-    for path in v1.iterdir():
+    for path in v1.local_path.iterdir():
         if path.name != MEMBERS:
             path.unlink()
     return lake
 
 
 def members(lake, version, uid):
-    rows = pq.read_table(version_dir(lake, "demo", version) / MEMBERS).to_pylist()
+    rows = pq.read_table(version_dir(lake, "demo", version).local_path / MEMBERS).to_pylist()
     return next((r["shard"], r["key"]) for r in rows if r["uid"] == uid)
 
 

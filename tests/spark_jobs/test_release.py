@@ -21,7 +21,10 @@ NOW = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
 
 
 def _lake(tmp_path, uids: list[str]) -> Lake:
-    lake = Lake(str(tmp_path / "lake"))
+    return _fill(Lake(str(tmp_path / "lake")), uids)
+
+
+def _fill(lake: Lake, uids: list[str]) -> Lake:
     curated = [{"variant": "safe", "uid": u, "warc_file": "w", "url": f"http://x.example/{u}.jpg", "caption": f"cap {u}",
                 "similarity": 0.5, "model_id": "m", "cluster_size": 1} for u in uids]
     lake.overwrite(CURATED, pa.Table.from_pylist(curated, schema=CURATED.schema), Lineage())
@@ -110,3 +113,45 @@ def test_a_version_dropping_most_of_the_previous_one_needs_a_confirmation(spark,
     assert (v2.version, v2.samples) == (2, 1)
     manifest = json.loads((tmp_path / "lake/releases/test-release/v2/manifest.json").read_text())
     assert manifest["rules"]["confirmed_by"] == "ops on-call"
+
+
+def _version_files(lake: Lake, version: int) -> dict[str, bytes]:
+    """A version's files as published, less what records when it was made."""
+    folder = release.version_dir(lake, CONFIG.name, version)
+    return {name: folder.read_bytes(name) for name in folder.names() if name != release.MANIFEST}
+
+
+def test_a_release_in_a_bucket_is_the_release_in_a_folder(spark, tmp_path, s3_lake):
+    """Snapshot, withdrawal, re-release (unchanged shards shared by server-side copies) and the
+    diff applied from the bucket: the same bytes as on a local lake."""
+    uids = [f"u{i:02d}" for i in range(8)]
+    removal = pa.Table.from_pylist([{"uid": "u04", "request_id": "q1", "matched_by": "url", "removed_at": NOW,
+                                     "run_id": "r"}], schema=REMOVALS.schema)
+    lakes = {"folder": _lake(tmp_path, uids), "bucket": _fill(s3_lake, uids)}
+    for lake in lakes.values():
+        assert _make(spark, lake).shards == 3
+    holder = tmp_path / "holder-v1"  # a user's copy of v1, downloaded from the bucket
+    with s3_lake.local_copy("releases/test-release/v1") as copied:
+        shutil.copytree(copied, holder)
+    for lake in lakes.values():
+        lake.append(REMOVALS, removal, Lineage())
+        assert release.withdraw(lake, {"u04"}, Lineage()) == ["test-release/v1:00001"]
+    assert _version_files(lakes["bucket"], 1) == _version_files(lakes["folder"], 1)
+    for lake in lakes.values():
+        lake.overwrite(BLOCKLIST_MATCHES, pa.Table.from_pylist([{"uid": "u07", "warc_file": "w", "source": "list-a",
+                                                                "kind": "image-md5"}], schema=BLOCKLIST_MATCHES.schema),
+                       Lineage())
+        v2 = _make(spark, lake, mode="rerelease")
+        assert (v2.version, v2.kind, v2.samples, v2.removed) == (2, "rerelease", 6, 2)
+    assert v2.path == f"{s3_lake.root}/releases/test-release/v2"
+    bucket_v2 = _version_files(lakes["bucket"], 2)
+    assert bucket_v2 == _version_files(lakes["folder"], 2)
+    assert sorted(bucket_v2) == sorted([f"{s}{ext}" for s in ("00000", "00001", "00002")
+                                        for ext in (".parquet", ".tar", "_stats.json")]
+                                       + ["diff.json", "diff.parquet", "members.parquet"])
+    # v1 retired in the bucket too: its record stays, its shards are gone.
+    assert release.version_dir(s3_lake, CONFIG.name, 1).names() == ["manifest.json", "members.parquet"]
+    assert s3_lake.read(SHARDS).sort_by("shard")["path"].to_pylist() == [
+        f"releases/test-release/v2/{s}.tar" for s in ("00000", "00001", "00002")]
+    assert release.apply_diff(release.version_dir(s3_lake, CONFIG.name, 2), holder) == ["00001", "00002"]
+    assert _tars(holder) == {name: data for name, data in bucket_v2.items() if name.endswith(".tar")}

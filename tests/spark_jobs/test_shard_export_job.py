@@ -56,7 +56,7 @@ def _files(directory) -> dict[str, bytes]:
 def test_spark_tasks_write_the_single_process_shards_byte_for_byte(spark, tmp_path, samples_per_shard):
     lake = _lake(tmp_path, 120)
     expected = _single_process(lake, "safe", tmp_path / "single", samples_per_shard)
-    got = export_variant_shards(spark, lake, "safe", tmp_path / "spark", samples_per_shard)
+    got = export_variant_shards(spark, lake, "safe", str(tmp_path / "spark"), samples_per_shard)
     assert len(got) == len(expected) == -(-90 // samples_per_shard)
     assert [(s.shard, s.samples, s.bytes, s.sha256) for s in got] == [(s.shard, s.samples, s.bytes, s.sha256)
                                                                        for s in expected]
@@ -70,14 +70,14 @@ def test_the_pinned_versions_are_exported(spark, tmp_path):
     curated_version, images_version = lake.version(CURATED), lake.version(IMAGES)
     expected = _single_process(lake, "safe", tmp_path / "single", 10)
     _lake(tmp_path, 60, seed=1)  # the tables move on
-    got = export_variant_shards(spark, lake, "safe", tmp_path / "spark", 10,
+    got = export_variant_shards(spark, lake, "safe", str(tmp_path / "spark"), 10,
                                 curated_version=curated_version, images_version=images_version)
     assert [s.sha256 for s in got] == [s.sha256 for s in expected]
 
 
 def test_an_empty_variant_writes_no_shard(spark, tmp_path):
     lake = _lake(tmp_path, 8)
-    assert export_variant_shards(spark, lake, "no-such-variant", tmp_path / "out", 5) == []
+    assert export_variant_shards(spark, lake, "no-such-variant", str(tmp_path / "out"), 5) == []
 
 
 def test_a_curated_sample_without_image_bytes_is_one_clear_error(spark, tmp_path):
@@ -86,17 +86,17 @@ def test_a_curated_sample_without_image_bytes_is_one_clear_error(spark, tmp_path
     lake.replace_partitions(IMAGES, lake.read(IMAGES).filter(pc.not_equal(pc.field("uid"), gone)), list(WARC_FILES),
                             Lineage())
     with pytest.raises(ShardExportError, match=f"sample uid {gone} has no image bytes") as raised:
-        export_variant_shards(spark, lake, "research", tmp_path / "out", 5)
+        export_variant_shards(spark, lake, "research", str(tmp_path / "out"), 5)
     assert "\n" not in str(raised.value)
 
 
 def test_shards_are_rewritten_in_parallel_as_one_at_a_time(spark, tmp_path):
     lake = _lake(tmp_path, 60)
-    shards = export_variant_shards(spark, lake, "research", tmp_path / "v1", 10)
+    shards = export_variant_shards(spark, lake, "research", str(tmp_path / "v1"), 10)
     drops = {s.shard: [f"{s.shard}{k:d}" for k in (0, 3, 9)] for s in shards[::2]}
     drop = spark.createDataFrame([(shard, key) for shard, keys in drops.items() for key in keys], "shard string, key string")
-    parallel = rewrite_shards(spark, drop, tmp_path / "v1", tmp_path / "parallel")
-    serial = [rewrite_shard(tmp_path / "v1" / f"{shard}.tar", set(keys), tmp_path / "serial")
+    parallel = rewrite_shards(spark, lake, drop, str(tmp_path / "v1"), str(tmp_path / "parallel"))
+    serial = [rewrite_shard(tmp_path / "v1", shard, set(keys), tmp_path / "serial")
               for shard, keys in sorted(drops.items())]
     assert [(s.shard, s.samples, s.sha256) for s in parallel] == [(s.shard, s.samples, s.sha256) for s in serial]
     assert [s.samples for s in parallel] == [7, 7, 7]
