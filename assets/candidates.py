@@ -43,7 +43,7 @@ def candidates(context: dg.AssetExecutionContext, pairlake: PairlakeResource) ->
     lineage = pairlake.lineage(context, (WARC_FILES,), CODE_VERSION)
     context.log.info(f"extracting pairs from {len(files)} WARC files")
     outcome = candidates_job.build_candidates(
-        pairlake.spark(), lake, files, settings.crawl.crawl_id, settings.extract, lineage
+        pairlake.spark(), lake, files, settings.crawl.crawl_id, settings.extract, lineage, settings.crawl.storage_options
     )
     if outcome.counts:
         pairlake.record_stats("candidates", outcome.counts, lineage)

@@ -40,7 +40,8 @@ class ConfigError(InputError):
 
 @dataclass(frozen=True)
 class StorageOptions:
-    """How to reach an object-store lake root (``s3://bucket/prefix``); unused for a local folder.
+    """How to reach an object store (``lake.storage_options`` for an ``s3://`` lake root,
+    ``crawl.storage_options`` for WARC files at ``s3://`` URLs); unused for local folders.
 
     Credentials are never config values: the config names the environment variables that hold
     them, read where the lake is opened (the driver and every executor). Unset variables leave
@@ -88,9 +89,12 @@ class SparkConfig:
 @dataclass(frozen=True)
 class CrawlConfig:
     crawl_id: str = "crawl"
-    # A folder of .warc.gz files, or a warc.paths(.gz) listing whose lines are relative to base_url.
+    # A folder of .warc.gz files (local or s3://bucket/prefix/), or a warc.paths(.gz) listing whose
+    # lines are relative to base_url (e.g. https://data.commoncrawl.org/ or s3://commoncrawl/).
     source: str = ""
     base_url: str = ""
+    # For s3:// sources: the crawl's store, apart from the lake's (its own endpoint and credentials).
+    storage_options: StorageOptions = field(default_factory=StorageOptions)
 
 
 @dataclass(frozen=True)
@@ -581,22 +585,27 @@ def _validate(config: PairlakeConfig) -> None:
         raise ConfigError("config index.rows_per_shard must be at least 1")
     if not config.lake.root:
         raise ConfigError("config lake.root must not be empty")
-    _validate_storage(config.lake)
+    _validate_lake_root(config.lake)
+    _validate_storage(config.lake.storage_options, "lake")
+    _validate_storage(config.crawl.storage_options, "crawl")
 
 
 _LAKE_SCHEMES = ("s3",)
 
 
-def _validate_storage(lake: LakeConfig) -> None:
+def _validate_lake_root(lake: LakeConfig) -> None:
     scheme = lake.root.split("://", 1)[0] if "://" in lake.root else ""
     if scheme and scheme not in _LAKE_SCHEMES:
         raise ConfigError(f"config lake.root {lake.root!r}: the lake lives in a local folder or at s3://bucket/prefix")
     if scheme and not lake.root.split("://", 1)[1].split("/", 1)[0]:
         raise ConfigError(f"config lake.root {lake.root!r} names no bucket")
-    opts = lake.storage_options
+
+
+def _validate_storage(opts: StorageOptions, section: str) -> None:
+    where = f"config {section}.storage_options"
     if opts.addressing_style not in ("virtual", "path"):
-        raise ConfigError(f"config lake.storage_options.addressing_style must be virtual or path, got {opts.addressing_style!r}")
+        raise ConfigError(f"{where}.addressing_style must be virtual or path, got {opts.addressing_style!r}")
     if opts.endpoint and not opts.endpoint.startswith(("http://", "https://")):
-        raise ConfigError(f"config lake.storage_options.endpoint must be an http(s):// URL, got {opts.endpoint!r}")
+        raise ConfigError(f"{where}.endpoint must be an http(s):// URL, got {opts.endpoint!r}")
     if opts.endpoint.startswith("http://") and not opts.allow_http:
-        raise ConfigError("config lake.storage_options.endpoint is plain http: set allow_http = true to use it")
+        raise ConfigError(f"{where}.endpoint is plain http: set allow_http = true to use it")

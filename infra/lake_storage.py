@@ -52,8 +52,9 @@ def delta_options(options: StorageOptions) -> dict[str, str]:
     return out
 
 
-def filesystem(root: str, options: StorageOptions) -> tuple[pafs.FileSystem, str]:
-    """The filesystem that holds ``root`` and ``root``'s path on it (no scheme, no trailing /)."""
+def filesystem(root: str, options: StorageOptions, retries: int | None = None) -> tuple[pafs.FileSystem, str]:
+    """The filesystem that holds ``root`` and ``root``'s path on it (no scheme, no trailing /);
+    a store's requests are tried ``retries`` more times on transient errors (default: the SDK's)."""
     if not is_object_store(root):
         return pafs.LocalFileSystem(), str(Path(root).resolve())
     scheme, rest = root.split("://", 1)
@@ -69,6 +70,7 @@ def filesystem(root: str, options: StorageOptions) -> tuple[pafs.FileSystem, str
         endpoint_override=options.endpoint or None,
         scheme=endpoint_scheme,
         force_virtual_addressing=options.addressing_style == "virtual" and bool(options.endpoint),
+        **({} if retries is None else {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=retries + 1)}),
     )
     return fs, rest.rstrip("/")
 
@@ -113,7 +115,7 @@ def atomic_output(path: str | Path, fs: pafs.FileSystem | None = None) -> Iterat
         finally:
             os.close(fd)
         return
-    stream = fs.open_output_stream(path)
+    stream = fs.open_output_stream(path, compression=None)  # bytes as given: no gzip for a .gz name
     try:
         yield stream  # type: ignore[misc]
     except BaseException:
@@ -196,7 +198,7 @@ class Folder:
     def stream(self, name: str) -> IO[bytes]:
         """``name`` for reading front to back (one GET on a store, where each seek of ``open`` is a
         request of its own)."""
-        return self.fs.open_input_stream(self.file(name), buffer_size=1 << 20)  # type: ignore[return-value]
+        return self.fs.open_input_stream(self.file(name), compression=None, buffer_size=1 << 20)  # type: ignore[return-value]
 
     def read_bytes(self, name: str) -> bytes:
         with self.open(name) as fh:

@@ -19,7 +19,7 @@ from pyspark.sql import SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from infra.config import ExtractConfig
+from infra.config import ExtractConfig, StorageOptions
 from infra.crawl_source import WarcFile
 from infra.delta_store import Lake, Lineage
 from infra.removal_fence import REMOVAL_SOURCE
@@ -55,12 +55,12 @@ def _side_rows(warc_file: str, side: list[tuple[str, str]]) -> pa.RecordBatch:
     )
 
 
-def _extract_task(crawl_id: str, config: ExtractConfig):
+def _extract_task(crawl_id: str, config: ExtractConfig, storage: StorageOptions | None):
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for row in batch.to_pylist():
                 try:
-                    result = extract_pairs(row["uri"], row["warc_file"], crawl_id, config)
+                    result = extract_pairs(row["uri"], row["warc_file"], crawl_id, config, storage)
                 except (OSError, ValueError) as exc:  # what extract_pairs raises for an unreadable file
                     yield _side_rows(row["warc_file"], [("failed", " ".join(str(exc).split()))])
                     continue
@@ -82,11 +82,14 @@ def build_candidates(
     crawl_id: str,
     config: ExtractConfig,
     lineage: Lineage,
+    storage: StorageOptions | None = None,
 ) -> CandidatesOutcome:
+    """Candidates of ``warc_files`` (read with ``storage`` where they are at s3:// URLs), each file
+    a partition; a file that cannot be read fails its partition only (``failed``)."""
     files = spark.sparkContext.parallelize([(f.warc_file, f.uri) for f in warc_files], max(1, len(warc_files)))
     extracted = (
         files.toDF("warc_file string, uri string")
-        .mapInArrow(_extract_task(crawl_id, config), from_arrow_schema(_OUT_SCHEMA))
+        .mapInArrow(_extract_task(crawl_id, config, storage), from_arrow_schema(_OUT_SCHEMA))
         .persist()
     )
     try:

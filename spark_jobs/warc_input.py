@@ -1,4 +1,5 @@
-"""Open a WARC file for one sequential pass: a local path, an fsspec URL (s3://...), or http(s)://.
+"""Open a WARC file for one sequential pass: a local path, s3:// (with ``crawl.storage_options``),
+http(s)://, or another fsspec URL.
 
 Over http(s) the file is streamed (never copied to disk, no block cache: the reader only goes
 forward). A transient error (connection refused or lost, timeout, HTTP 429 or 5xx) is retried
@@ -6,6 +7,8 @@ after a backoff that doubles each time, up to ``read_retries`` times in a row wi
 connection lost mid-file resumes with a ``Range`` request from the byte already read, so a
 retry never repeats the reader's work. Other errors end the read at once: 404/410 as
 FileNotFoundError, anything else (or retries exhausted) as OSError with one line of reason.
+From s3:// the object is one streaming GET on the store's filesystem (the lake's own mechanism),
+its requests retried ``read_retries`` times by the S3 client.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from typing import BinaryIO
 
 import fsspec
 
-from infra.config import ExtractConfig
+from infra.config import ExtractConfig, StorageOptions
+from infra.lake_storage import filesystem
 
 _USER_AGENT = "pairlake-warc-reader/0.1"
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(\d+|\*)")
@@ -38,10 +42,14 @@ class _Retryable(OSError):
 _TRANSIENT = (_Retryable, ConnectionError, TimeoutError, http.client.HTTPException, urllib.error.URLError)
 
 
-def open_warc(uri: str, config: ExtractConfig) -> AbstractContextManager[BinaryIO]:
-    """A binary file object over ``uri`` for sequential reading, to be used in a ``with``."""
+def open_warc(uri: str, config: ExtractConfig, storage: StorageOptions | None = None) -> AbstractContextManager[BinaryIO]:
+    """A binary file object over ``uri`` for sequential reading, to be used in a ``with``;
+    ``storage`` reaches an s3:// uri (endpoint, credentials by variable name)."""
     if uri.startswith(("http://", "https://")):
         return _HttpStream(uri, config)
+    if uri.startswith("s3://"):
+        fs, path = filesystem(uri, storage or StorageOptions(), retries=config.read_retries)
+        return fs.open_input_stream(path, compression=None, buffer_size=1 << 20)  # type: ignore[return-value]
     return fsspec.open(uri, "rb")
 
 

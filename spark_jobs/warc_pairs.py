@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from infra.config import ExtractConfig, InputError
+from infra.config import ExtractConfig, InputError, StorageOptions
 from infra.lake_storage import atomic_output
 from infra.tables import CANDIDATES, WARC_REJECTS
 from spark_jobs.caption_language import detect_languages
@@ -219,8 +219,10 @@ def _parse_warc_date(value: str | None) -> datetime | None:
     return date.replace(tzinfo=UTC) if date.tzinfo is None else date
 
 
-def extract_pairs(warc_uri: str, warc_file: str, crawl_id: str, config: ExtractConfig) -> ExtractResult:
-    """Candidate pairs, rejects and counts of one WARC file (a local path, http(s) or fsspec URL).
+def extract_pairs(warc_uri: str, warc_file: str, crawl_id: str, config: ExtractConfig,
+                  storage: StorageOptions | None = None) -> ExtractResult:
+    """Candidate pairs, rejects and counts of one WARC file (a local path, s3:// reached with
+    ``storage``, http(s) or another fsspec URL).
 
     Raises FileNotFoundError / OSError naming the file when it cannot be opened or read, and
     ValueError for an uncompressed WARC or a file that is not a WARC at all.
@@ -228,7 +230,7 @@ def extract_pairs(warc_uri: str, warc_file: str, crawl_id: str, config: ExtractC
     extraction = _Extraction(warc_file, config)
     max_block = config.max_page_bytes + _HTTP_HEAD_ROOM
     try:
-        with open_warc(warc_uri, config) as fh:
+        with open_warc(warc_uri, config, storage) as fh:
             for item in read_records(fh, max_block):
                 if isinstance(item, RecordError):
                     extraction.reject(item.offset, item.target_uri, item.reason, item.detail)

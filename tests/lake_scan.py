@@ -34,7 +34,7 @@ def files_holding(root: Path | Lake, needle: bytes) -> list[str]:
                        key=lambda i: i.path):
         if info.type != pafs.FileType.File:
             continue
-        with fs.open_input_stream(info.path) as fh:
+        with fs.open_input_stream(info.path, compression=None) as fh:
             data = fh.read()
         hit = needle in data
         if not hit and info.path.endswith(".parquet"):

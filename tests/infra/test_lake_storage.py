@@ -3,6 +3,7 @@ written: on a disk and in a bucket of a real
 S3-compatible server, a reader sees the old file or the whole new one, never a part, and a failed
 write leaves nothing behind."""
 
+import gzip
 import os
 import pickle
 import stat
@@ -89,6 +90,12 @@ def test_a_folder_reads_lists_shares_and_deletes_alike_on_disk_and_in_a_bucket(l
     v1.delete("00000.tar")  # already gone: nothing to do
     assert v2.read_bytes("00000.tar") == b"tar bytes"  # the shared copy stays
     assert lake_folder.folders() == ["v1", "v2"]
+    # pyarrow would gzip a ".gz" name on the way in and gunzip it on the way out: bytes stay as given.
+    packed = gzip.compress(b"crawl-data/a.warc.gz\n")
+    v1.write_bytes("warc.paths.gz", packed)
+    assert v1.size("warc.paths.gz") == len(packed) and v1.read_bytes("warc.paths.gz") == packed
+    with v1.stream("warc.paths.gz") as fh:
+        assert fh.read() == packed
     v1.remove()
     assert not v1.exists() and lake_folder.folders() == ["v2"]
 

@@ -1,8 +1,10 @@
-"""WARC files streamed over HTTP: sample-crawl WARCs served by a real http.server on 127.0.0.1 that
+"""WARC files streamed over HTTP and from a bucket: sample-crawl WARCs served by a real http.server on 127.0.0.1 that
 drops connections, stalls and answers 5xx on cue; an unreadable file fails its partition only."""
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import threading
 import time
 from datetime import UTC, datetime
@@ -13,9 +15,10 @@ import pyarrow as pa
 import pytest
 
 from assets.candidates import candidates
-from infra.config import ConfigError, ExtractConfig, load_config
-from infra.crawl_source import WarcFile
+from infra.config import ConfigError, CrawlConfig, ExtractConfig, load_config
+from infra.crawl_source import WarcFile, list_warc_files
 from infra.delta_store import Lake, Lineage
+from infra.lake_storage import filesystem
 from infra.sample_crawl import SampleCrawl, generate_sample_crawl
 from infra.tables import CANDIDATES, WARC_FILES, WARC_REJECTS
 from orchestration.resources import PairlakeResource
@@ -193,3 +196,38 @@ def test_read_settings_are_checked(tmp_path, line, message):
     path.write_text(f"[extract]\n{line}\n")
     with pytest.raises(ConfigError, match=message):
         load_config(path)
+
+
+def test_a_crawl_in_a_bucket_is_read_with_its_own_store_options(spark, crawl, tmp_path, s3_endpoint, monkeypatch):
+    """WARC files under an s3:// prefix and in a warc.paths.gz listing, reached with
+    crawl.storage_options (its own endpoint and credential variables; the lake is a local folder):
+    the same tables as from local files; a missing object fails its partition only."""
+    monkeypatch.setenv("CRAWL_KEY", s3_endpoint.access_key)
+    monkeypatch.setenv("CRAWL_SECRET", s3_endpoint.secret_key)
+    storage = dataclasses.replace(s3_endpoint.storage_options(), access_key_id_env="CRAWL_KEY",
+                                  secret_access_key_env="CRAWL_SECRET")
+    s3_endpoint.create_bucket("crawl-input")
+    fs, _ = filesystem("s3://crawl-input", storage)
+    for path in crawl.warcs:
+        with fs.open_output_stream(f"crawl-input/cc/{path.name}", compression=None) as fh:
+            fh.write(path.read_bytes())
+    with fs.open_output_stream("crawl-input/warc.paths.gz", compression=None) as fh:
+        fh.write(gzip.compress("".join(f"cc/{p.name}\n" for p in crawl.warcs).encode()))
+
+    local = build_candidates(spark, Lake(str(tmp_path / "local")), list_warc_files(CrawlConfig(source=str(crawl.warcs[0].parent))),
+                             CRAWL_ID, FAST, Lineage())
+    in_folder = list_warc_files(CrawlConfig(source="s3://crawl-input/cc/", storage_options=storage))
+    assert [(f.warc_file, f.uri, f.size_bytes) for f in in_folder] == [
+        (p.name, f"s3://crawl-input/cc/{p.name}", p.stat().st_size) for p in sorted(crawl.warcs)]
+    listed = list_warc_files(CrawlConfig(source="s3://crawl-input/warc.paths.gz", storage_options=storage))
+    assert [f.uri for f in listed] == [f.uri for f in in_folder]
+    lake = Lake(str(tmp_path / "lake"))
+    streamed = build_candidates(spark, lake, listed, CRAWL_ID, FAST, Lineage(), storage)
+    assert not streamed.failed and streamed.counts == local.counts
+    assert _tables(lake) == _tables(Lake(str(tmp_path / "local")))
+
+    fs.delete_file(f"crawl-input/cc/{crawl.warcs[0].name}")
+    again = build_candidates(spark, lake, listed, CRAWL_ID, FAST, Lineage(), storage)
+    assert list(again.failed) == [crawl.warcs[0].name]
+    assert again.failed[crawl.warcs[0].name].startswith(f"WARC file not found: s3://crawl-input/cc/{crawl.warcs[0].name}")
+    assert _tables(lake) == _tables(Lake(str(tmp_path / "local")))  # the missing file's partition as stored
