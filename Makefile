@@ -12,7 +12,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 # time away on 4 KiB pages; same weights, bit for bit, about twice as fast.
 export THP_MEM_ALLOC_ENABLE ?= 1
 
-.PHONY: setup demo ui test bench clean
+.PHONY: setup demo demo-s3 s3-server ui test bench clean
 
 # Spark needs a Java runtime; the venv gets the pinned, tested-together package set. uv installs it
 # (torch's CUDA libraries are GBs to unpack): 34 s here where pip took 3 min; same packages.
@@ -27,6 +27,14 @@ setup: $(STAMP)
 
 demo: setup
 	$(BIN)/pairlake demo
+
+# The same demo with the lake in a bucket of a local S3-compatible server (SeaweedFS, from PyPI),
+# started for the run; `make s3-server` serves that store again for the commands the demo prints.
+demo-s3: setup
+	$(BIN)/pairlake demo --store s3
+
+s3-server: setup
+	$(BIN)/pairlake --profile demo s3-server
 
 # The Dagster UI on the demo's instance, with the demo profile; the sample crawl's image server runs
 # beside it so that runs launched from the UI can download.

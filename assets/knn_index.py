@@ -3,7 +3,6 @@
 import dagster as dg
 
 from gpu_jobs import knn_index as knn
-from gpu_jobs import retrieval
 from gpu_jobs.clip_model import model_identity
 from infra.tables import CLIP_SCORES, CURATED
 from orchestration.optout_requests import removal_lease
@@ -31,6 +30,7 @@ def knn_index(context: dg.AssetExecutionContext, pairlake: PairlakeResource) -> 
             pairlake.spark(), pairlake.lake, settings.index, model_identity(settings.clip), lineage, progress=True
         )
     context.log.info(f"index {manifest['factory']} over {manifest['vectors']} vectors: recall@10 {manifest['recall_at_10']}")
+    folder = knn.index_folder(pairlake.lake, settings.index.variant)
     return dg.MaterializeResult(
         metadata={
             "vectors": manifest["vectors"],
@@ -39,6 +39,7 @@ def knn_index(context: dg.AssetExecutionContext, pairlake: PairlakeResource) -> 
             "curated_version": manifest["source_version"],
             "plan": manifest["plan_reason"],
             "shards": len(manifest["shards"]),
-            "path": dg.MetadataValue.path(str(retrieval.index_dir(pairlake.lake, settings.index.variant))),
+            # "bucket/prefix/..." in a bucket: not a path on any machine
+            "path": dg.MetadataValue.path(folder.path) if folder.is_local else dg.MetadataValue.text(folder.path),
         }
     )

@@ -28,15 +28,15 @@ def optout_requests(
     if config.confirm and not config.confirmed_by.strip():
         raise dg.Failure("confirm needs confirmed_by: who looked at the preview and confirmed it")
     try:
-        path = request_handling.request_file(pairlake.settings, config.request_file, config.confirm)
+        folder = request_handling.request_folder(pairlake.settings, config.request_file, config.confirm)
     except optout.RequestError as exc:
         raise dg.Failure(str(exc)) from None
-    if not path.exists():
+    if not folder.exists(config.request_file):
         where = "held requests" if config.confirm else "inbox"
         raise dg.Failure(f"request file {config.request_file} is not among the {where} (applied by an earlier run, "
                          "or moved)")
     lineage = pairlake.lineage(context, (), CODE_VERSION)
-    outcome = request_handling.apply_request_file(pairlake.settings, path, lineage,
+    outcome = request_handling.apply_request_file(pairlake.settings, folder, config.request_file, lineage,
                                                   config.confirmed_by.strip() if config.confirm else None)
     # Each purged table gets an observation: the UI shows the removal on that table's timeline.
     for result in outcome.purges:

@@ -20,23 +20,29 @@ image); recall ignores the query's own id so that finding itself does not count.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import math
 import os
+import shutil
+import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import faiss
 import numpy as np
+import pyarrow.fs as pafs
 from faiss.contrib.inspect_tools import get_invlist
 from faiss.contrib.ondisk import merge_ondisk
 from tqdm import tqdm
 
 from infra import lake_layout
 from infra.delta_store import Lake
-from infra.lake_storage import atomic_output
+from infra.lake_storage import Folder
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +61,13 @@ UIDS_NAME = "uids.parquet"  # faiss id -> uid, beside the index
 MANIFEST_FILE = "manifest.json"
 MANIFEST_INDEX_KEY = "faiss_index"  # added by save_index: what the index file must match
 LISTS_SUFFIX = ".ivfdata"
+# Indexes loaded from a bucket, as local files (faiss reads and memory-maps local files only).
+CACHE_DIR = Path(tempfile.gettempdir()) / "pairlake-index-cache"
 
 
-def index_dir(lake: Lake, variant: str) -> Path:
-    """Where a variant's index lives in the lake."""
-    return lake.path(lake_layout.index(variant))
+def index_folder(lake: Lake, variant: str) -> Folder:
+    """Where a variant's index lives in the lake (a local folder or a prefix in a bucket)."""
+    return lake.folder(lake_layout.index(variant))
 
 
 class IndexLoadError(RuntimeError):
@@ -439,23 +447,45 @@ def remove_ids(index: faiss.Index, ids: np.ndarray, new_lists_file: Path | None 
     return int(index.remove_ids(faiss.IDSelectorBatch(ids))) if ids.size else 0
 
 
-def save_index(directory: Path, index: faiss.Index, manifest: dict) -> None:
-    """Write ``index.faiss`` and ``manifest.json`` into ``directory``, each replaced atomically.
+@contextlib.contextmanager
+def new_lists_file(folder: Folder) -> Iterator[Path]:
+    """A fresh local path for the lists file of an on-disk index that ``save_index`` will publish
+    into ``folder`` (a name no save used). In a local folder it is the file's final place: the
+    index memory-maps it there, and it is deleted only if the block fails. For a folder in a bucket
+    it is in a local temporary folder, gone when the block ends (``save_index`` uploads it)."""
+    name = f"lists-{uuid.uuid4().hex[:12]}{LISTS_SUFFIX}"
+    if not folder.is_local:
+        with tempfile.TemporaryDirectory(prefix="pairlake-knn-lists-") as local:
+            yield Path(local) / name
+        return
+    folder.create()
+    path = folder.local_path / name
+    try:
+        yield path
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
-    The stored manifest gains a ``faiss_index`` entry (file size, row count, dim, nprobe, and the
-    lists file of an on-disk index with its size) that ``load_index`` checks, so a reader never
-    pairs an index file with another save's manifest. An on-disk index's lists file must already
-    be in ``directory``, under a name no earlier save used; other lists files there are deleted
-    once the new index is in place.
+
+def save_index(folder: Folder, index: faiss.Index, manifest: dict) -> None:
+    """Write ``index.faiss`` and ``manifest.json`` into ``folder``, each published whole, the manifest last.
+
+    The stored manifest gains a ``faiss_index`` entry (file size, row count, dim, nprobe, the lists
+    file of an on-disk index with its size, and an id of this save) that ``load_index`` checks, so
+    a reader never pairs an index file with another save's manifest. An on-disk index's lists file
+    (from ``new_lists_file``: a name no earlier save used) must already be in a local ``folder``;
+    into a bucket it is uploaded first. Other lists files there, and this machine's cached copies
+    of the folder's older saves (``load_index``), are deleted once the new index is in place.
     """
     if MANIFEST_INDEX_KEY in manifest:
         raise ValueError(f"manifest key {MANIFEST_INDEX_KEY!r} is reserved for save_index")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     lists = lists_file_of(index)
-    if lists is not None and lists.parent.resolve() != directory.resolve():
-        raise ValueError(f"the index's lists file {lists} is not in {directory}")
-    with atomic_output(directory / INDEX_FILE) as handle:
+    if lists is not None and folder.is_local and lists.parent.resolve() != folder.local_path.resolve():
+        raise ValueError(f"the index's lists file {lists} is not in {folder.path}")
+    if lists is not None and not folder.is_local:
+        with open(lists, "rb") as source, folder.publish(lists.name) as target:
+            shutil.copyfileobj(source, target, 1 << 20)
+    with folder.publish(INDEX_FILE) as handle:
         faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write))
         file_bytes = handle.tell()
     ivf = _ivf(index)
@@ -463,54 +493,105 @@ def save_index(directory: Path, index: faiss.Index, manifest: dict) -> None:
         "file_bytes": file_bytes, "ntotal": int(index.ntotal), "dim": int(index.d),
         "nprobe": int(ivf.nprobe) if ivf is not None else None,
         "lists_file": lists.name if lists is not None else None,
-        "lists_bytes": lists.stat().st_size if lists is not None else None}}
-    _write_manifest(directory, stored)  # last: it names what the index file must match
-    for stale in directory.glob(f"*{LISTS_SUFFIX}"):
-        if lists is None or stale.name != lists.name:
-            stale.unlink()
+        "lists_bytes": lists.stat().st_size if lists is not None else None,
+        "save_id": uuid.uuid4().hex}}  # names this save's files in caches of a bucket's index
+    _write_manifest(folder, stored)  # last: it names what the index file must match
+    for stale in folder.names(f"*{LISTS_SUFFIX}"):
+        if lists is None or stale != lists.name:
+            folder.delete(stale)
+    if not folder.is_local:  # this machine's copies of older saves: a removal's vectors leave them too
+        shutil.rmtree(CACHE_DIR / _digest(folder.path), ignore_errors=True)
 
 
-def update_manifest(directory: Path, **entries) -> None:
+def update_manifest(folder: Folder, **entries) -> None:
     """Change manifest entries of a saved index whose index file stays as it is (atomically)."""
-    manifest = {**json.loads((Path(directory) / MANIFEST_FILE).read_text()), **entries}
-    _write_manifest(Path(directory), manifest)
+    _write_manifest(folder, {**json.loads(folder.read_bytes(MANIFEST_FILE)), **entries})
 
 
-def _write_manifest(directory: Path, manifest: dict) -> None:
-    with atomic_output(directory / MANIFEST_FILE) as handle:
-        handle.write(json.dumps(manifest, indent=1, sort_keys=True).encode())
+def _write_manifest(folder: Folder, manifest: dict) -> None:
+    folder.write_bytes(MANIFEST_FILE, json.dumps(manifest, indent=1, sort_keys=True).encode())
 
 
-def load_index(directory: Path) -> tuple[faiss.Index, dict]:
-    """Read what ``save_index`` wrote; raises ``IndexLoadError`` naming the path if it is unusable."""
-    directory = Path(directory)
-    index_path, manifest_path = directory / INDEX_FILE, directory / MANIFEST_FILE
-    for path in (index_path, manifest_path):
-        if not path.is_file():
-            raise IndexLoadError(f"no kNN index at {directory}: {path.name} is missing")
+def load_index(folder: Folder) -> tuple[faiss.Index, dict]:
+    """Read what ``save_index`` wrote; raises ``IndexLoadError`` naming the location if it is unusable.
+
+    A local folder is read in place (an on-disk index's lists memory-mapped there); an index in a
+    bucket is read from a local copy of its files (``_cached_copy``)."""
+    for name in (INDEX_FILE, MANIFEST_FILE):
+        if not folder.exists(name):
+            raise IndexLoadError(f"no kNN index at {folder.path}: {name} is missing")
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(folder.read_bytes(MANIFEST_FILE))
         expected = manifest[MANIFEST_INDEX_KEY]
-        file_bytes, ntotal, dim = int(expected["file_bytes"]), int(expected["ntotal"]), int(expected["dim"])
+        ntotal, dim = int(expected["ntotal"]), int(expected["dim"])
+        int(expected["file_bytes"])  # a number, as _check_sizes compares it
     except (ValueError, KeyError, TypeError) as exc:
-        raise IndexLoadError(f"corrupt kNN index manifest {manifest_path}: {type(exc).__name__}: {exc}") from None
-    size = index_path.stat().st_size
+        raise IndexLoadError(f"corrupt kNN index manifest {folder.file(MANIFEST_FILE)}: "
+                             f"{type(exc).__name__}: {exc}") from None
+    if folder.is_local:
+        directory = folder.local_path
+        _check_sizes(directory, expected, folder)
+    else:
+        directory = _cached_copy(folder, expected)
+    index_file = folder.file(INDEX_FILE)
+    try:
+        # An on-disk index names its lists file: read it from this directory, wherever the lake moved.
+        index = faiss.read_index(str(directory / INDEX_FILE), faiss.IO_FLAG_ONDISK_SAME_DIR)
+    except RuntimeError as exc:
+        reason = " ".join(str(exc).split())[-200:]
+        raise IndexLoadError(f"corrupt kNN index {index_file}: {reason}") from None
+    if (index.ntotal, index.d) != (ntotal, dim):
+        raise IndexLoadError(f"kNN index {index_file} holds {index.ntotal:,} x {index.d}, "
+                             f"its manifest says {ntotal:,} x {dim}")
+    return index, manifest
+
+
+def _check_sizes(directory: Path, expected: dict, folder: Folder) -> None:
+    """The index file (and lists file) in the local ``directory`` have the sizes the manifest
+    entry ``expected`` names; errors name them in ``folder``, where they were published."""
+    index_path, file_bytes = directory / INDEX_FILE, int(expected["file_bytes"])
+    size = index_path.stat().st_size if index_path.is_file() else 0  # gone from a bucket since listed
     if size != file_bytes:
-        raise IndexLoadError(f"kNN index {index_path} is {size:,} bytes, its manifest says {file_bytes:,} "
-                             "(torn or mixed save)")
+        raise IndexLoadError(f"kNN index {folder.file(INDEX_FILE)} is {size:,} bytes, its manifest says "
+                             f"{file_bytes:,} (torn or mixed save)")
     lists_name = expected.get("lists_file")
     if lists_name is not None:
         lists_path = directory / lists_name
         if not lists_path.is_file() or lists_path.stat().st_size != expected.get("lists_bytes"):
-            raise IndexLoadError(f"kNN index {index_path}: its lists file {lists_name} is missing or "
+            raise IndexLoadError(f"kNN index {folder.file(INDEX_FILE)}: its lists file {lists_name} is missing or "
                                  "not the size its manifest says")
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _cached_copy(folder: Folder, expected: dict) -> Path:
+    """The index files of ``folder`` (in a bucket) as a local folder, downloaded once per save:
+    ``CACHE_DIR/<folder>/<save>/``, the save being its manifest entry ``expected``. A download is
+    renamed into place only once its sizes match that entry, so an entry in the cache is whole.
+    Older saves of the folder are then deleted: a process still searching one keeps its
+    memory-mapped lists (an unlinked file lives on while it is mapped)."""
+    saves = CACHE_DIR / _digest(folder.path)
+    entry = saves / _digest(json.dumps(expected, sort_keys=True))
+    if entry.is_dir():
+        return entry
+    saves.mkdir(parents=True, exist_ok=True)
+    download = Path(tempfile.mkdtemp(prefix=".download-", dir=saves))  # dot: not a save to clean up
     try:
-        # An on-disk index names its lists file: read it from this directory, wherever the lake moved.
-        index = faiss.read_index(str(index_path), faiss.IO_FLAG_ONDISK_SAME_DIR)
-    except RuntimeError as exc:
-        reason = " ".join(str(exc).split())[-200:]
-        raise IndexLoadError(f"corrupt kNN index {index_path}: {reason}") from None
-    if (index.ntotal, index.d) != (ntotal, dim):
-        raise IndexLoadError(f"kNN index {index_path} holds {index.ntotal:,} x {index.d}, "
-                             f"its manifest says {ntotal:,} x {dim}")
-    return index, manifest
+        for name in filter(None, (INDEX_FILE, expected.get("lists_file"))):
+            if folder.exists(name):  # a missing one is named by _check_sizes
+                pafs.copy_files(folder.file(name), str(download / name), source_filesystem=folder.fs,
+                                destination_filesystem=pafs.LocalFileSystem())
+        _check_sizes(download, expected, folder)
+        try:
+            download.rename(entry)
+        except OSError:
+            if not entry.is_dir():
+                raise  # else another process cached this save first
+    finally:
+        shutil.rmtree(download, ignore_errors=True)
+    for older in saves.iterdir():
+        if older != entry and not older.name.startswith("."):
+            shutil.rmtree(older, ignore_errors=True)
+    return entry

@@ -1,15 +1,15 @@
 """kNN search over a curated variant's index: text and image queries, and removals.
 
-The index (built by ``spark_jobs.knn_index_job``) lives in ``<lake>/indexes/<variant>/``:
-``index.faiss`` and ``manifest.json`` (from ``gpu_jobs.knn_index``), the ``.ivfdata`` lists file of
-an on-disk index, and ``uids.parquet``, the uid of every faiss id. The manifest names the
-curated Delta version and CLIP model it was built from and the recall@10 measured at build time.
+The index (built by ``spark_jobs.knn_index_job``) lives in ``<lake>/indexes/<variant>/``, a local
+folder or a prefix in a bucket: ``index.faiss`` and ``manifest.json`` (from ``gpu_jobs.knn_index``),
+the ``.ivfdata`` lists file of an on-disk index, and ``uids.parquet``, the uid of every faiss id.
+The manifest names the curated Delta version and CLIP model it was built from and the recall@10
+measured at build time.
 """
 
 from __future__ import annotations
 
 import io
-import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,11 +23,10 @@ from PIL import Image
 from gpu_jobs import knn_index as knn
 from gpu_jobs.clip_model import ClipModelError, LoadedClip, load_clip, model_identity
 from gpu_jobs.embedding_format import embeddings_from_column
-from gpu_jobs.knn_index import UIDS_NAME, index_dir
+from gpu_jobs.knn_index import UIDS_NAME, index_folder
 from infra import lake_layout
 from infra.config import ClipConfig, DownloadConfig
 from infra.delta_store import Lake
-from infra.lake_storage import atomic_output
 from infra.tables import CLIP_SCORES, CURATED
 from spark_jobs.download.resizer import resize_image
 
@@ -43,13 +42,14 @@ class VariantSearch:
     """Text → image and image → image search over one curated variant's index."""
 
     def __init__(self, lake: Lake, variant: str, clip: ClipConfig, download: DownloadConfig) -> None:
-        directory = index_dir(lake, variant)
-        self.index, self.manifest = knn.load_index(directory)
+        folder = index_folder(lake, variant)
+        self.index, self.manifest = knn.load_index(folder)
         if model_identity(clip) != self.manifest["model_id"]:
             raise ClipModelError(
                 f"the {variant} index holds {self.manifest['model_id']} embeddings; clip config gives {model_identity(clip)}"
             )
-        ids = pq.read_table(directory / UIDS_NAME)
+        with folder.open(UIDS_NAME) as handle:
+            ids = pq.read_table(handle)
         self.uids = dict(zip(ids["id"].to_pylist(), ids["uid"].to_pylist()))
         rows = lake.read(
             CURATED, version=self.manifest["source_version"], columns=["uid", "caption", "url"],
@@ -121,25 +121,30 @@ def similar_stored_images(lake: Lake, vector: np.ndarray, model_id: str, min_sim
 
 
 def remove_from_indexes(lake: Lake, uids: set[str], curated_version: int | None) -> dict[str, int]:
-    """Remove ``uids`` from every variant's index on disk; returns vectors removed per variant.
+    """Remove ``uids`` from every variant's index in the lake; returns vectors removed per variant.
 
     Every manifest then names ``curated_version``: the removal purged the history of curated, so
     the version an index was built from can no longer be read, and the index (without the removed
     vectors) matches the new one.
     """
     removed: dict[str, int] = {}
-    for directory in sorted(path.parent for path in lake.path(lake_layout.INDEXES).glob(f"*/{UIDS_NAME}")):
-        ids = pq.read_table(directory / UIDS_NAME)
+    indexes = lake.folder(lake_layout.INDEXES)
+    for variant in indexes.folders():
+        folder = indexes.sub(variant)
+        if not folder.exists(UIDS_NAME):
+            continue
+        with folder.open(UIDS_NAME) as handle:
+            ids = pq.read_table(handle)
         gone = pc.is_in(ids["uid"], pa.array(sorted(uids), pa.string()))
         if not pc.any(gone).as_py():
-            knn.update_manifest(directory, source_version=curated_version)
+            knn.update_manifest(folder, source_version=curated_version)
             continue
-        index, manifest = knn.load_index(directory)
-        new_lists = directory / f"lists-{uuid.uuid4().hex[:12]}{knn.LISTS_SUFFIX}"
-        removed[directory.name] = knn.remove_ids(index, ids.filter(gone)["id"].to_numpy(), new_lists)
-        manifest.pop(knn.MANIFEST_INDEX_KEY, None)
-        manifest.update(vectors=int(index.ntotal), source_version=curated_version)
-        with atomic_output(directory / UIDS_NAME) as kept:  # written first, published after the index
-            pq.write_table(ids.filter(pc.invert(gone)), kept)
-            knn.save_index(directory, index, manifest)
+        index, manifest = knn.load_index(folder)
+        with knn.new_lists_file(folder) as new_lists:
+            removed[variant] = knn.remove_ids(index, ids.filter(gone)["id"].to_numpy(), new_lists)
+            manifest.pop(knn.MANIFEST_INDEX_KEY, None)
+            manifest.update(vectors=int(index.ntotal), source_version=curated_version)
+            with folder.publish(UIDS_NAME) as kept:  # written first, published after the index
+                pq.write_table(ids.filter(pc.invert(gone)), kept)
+                knn.save_index(folder, index, manifest)
     return removed

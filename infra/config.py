@@ -237,6 +237,10 @@ class DemoConfig:
     server_port: int = 18765
     pages: int = 60
     seed: int = 0
+    # `make demo-s3`: the lake in this bucket of a local S3 server keeping its data in s3_dir.
+    s3_dir: str = "build/s3"
+    s3_port: int = 18333
+    s3_bucket: str = "pairlake-demo"
 
 
 # Without trained heads, production tags come from prompts (a trained head replaces any of them).

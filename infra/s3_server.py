@@ -2,12 +2,13 @@
 wheel, for the demo on object storage (``make demo-s3``) and the tests. Never used in production:
 there the lake lives in a bucket of the user's store.
 
-``python -m infra.s3_server DIR`` runs one in the foreground and prints the settings that point
-pairlake at it.
+``python -m infra.s3_server DIR [--port P] [--bucket B]`` runs one in the foreground and prints the
+environment that points pairlake at a lake in bucket B (``make s3-server``: the demo's store).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -73,10 +74,22 @@ class S3Endpoint:
     def storage_options(self) -> StorageOptions:
         return StorageOptions(endpoint=self.url, region=self.region, allow_http=True, addressing_style="path")
 
+    def pairlake_environment(self, root: str) -> dict[str, str]:
+        """The variables that put pairlake's lake at ``root`` (s3://bucket/prefix) on this server:
+        the credentials and the PAIRLAKE__LAKE__* settings (infra.config reads both)."""
+        options = self.storage_options()
+        return {**self.environment(), "PAIRLAKE__LAKE__ROOT": root,
+                "PAIRLAKE__LAKE__STORAGE_OPTIONS__ENDPOINT": options.endpoint,
+                "PAIRLAKE__LAKE__STORAGE_OPTIONS__REGION": options.region,
+                "PAIRLAKE__LAKE__STORAGE_OPTIONS__ALLOW_HTTP": "true",
+                "PAIRLAKE__LAKE__STORAGE_OPTIONS__ADDRESSING_STYLE": options.addressing_style}
+
     def create_bucket(self, name: str) -> None:
+        """Create bucket ``name`` (nothing to do if it exists)."""
         fs = pafs.S3FileSystem(access_key=self.access_key, secret_key=self.secret_key, region=self.region,
                                endpoint_override=self.url, scheme="http", allow_bucket_creation=True)
-        fs.create_dir(name)
+        if fs.get_file_info(name).type == pafs.FileType.NotFound:
+            fs.create_dir(name)
 
 
 class LocalS3Server:
@@ -84,9 +97,11 @@ class LocalS3Server:
 
     ``stop()`` and ``start()`` again (same data directory) model an outage: the objects survive."""
 
-    def __init__(self, data_dir: str | Path | None = None, start_timeout_s: float = 60.0):
+    def __init__(self, data_dir: str | Path | None = None, start_timeout_s: float = 60.0, port: int | None = None):
+        """``port``: the S3 port (default: a free one; the other services always take free ones)."""
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="pairlake-s3-"))
         self.start_timeout_s = start_timeout_s
+        self.port = port
         self._proc: subprocess.Popen[bytes] | None = None
         self._ports: list[int] = []
         self.endpoint: S3Endpoint | None = None
@@ -100,6 +115,8 @@ class LocalS3Server:
         }]}))
         if not self._ports:  # a restart keeps its ports: clients hold the endpoint
             self._ports = _free_ports(4)
+            if self.port:
+                self._ports[0] = self.port
         s3, master, volume, filer = self._ports
         log = open(self.data_dir / "weed.log", "ab")
         self._proc = subprocess.Popen(
@@ -169,13 +186,21 @@ class LocalS3Server:
 
 
 def main() -> None:
-    data_dir = sys.argv[1] if len(sys.argv) > 1 else ".s3"
-    with LocalS3Server(data_dir) as endpoint:
-        print(f"S3 server at {endpoint.url} (data in {data_dir}; Ctrl-C stops it). Point pairlake at it with:\n"
-              f"  export AWS_ACCESS_KEY_ID={endpoint.access_key} AWS_SECRET_ACCESS_KEY={endpoint.secret_key}\n"
-              f"  [lake] root = \"s3://BUCKET/pairlake\"\n"
-              f"  [lake.storage_options] endpoint = \"{endpoint.url}\"  allow_http = true  addressing_style = \"path\"",
-              flush=True)
+    parser = argparse.ArgumentParser(prog="python -m infra.s3_server", description="a local S3 server for pairlake")
+    parser.add_argument("data_dir", nargs="?", default=".s3")
+    parser.add_argument("--port", type=int, help="the S3 port (default: a free one)")
+    parser.add_argument("--bucket", default="pairlake", help="created if missing; the lake goes to s3://BUCKET/lake")
+    args = parser.parse_args()
+    serve(args.data_dir, args.port, args.bucket)
+
+
+def serve(data_dir: str, port: int | None, bucket: str) -> None:
+    """Run a server in the foreground until Ctrl-C, printing how to point pairlake at it."""
+    with LocalS3Server(data_dir, port=port) as endpoint:
+        endpoint.create_bucket(bucket)
+        exports = " ".join(f"{k}={v}" for k, v in endpoint.pairlake_environment(f"s3://{bucket}/lake").items())
+        print(f"S3 server at {endpoint.url} (data in {data_dir}; Ctrl-C stops it). In another shell, point "
+              f"pairlake at it with:\n  export {exports}", flush=True)
         run_until_interrupted()
 
 

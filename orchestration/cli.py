@@ -37,24 +37,35 @@ def _cmd_materialize(args: argparse.Namespace, config: PairlakeConfig) -> None:
     print(build_funnel(Lake.of(config.lake), config.clip_threshold()).table())
 
 
+def _cmd_s3_server(args: argparse.Namespace, config: PairlakeConfig) -> None:
+    from infra.s3_server import serve
+
+    serve(config.demo.s3_dir, config.demo.s3_port, config.demo.s3_bucket)
+
+
 def _cmd_demo(args: argparse.Namespace, config: PairlakeConfig) -> None:
-    from orchestration.demo import run_demo
+    from orchestration.demo import demo_lake, run_demo
     from orchestration.report import REPORT
     from infra.delta_store import Lake
 
-    funnel = run_demo(config)
-    print()
-    print(funnel.table())
-    manifest = _index_manifest(config)
+    with demo_lake(config, args.store) as config:
+        funnel = run_demo(config)
+        print()
+        print(funnel.table())
+        manifest = _index_manifest(config)
+        last = _latest_release(config)
+    lake = Lake.of(config.lake)
     print(f"\nkNN index ({manifest['variant']}): {manifest['factory']} over {manifest['vectors']} images, "
           f"recall@10 {manifest['recall_at_10']}; try: .venv/bin/pairlake --profile demo search \"a red circle\"")
-    last = _latest_release(config)
     if last is not None:
         print(f"release {last['release']} v{last['version']} ({last['kind']}): {last['samples']} samples in "
-              f"{last['shards']} shards at {Lake.of(config.lake).path(last['path'])}")
+              f"{last['shards']} shards at {lake.uri_of(last['path'])}")
     print("opt out an image: .venv/bin/pairlake --profile demo optout submit --url URL --requester WHO --reason WHY; "
           "then make ui (the sensor applies it) or .venv/bin/pairlake --profile demo optout apply")
-    print(f"report: {Lake.of(config.lake).uri(REPORT)}")
+    print(f"report: {lake.uri_of(REPORT)}")
+    if args.store == "s3":
+        print("the lake's store stopped with the demo: make s3-server serves it again and prints the variables "
+              "that point the commands above at it")
     print("see the runs and asset lineage: make ui  (http://127.0.0.1:3000)")
 
 
@@ -66,10 +77,10 @@ def _latest_release(config: PairlakeConfig) -> dict | None:
 
 
 def _index_manifest(config: PairlakeConfig) -> dict:
-    from gpu_jobs.knn_index import index_dir, load_index
+    from gpu_jobs.knn_index import index_folder, load_index
     from infra.delta_store import Lake
 
-    return load_index(index_dir(Lake.of(config.lake), config.index.variant))[1]
+    return load_index(index_folder(Lake.of(config.lake), config.index.variant))[1]
 
 
 def _cmd_report(args: argparse.Namespace, config: PairlakeConfig) -> None:
@@ -155,7 +166,7 @@ def _cmd_lineage(args: argparse.Namespace, config: PairlakeConfig) -> None:
 
 
 def _cmd_optout_submit(args: argparse.Namespace, config: PairlakeConfig) -> None:
-    from orchestration.optout_requests import submit_request
+    from orchestration.optout_requests import inbox_dir, submit_request
 
     given = {kind: value for kind, value in (("url", args.url), ("url_prefix", args.url_prefix), ("domain", args.domain),
                                              ("sha256", args.sha256), ("md5", args.md5), ("image", args.image)) if value}
@@ -169,8 +180,8 @@ def _cmd_optout_submit(args: argparse.Namespace, config: PairlakeConfig) -> None
         data["value"] = value
     if args.min_similarity is not None:
         data["min_similarity"] = args.min_similarity
-    path = submit_request(config, data, Path(value) if kind == "image" else None)
-    print(f"request {path.stem} written to {path}")
+    name = submit_request(config, data, Path(value) if kind == "image" else None)
+    print(f"request {Path(name).stem} written to {inbox_dir(config).file(name)}")
     print("the optout_inbox_sensor applies it (make ui); or now: .venv/bin/pairlake optout apply")
 
 
@@ -215,7 +226,7 @@ def _cmd_optout_confirm(args: argparse.Namespace, config: PairlakeConfig) -> Non
     from spark_jobs.optout import check_request_id
 
     name = f"{check_request_id(args.request_id)}.json"
-    if not (held_dir(config) / name).is_file():
+    if not held_dir(config).exists(name):
         raise InputError(f"no held request {args.request_id} (see: pairlake optout status)")
     if not args.by.strip():
         raise InputError("--by must say who confirms")
@@ -258,7 +269,7 @@ def _cmd_release_run(args: argparse.Namespace, config: PairlakeConfig) -> None:
         raise InputError(f"release {config.release.name} has no version (is curated empty?)")
     print(f"run {run}: {config.release.name} v{last['version']} ({last['kind']}), {last['samples']} samples in "
           f"{last['shards']} shards, {last['removed']} removed / {last['added']} added since the previous version")
-    print(f"  {Lake.of(config.lake).path(last['path'])}")
+    print(f"  {Lake.of(config.lake).uri_of(last['path'])}")
 
 
 def _cmd_release_list(args: argparse.Namespace, config: PairlakeConfig) -> None:
@@ -275,9 +286,16 @@ def _cmd_release_list(args: argparse.Namespace, config: PairlakeConfig) -> None:
 
 
 def _cmd_release_apply_diff(args: argparse.Namespace, config: PairlakeConfig) -> None:
-    from spark_jobs.release import apply_diff
+    from infra.delta_store import Lake
+    from spark_jobs.release import DIFF, apply_diff
 
-    done = apply_diff(args.diff, args.shards, args.out)
+    diff = args.diff
+    if "://" in diff:  # the new version in the lake's bucket, read with the lake's credentials
+        lake = Lake.of(config.lake)
+        if not diff.startswith(lake.root + "/"):
+            raise InputError(f"{diff} is not in the lake ({lake.root}): give a local path or a version under the root")
+        diff = lake.folder(diff[len(lake.root) + 1:].rstrip("/").removesuffix(f"/{DIFF}"))
+    done = apply_diff(diff, args.shards, args.out)
     print(f"rewrote {len(done)} shards ({', '.join(done) or 'none'}); every checksum matches the new version")
 
 
@@ -332,7 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partitions", nargs="*", help="WARC file names to ingest (default: all)")
     p.set_defaults(run=_cmd_materialize)
 
+    p = sub.add_parser("s3-server", help="serve the demo's local S3 store (demo.s3_*) until Ctrl-C")
+    p.set_defaults(run=_cmd_s3_server)
+
     p = sub.add_parser("demo", help="build the demo model and sample crawl, then materialize everything")
+    p.add_argument("--store", choices=("folder", "s3"), default="folder",
+                   help="where the lake goes: the configured folder, or a bucket of a local S3 server (make demo-s3)")
     p.set_defaults(run=_cmd_demo)
 
     p = sub.add_parser("blocklist", help="hash-list blocklists (Re-LAION style)")
@@ -404,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = rel.add_parser("list", help="every version with its counts")
     p.set_defaults(run=_cmd_release_list)
     p = rel.add_parser("apply-diff", help="clean a copy of the previous version's shards with a published diff")
-    p.add_argument("diff", type=Path, help="diff.json (or the new version's folder)")
+    p.add_argument("diff", help="diff.json or the new version's folder (a local path, or its s3:// URI in the lake)")
     p.add_argument("shards", type=Path, help="folder holding the previous version's shards")
     p.add_argument("--out", type=Path, help="write cleaned shards here instead of in place")
     p.set_defaults(run=_cmd_release_apply_diff)

@@ -1,4 +1,5 @@
-"""The demo: build what cannot be downloaded (model, crawl), serve the images, run the graph.
+"""The demo: build what cannot be downloaded (model, crawl), serve the images, run the graph, with
+the lake in a local folder or (``make demo-s3``) in a bucket of a local S3-compatible server.
 
 Everything here is cached: the demo model is trained once (rebuilt when its training code
 changes) and the sample crawl is regenerated only when missing, made for another address, or made
@@ -7,16 +8,20 @@ by older generator code.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 
 from gpu_jobs.demo_heads import ensure_demo_heads
 from gpu_jobs.demo_model import ensure_demo_model
-from infra.config import PairlakeConfig
+from infra.config import PairlakeConfig, load_config
 from infra.delta_store import Lake
 from infra.image_server import ImageServer, load_site
+from infra.s3_server import LocalS3Server
 from infra.sample_crawl import generate_sample_crawl, generator_fingerprint
 from orchestration import report
 from orchestration.blocklist_import import import_hash_list
@@ -64,3 +69,20 @@ def run_demo(config: PairlakeConfig) -> report.Funnel:
         print(f"serving the sample crawl's images at {server.url}")
         materialize_all()
     return report.build_funnel(Lake.of(config.lake), config.clip_threshold())
+
+
+@contextlib.contextmanager
+def demo_lake(config: PairlakeConfig, store: str) -> Iterator[PairlakeConfig]:
+    """The demo's config with its lake where ``store`` says: "folder" (as configured) or "s3", a
+    bucket of a local S3 server that runs until the block ends. The lake's settings and the
+    server's credentials go into this process's environment, where the Dagster runs (and their
+    Spark executors) read them as any user's would."""
+    if store == "folder":
+        yield config
+        return
+    with LocalS3Server(config.demo.s3_dir, port=config.demo.s3_port) as endpoint:
+        endpoint.create_bucket(config.demo.s3_bucket)
+        os.environ.update(endpoint.pairlake_environment(f"s3://{config.demo.s3_bucket}/lake"))
+        print(f"the lake is in s3://{config.demo.s3_bucket}/lake on a local S3 server at {endpoint.url} "
+              f"(its data in {config.demo.s3_dir})")
+        yield load_config()

@@ -33,18 +33,23 @@ def _attempt_key(instance: dg.DagsterInstance, key: str) -> str | None:
 
 @dg.sensor(job=apply_optout_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
 def optout_inbox_sensor(context: dg.SensorEvaluationContext, pairlake: PairlakeResource):
-    """One run per request file. The run key holds the file's mtime: a request is applied once,
-    and a file replaced under the same name (new mtime) is seen again; a failed run is retried."""
+    """One run per request file, in a local inbox or under the inbox prefix of a bucket alike. The
+    run key is the file's name and a short sha256 of its bytes (requests are small and capped), the
+    one version tag for both: an object's etag is no content hash after a multipart upload, and an
+    mtime changes on a mere copy. So a request is applied once, the same bytes put back under the
+    same name are not run again (their id is used up anyway), a file re-uploaded under the same
+    name with other bytes is a new request, and a failed run is retried."""
     requests = []
-    for path in pending_requests(pairlake.settings):
-        key = _attempt_key(context.instance, f"{path.name}:{path.stat().st_mtime_ns}")
+    for pending in pending_requests(pairlake.settings):
+        key = _attempt_key(context.instance, f"{pending.name}:{pending.version}")
         if key is None:
-            context.log.warning(f"{path.name}: {MAX_ATTEMPTS} runs failed; fix the cause, then touch the file")
+            context.log.warning(f"{pending.name}: {MAX_ATTEMPTS} runs failed; fix the cause, then change the "
+                                "request (or submit it under a new name)")
             continue
         requests.append(dg.RunRequest(
             run_key=key,
-            run_config={"ops": {"optout_requests": {"config": {"request_file": path.name}}}},
-            tags={"pairlake/request_file": path.name},
+            run_config={"ops": {"optout_requests": {"config": {"request_file": pending.name}}}},
+            tags={"pairlake/request_file": pending.name},
         ))
     return requests or dg.SkipReason("no opt-out requests in the inbox")
 

@@ -9,17 +9,18 @@ order, in memory or, when the plan keeps the lists on disk, into one ``.ivfdata`
 nprobe against the merged exact tops; and publishes the index, ``uids.parquet`` and a manifest
 that lists every shard. The result equals ``knn_index.build_index`` over the same rows.
 
-Shards are staged where the executors see the lake (a shared filesystem), as release shards are.
+Shards are staged in the lake itself (a shared folder or the bucket), published by the tasks
+through ``Folder.publish``; the driver merges them from local files (faiss reads only those): in
+place on a local lake, from one temporary download of the staging folder on an object store.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-import shutil
 import uuid
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Callable, Iterator
 
 import faiss
@@ -33,12 +34,11 @@ from pyspark.sql.pandas.types import from_arrow_schema
 
 from gpu_jobs import knn_index as knn
 from gpu_jobs.embedding_format import embeddings_from_column
-from gpu_jobs.knn_index import UIDS_NAME, index_dir
+from gpu_jobs.knn_index import UIDS_NAME, index_folder
 from infra import lake_layout
 from infra.arrow_runs import key_runs
 from infra.config import IndexConfig
 from infra.delta_store import Lake, Lineage
-from infra.lake_storage import atomic_output
 from infra.spark import collect, read_table
 from infra.tables import CLIP_SCORES, CURATED
 from spark_jobs.uid_order import number_by_uid
@@ -51,20 +51,26 @@ _SHARD_SCHEMA = pa.schema([("shard", pa.int64()), ("rows", pa.int64()), ("index_
                            ("top_scores", pa.binary()), ("top_ids", pa.binary())])
 
 
-def _shard_task(trained: object, queries: object, dim: int, top_k: int, staging: str
+def _shard_file(shard: int, suffix: str) -> str:
+    return f"shard-{shard:05d}{suffix}"
+
+
+def _shard_task(trained: object, queries: object, dim: int, top_k: int, lake: Lake, staging_key: str
                 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """Add each shard's rows (sorted by id) to a copy of the trained index; write it and its uids."""
+    """Add each shard's rows (sorted by id) to a copy of the trained index; write it and its uids
+    into the staging folder (opened in the task: a Folder in a bucket is never pickled)."""
 
     def finish(shard: int, index: faiss.Index, top: knn.ExactTop, uids: list[pa.RecordBatch]) -> pa.RecordBatch:
+        staging = lake.folder(staging_key)
         # Published whole: a retried or speculative task never leaves half a shard.
-        path = Path(staging) / f"shard-{shard:05d}.faiss"
-        with atomic_output(path) as handle:
+        with staging.publish(_shard_file(shard, ".faiss")) as handle:
             faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write))
-        with atomic_output(Path(staging) / f"shard-{shard:05d}.uids.parquet") as handle:
+            index_bytes = handle.tell()
+        with staging.publish(_shard_file(shard, ".uids.parquet")) as handle:
             pq.write_table(pa.Table.from_batches(uids), handle)
         scores, ids = top.result()
         return pa.RecordBatch.from_pylist(
-            [{"shard": shard, "rows": int(index.ntotal), "index_bytes": path.stat().st_size,
+            [{"shard": shard, "rows": int(index.ntotal), "index_bytes": index_bytes,
               "top_scores": scores.astype(np.float32).tobytes(), "top_ids": ids.astype(np.int64).tobytes()}],
             schema=_SHARD_SCHEMA)
 
@@ -102,11 +108,11 @@ def build_variant_index(
     rows = curated.distinct().join(scores, "uid", "left")
     numbered, n = number_by_uid(spark, rows, "id")
     numbered = numbered.persist(StorageLevel.MEMORY_AND_DISK)
-    out = index_dir(lake, config.variant)
-    token = uuid.uuid4().hex[:12]
-    staging = lake.path(lake_layout.index_staging(config.variant, token))
-    lists_file = None
-    try:
+    out = index_folder(lake, config.variant)
+    staging_key = lake_layout.index_staging(config.variant, uuid.uuid4().hex[:12])
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(numbered.unpersist)
+        cleanup.callback(lake.folder(staging_key).remove)
         if n == 0:
             raise ValueError(f"curated variant {config.variant!r} is empty at version {version}: nothing to index")
         missing = numbered.where(F.col("image_embedding").isNull()).count()
@@ -128,11 +134,10 @@ def build_variant_index(
         trained = knn.trained_index(plan, sample_vectors[np.searchsorted(sample_ids, train_rows)], progress=progress)
         del sample, sample_vectors
 
-        staging.mkdir(parents=True)
         top_k = min(RECALL_K + 1, n)
         shards = max(1, math.ceil(n / config.rows_per_shard))
         task = _shard_task(spark.sparkContext.broadcast(faiss.serialize_index(trained)),
-                           spark.sparkContext.broadcast(queries), dim, top_k, str(staging))
+                           spark.sparkContext.broadcast(queries), dim, top_k, lake, staging_key)
         built = collect(
             numbered.withColumn("shard", F.floor(F.col("id") / config.rows_per_shard).cast("long"))
             .select("shard", "id", "uid", "image_embedding")
@@ -146,9 +151,9 @@ def build_variant_index(
             top.merge(np.frombuffer(shard["top_scores"], np.float32).reshape(len(queries), -1),
                       np.frombuffer(shard["top_ids"], np.int64).reshape(len(queries), -1))
         truth = knn.Truth(top.queries, query_rows, top.result()[1])
-        shard_files = [staging / f"shard-{shard['shard']:05d}.faiss" for shard in built]
-        lists_file = out / f"lists-{token}{knn.LISTS_SUFFIX}" if plan.on_disk else None
-        index = knn.merge_shards(trained, shard_files, lists_file)
+        lists_file = cleanup.enter_context(knn.new_lists_file(out)) if plan.on_disk else None
+        staged = cleanup.enter_context(lake.local_copy(staging_key))
+        index = knn.merge_shards(trained, [staged / _shard_file(s["shard"], ".faiss") for s in built], lists_file)
         recall = knn.tune_nprobe(index, plan, truth, config.recall_target)
         manifest = {
             "variant": config.variant,
@@ -166,14 +171,8 @@ def build_variant_index(
             "run_id": lineage.run_id,
         }
         uids_schema = pa.schema([("id", pa.int64()), ("uid", pa.string())])
-        with atomic_output(out / UIDS_NAME) as handle, pq.ParquetWriter(handle, uids_schema) as writer:
+        with out.publish(UIDS_NAME) as handle, pq.ParquetWriter(handle, uids_schema) as writer:
             for shard in built:  # shard order is id order
-                writer.write_table(pq.read_table(staging / f"shard-{shard['shard']:05d}.uids.parquet").cast(uids_schema))
+                writer.write_table(pq.read_table(staged / _shard_file(shard["shard"], ".uids.parquet")).cast(uids_schema))
         knn.save_index(out, index, manifest)
-        lists_file = None  # published
         return manifest
-    finally:
-        numbered.unpersist()
-        shutil.rmtree(staging, ignore_errors=True)
-        if lists_file is not None:
-            lists_file.unlink(missing_ok=True)

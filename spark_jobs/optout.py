@@ -24,6 +24,7 @@ from pathlib import Path
 from collections import Counter
 from collections.abc import Callable, Iterable
 from functools import lru_cache
+from typing import TypeGuard
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -32,6 +33,7 @@ from PIL import Image, UnidentifiedImageError
 
 from infra.config import InputError
 from infra.delta_store import Lake, Lineage
+from infra.lake_storage import Folder
 from infra.purge import PurgeResult, purge_uids
 from infra.removal_fence import REMOVAL_SOURCE, url_rule_mask
 from infra.tables import BLOCKLIST, CANDIDATES, IMAGES, OPTOUT_REQUESTS, REMOVALS, SAMPLE_TABLES, TableSpec
@@ -90,8 +92,9 @@ def check_request_id(request_id: object) -> str:
     return request_id
 
 
-def validate(data: object, request_id: str, inbox: Path | None = None) -> OptOutRequest:
-    """The request in ``data`` (a parsed JSON object), or RequestError naming what is wrong."""
+def validate(data: object, request_id: str, inbox: Folder | None = None) -> OptOutRequest:
+    """The request in ``data`` (a parsed JSON object), or RequestError naming what is wrong; an image
+    request's example is read from ``inbox``."""
     if not isinstance(data, dict):
         raise RequestError("a request must be a JSON object")
     unknown = set(data) - _FIELDS
@@ -144,33 +147,45 @@ def validate(data: object, request_id: str, inbox: Path | None = None) -> OptOut
                          None if min_similarity is None else float(min_similarity))
 
 
-def _read_example(name: object, inbox: Path | None) -> bytes:
-    if not isinstance(name, str) or inbox is None or Path(name).name != name:
+def is_plain_name(name: object) -> TypeGuard[str]:
+    """A file name with no folder in it, not ``..`` and not hidden: all a request may name."""
+    return isinstance(name, str) and Path(name).name == name and not name.startswith(".")
+
+
+def _read_example(name: object, inbox: Folder | None) -> bytes:
+    if inbox is None or not is_plain_name(name):
         raise RequestError("'image' must be the name of a file next to the request in the inbox")
-    path = inbox / name
+    if not inbox.exists(name):
+        raise RequestError(f"the example image {name!r} is not in the inbox")
+    if inbox.size(name) > MAX_EXAMPLE_IMAGE_BYTES:
+        raise RequestError(f"the example image {name!r} is larger than {MAX_EXAMPLE_IMAGE_BYTES:,} bytes")
+    data = inbox.read_bytes(name)
     try:
-        if path.stat().st_size > MAX_EXAMPLE_IMAGE_BYTES:
-            raise RequestError(f"the example image {name!r} is larger than {MAX_EXAMPLE_IMAGE_BYTES:,} bytes")
-        data = path.read_bytes()
         with Image.open(io.BytesIO(data)) as image:
             image.load()
-    except FileNotFoundError:
-        raise RequestError(f"the example image {name!r} is not in the inbox") from None
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise RequestError(f"the example image {name!r} cannot be decoded: {exc}") from None
     return data
 
 
-def parse_request_file(path: Path) -> OptOutRequest:
-    """Read and validate one request file of the inbox."""
-    size = path.stat().st_size
-    if size > MAX_REQUEST_BYTES:
-        raise RequestError(f"the request file is {size:,} bytes; a request is at most {MAX_REQUEST_BYTES:,}")
+def read_request(inbox: Folder, name: str) -> bytes:
+    """The bytes of request file ``name``, read no further than one byte past MAX_REQUEST_BYTES: a
+    file larger than any request is never read whole (``parse_request_file`` refuses it)."""
+    with inbox.open(name) as fh:
+        return fh.read(MAX_REQUEST_BYTES + 1)
+
+
+def parse_request_file(inbox: Folder, name: str) -> OptOutRequest:
+    """Read and validate the request file ``name`` of the inbox (or of the held requests)."""
+    raw = read_request(inbox, name)
+    if len(raw) > MAX_REQUEST_BYTES:
+        raise RequestError(f"the request file is {inbox.size(name):,} bytes; "
+                           f"a request is at most {MAX_REQUEST_BYTES:,}")
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: absurd nesting
         raise RequestError(f"not a JSON request: {str(exc)[:200] or type(exc).__name__}") from None
-    return validate(data, path.stem, path.parent)
+    return validate(data, Path(name).stem, inbox)
 
 
 # -- matching ------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from gpu_jobs.knn_index import (
     save_index,
     search,
 )
+from infra.lake_storage import Folder
 from tests.embeddings import clustered
 
 DIM = 64
@@ -150,9 +151,10 @@ def test_build_rejects_unnormalised_vectors_and_duplicate_ids(data_50k):
 def test_save_load_round_trip(tmp_path, data_50k, ivf_50k):
     x, _ = data_50k
     directory = tmp_path / "knn"
-    save_index(directory, ivf_50k, {"table_version": 7, "model": "ViT-B-32"})
+    folder = Folder.local(directory)
+    save_index(folder, ivf_50k, {"table_version": 7, "model": "ViT-B-32"})
     assert sorted(p.name for p in directory.iterdir()) == ["index.faiss", "manifest.json"]  # no temp files left
-    loaded, manifest = load_index(directory)
+    loaded, manifest = load_index(folder)
     assert manifest["table_version"] == 7 and manifest["model"] == "ViT-B-32"
     assert manifest["faiss_index"]["ntotal"] == 50_000
     assert faiss.extract_index_ivf(loaded).nprobe == faiss.extract_index_ivf(ivf_50k).nprobe
@@ -160,35 +162,36 @@ def test_save_load_round_trip(tmp_path, data_50k, ivf_50k):
     for a, b in zip(search(ivf_50k, queries, 10), search(loaded, queries, 10)):
         np.testing.assert_array_equal(a, b)
 
-    save_index(directory, loaded, {"table_version": 8})  # replacing a saved index
-    assert load_index(directory)[1]["table_version"] == 8
+    save_index(folder, loaded, {"table_version": 8})  # replacing a saved index
+    assert load_index(folder)[1]["table_version"] == 8
     with pytest.raises(ValueError, match="reserved"):
-        save_index(directory, loaded, {"faiss_index": 1})
+        save_index(folder, loaded, {"faiss_index": 1})
 
 
 def test_load_of_missing_or_corrupt_directory_names_the_path(tmp_path, data_50k):
     x, ids = data_50k
     with pytest.raises(IndexLoadError, match=f"no kNN index at {tmp_path / 'absent'}: index.faiss is missing"):
-        load_index(tmp_path / "absent")
+        load_index(Folder.local(tmp_path / "absent"))
 
     directory = tmp_path / "knn"
-    save_index(directory, build_index(x[:1000], ids[:1000], plan_index(1000, DIM, GIB)), {})
+    folder = Folder.local(directory)
+    save_index(folder, build_index(x[:1000], ids[:1000], plan_index(1000, DIM, GIB)), {})
     index_file, manifest_file = directory / "index.faiss", directory / "manifest.json"
     good_manifest = manifest_file.read_text()
 
     size = index_file.stat().st_size
     index_file.write_bytes(b"\x00" * size)  # same size, not a faiss file
     with pytest.raises(IndexLoadError) as raised:
-        load_index(directory)
+        load_index(folder)
     assert str(raised.value).startswith(f"corrupt kNN index {index_file}: ") and "\n" not in str(raised.value)
 
     index_file.write_bytes(b"\x00" * (size // 2))  # truncated
     with pytest.raises(IndexLoadError, match="torn or mixed save"):
-        load_index(directory)
+        load_index(folder)
 
     manifest_file.write_text(good_manifest[:-10])
     with pytest.raises(IndexLoadError, match=f"corrupt kNN index manifest {manifest_file}"):
-        load_index(directory)
+        load_index(folder)
     manifest_file.write_text(json.dumps({"no": "index entry"}))
     with pytest.raises(IndexLoadError, match="corrupt kNN index manifest"):
-        load_index(directory)
+        load_index(folder)

@@ -45,7 +45,7 @@ def lake(tmp_path):
 
 
 def _remove(lake, tmp_path, kind="url", value=URL):
-    request = optout.validate({"kind": kind, "value": value, "requester": "a", "reason": "b"}, "r1", tmp_path)
+    request = optout.validate({"kind": kind, "value": value, "requester": "a", "reason": "b"}, "r1")
     found = optout.find_matches(lake, request)
     lineage = Lineage(run_id="removal")
     optout.record_removals(lake, request, found, lineage)

@@ -9,7 +9,7 @@ import dagster as dg
 import pyarrow.compute as pc
 import pytest
 
-from gpu_jobs.knn_index import index_dir
+from gpu_jobs.knn_index import index_folder
 from gpu_jobs.retrieval import VariantSearch
 from infra.config import load_config
 from infra.tables import CURATED
@@ -174,7 +174,7 @@ def test_index_manifest_and_search(pipeline):
     research_now = pipeline.lake.read(CURATED, filter=pc.field("variant") == "research")
     assert manifest["recall_at_10"] >= 0.95 and manifest["vectors"] == research_now.num_rows
     assert manifest["source_version"] == pipeline.lake.version(CURATED)
-    assert (index_dir(pipeline.lake, "research") / "uids.parquet").exists()
+    assert index_folder(pipeline.lake, "research").exists("uids.parquet")
     # Text -> image: the class with most curated images, asked for by name, comes first.
     colour, shape, count = _commonest_class(pipeline)
     hits = search.by_text(f"a {colour} {shape}", k=count)

@@ -15,10 +15,11 @@ from faiss.contrib.inspect_tools import get_invlist
 
 from gpu_jobs import knn_index as knn
 from gpu_jobs.embedding_format import embedding_to_bytes
-from gpu_jobs.knn_index import UIDS_NAME, index_dir
+from gpu_jobs.knn_index import UIDS_NAME, index_folder
 from gpu_jobs.retrieval import remove_from_indexes
 from infra.config import IndexConfig
 from infra.delta_store import Lake, Lineage
+from infra.lake_storage import Folder
 from infra.tables import CLIP_SCORES, CURATED
 from spark_jobs.knn_index_job import build_variant_index
 from tests.embeddings import clustered
@@ -28,10 +29,11 @@ MODEL = "demo/model"
 WARC_FILES = ("a.warc.gz", "b.warc.gz")
 
 
-def _lake(tmp_path, n: int) -> tuple[Lake, list[str], np.ndarray]:
+def _lake(tmp_path, n: int, lake: Lake | None = None) -> tuple[Lake, list[str], np.ndarray]:
     """``n`` curated research pairs with float16 embeddings (uids in a shuffled order), a few
-    pairs only in the other variant, and embeddings of another model that must not be indexed."""
-    lake = Lake(str(tmp_path / "lake"))
+    pairs only in the other variant, and embeddings of another model that must not be indexed;
+    in ``lake`` if given (else a local one under ``tmp_path``)."""
+    lake = lake or Lake(str(tmp_path / "lake"))
     x = clustered(n + 20, DIM)
     uids = [hashlib.sha256(f"pair {i}".encode()).hexdigest()[:32] for i in range(n + 20)]
     curated = [{"variant": "research" if i < n else "safe", "uid": uid, "warc_file": WARC_FILES[i % 2],
@@ -64,7 +66,7 @@ def test_the_spark_index_is_the_one_process_index(spark, tmp_path, rows, rows_pe
     lake, uids, x = _lake(tmp_path, rows)
     config = IndexConfig(variant="research", memory_budget_mb=64, rows_per_shard=rows_per_shard)
     manifest = build_variant_index(spark, lake, config, MODEL, Lineage(run_id="r1"))
-    index, stored = knn.load_index(index_dir(lake, "research"))
+    index, stored = knn.load_index(index_folder(lake, "research"))
     ids = np.arange(len(uids))
     expected = knn.build_index(x, ids, knn.plan_index(len(uids), DIM, 64 << 20))
     assert manifest["factory"] == stored["factory"] == factory and not manifest["lists_on_disk"]
@@ -76,13 +78,13 @@ def test_the_spark_index_is_the_one_process_index(spark, tmp_path, rows, rows_pe
         for cell in (0, 17, 511):  # the lists hold the same ids in the same order
             assert (get_invlist(faiss.extract_index_ivf(index).invlists, cell)[0]
                     == get_invlist(faiss.extract_index_ivf(expected).invlists, cell)[0]).all()
-    assert pq.read_table(index_dir(lake, "research") / UIDS_NAME).to_pydict() == {"id": list(ids), "uid": uids}
-    assert sorted(p.name for p in index_dir(lake, "research").iterdir()) == sorted(
-        ["index.faiss", "manifest.json", UIDS_NAME])  # no staging left
+    assert pq.read_table(index_folder(lake, "research").open(UIDS_NAME)).to_pydict() == {"id": list(ids), "uid": uids}
+    assert index_folder(lake, "research").names() == sorted(["index.faiss", "manifest.json", UIDS_NAME])
+    assert index_folder(lake, "research").folders() == []  # no staging left
 
 
-def _files_holding(directory, needles: list[bytes]) -> set[str]:
-    return {p.name for p in directory.iterdir() if p.is_file() and any(n in p.read_bytes() for n in needles)}
+def _files_holding(folder: Folder, needles: list[bytes]) -> set[str]:
+    return {name for name in folder.names() if any(n in folder.read_bytes(name) for n in needles)}
 
 
 def test_lists_on_disk_past_the_memory_budget_and_a_removal_leaves_no_byte(spark, tmp_path):
@@ -90,21 +92,22 @@ def test_lists_on_disk_past_the_memory_budget_and_a_removal_leaves_no_byte(spark
     lake, uids, x = _lake(tmp_path, 90_000)
     config = IndexConfig(variant="research", memory_budget_mb=1, rows_per_shard=20_000)
     manifest = build_variant_index(spark, lake, config, MODEL, Lineage(run_id="r1"))
-    directory = index_dir(lake, "research")
+    folder = index_folder(lake, "research")
+    directory = folder.local_path
     assert manifest["lists_on_disk"] and manifest["factory"] == "IVF1024,Flat" and len(manifest["shards"]) == 5
     (lists,) = directory.glob("*.ivfdata")
-    index, _ = knn.load_index(directory)
-    assert knn.lists_file_of(index) == lists
+    index, _ = knn.load_index(folder)
+    assert knn.lists_file_of(index) == lists  # memory-mapped in place
     plan = knn.plan_index(len(uids), DIM, 1 << 20)
     _same_search(index, knn.build_index(x, np.arange(len(uids)), plan), x[::997])
 
     removed_rows = [5, 500, 50_000]
     needles = [x[row].astype(np.float32).tobytes() for row in removed_rows]  # IVF-Flat stores float32 vectors
-    assert _files_holding(directory, needles) == {lists.name}
+    assert _files_holding(folder, needles) == {lists.name}
     removed = remove_from_indexes(lake, {uids[row] for row in removed_rows}, lake.version(CURATED))
     assert removed == {"research": 3}
-    assert not lists.exists() and not _files_holding(directory, needles)
-    index, stored = knn.load_index(directory)
+    assert not lists.exists() and not _files_holding(folder, needles)
+    index, stored = knn.load_index(folder)
     assert index.ntotal == len(uids) - 3 == stored["vectors"]
     _, found = knn.search(index, x[removed_rows].astype(np.float32), 10)
     assert not np.isin(found, removed_rows).any()
@@ -116,5 +119,46 @@ def test_a_failed_build_leaves_nothing_behind(spark, tmp_path):
     lake, _, _ = _lake(tmp_path, 500)
     with pytest.raises(ValueError, match="have no demo/other embedding"):
         build_variant_index(spark, lake, IndexConfig(variant="research"), "demo/other", Lineage(run_id="r1"))
-    directory = index_dir(lake, "research")
-    assert not directory.exists() or not any(directory.iterdir())
+    folder = index_folder(lake, "research")
+    assert folder.names() == [] and folder.folders() == []
+
+
+@pytest.mark.parametrize("rows, budget_mb, rows_per_shard, on_disk", [
+    (3_000, 64, 1_000, False),  # exact search, in memory
+    (90_000, 1, 20_000, True),  # the lists on disk: built in a local file, uploaded beside the index
+])
+def test_an_index_in_a_bucket_finds_what_a_local_one_finds_and_a_removal_leaves_no_byte(
+        spark, tmp_path, s3_lake, monkeypatch, rows, budget_mb, rows_per_shard, on_disk):
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(knn, "CACHE_DIR", cache)
+    local, uids, x = _lake(tmp_path, rows)
+    _lake(tmp_path, rows, s3_lake)
+    config = IndexConfig(variant="research", memory_budget_mb=budget_mb, rows_per_shard=rows_per_shard)
+    in_bucket = build_variant_index(spark, s3_lake, config, MODEL, Lineage(run_id="r1"))
+    in_folder = build_variant_index(spark, local, config, MODEL, Lineage(run_id="r1"))
+    assert in_bucket["lists_on_disk"] == in_folder["lists_on_disk"] == on_disk
+    assert (in_bucket["factory"], in_bucket["shards"]) == (in_folder["factory"], in_folder["shards"])
+    folder = index_folder(s3_lake, "research")
+    assert folder.names() == sorted(["index.faiss", "manifest.json", UIDS_NAME, *folder.names("lists-*.ivfdata")])
+    assert len(folder.names("*.ivfdata")) == on_disk and folder.folders() == []  # the staging prefix is gone
+    index, _ = knn.load_index(folder)
+    if on_disk:
+        assert cache in knn.lists_file_of(index).parents  # a local copy, memory-mapped
+    _same_search(index, knn.load_index(index_folder(local, "research"))[0], x[::97].astype(np.float32))
+    assert pq.read_table(folder.open(UIDS_NAME)).to_pydict() == {"id": list(range(rows)), "uid": uids}
+
+    removed_rows = [5, 500, rows - 1]
+    needles = [x[row].astype(np.float32).tobytes() for row in removed_rows]  # both flat types store float32
+    assert _files_holding(folder, needles)
+    removed = remove_from_indexes(s3_lake, {uids[row] for row in removed_rows}, s3_lake.version(CURATED))
+    assert removed == {"research": 3}
+    assert not _files_holding(folder, needles)
+    assert not [p for p in cache.rglob("*") if p.is_file() and any(n in p.read_bytes() for n in needles)]
+    left = pq.read_table(folder.open(UIDS_NAME))
+    assert left.num_rows == rows - 3 and not set(left["uid"].to_pylist()) & {uids[row] for row in removed_rows}
+    index, stored = knn.load_index(folder)
+    assert index.ntotal == rows - 3 == stored["vectors"]
+    _, found = knn.search(index, x[removed_rows].astype(np.float32), 10)
+    assert not np.isin(found, removed_rows).any()
+    kept = [6, 501, rows - 2]
+    assert (knn.search(index, x[kept].astype(np.float32), 1)[1][:, 0] == kept).all()

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 
 from infra.delta_store import Lake, Lineage
+from infra.lake_storage import Folder
 from infra.tables import CANDIDATES, IMAGES
 from spark_jobs import optout
 
@@ -46,25 +47,24 @@ def _request(**fields):
 )
 def test_malformed_requests_are_refused_with_the_reason(tmp_path, data, message):
     with pytest.raises(optout.RequestError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        optout.validate(data, "req-1", tmp_path)
+        optout.validate(data, "req-1", Folder.local(tmp_path))
 
 
 def test_an_undecodable_example_image_is_refused(tmp_path):
     (tmp_path / "x.png").write_bytes(b"not an image")
     with pytest.raises(optout.RequestError, match="cannot be decoded"):
-        optout.validate(_request(kind="image", image="x.png"), "req-1", tmp_path)
+        optout.validate(_request(kind="image", image="x.png"), "req-1", Folder.local(tmp_path))
 
 
 def test_a_valid_request_keeps_digests_not_links(tmp_path):
     url = "https://Photos.example/me.jpg"
-    request = optout.validate(_request(kind="url", value=url), "req-7", tmp_path)
+    request = optout.validate(_request(kind="url", value=url), "req-7")
     assert request.request_id == "req-7" and request.cleartext_target is None
     assert request.target_sha256 == hashlib.sha256(url.encode()).hexdigest()
-    domain = optout.validate(_request(kind="domain", value="Photos.Example."), "req-8", tmp_path)
+    domain = optout.validate(_request(kind="domain", value="Photos.Example."), "req-8")
     assert domain.value == "photos.example" and domain.cleartext_target == "photos.example"
-    path = tmp_path / "req-9.json"
-    path.write_text(json.dumps(_request(kind="md5", value="A" * 32)))
-    assert optout.parse_request_file(path).value == "a" * 32
+    (tmp_path / "req-9.json").write_text(json.dumps(_request(kind="md5", value="A" * 32)))
+    assert optout.parse_request_file(Folder.local(tmp_path), "req-9.json").value == "a" * 32
 
 
 def _lake(tmp_path) -> Lake:
@@ -90,7 +90,7 @@ def _lake(tmp_path) -> Lake:
 
 def _match(tmp_path, kind, value):
     lake = _lake(tmp_path)
-    return optout.find_matches(lake, optout.validate(_request(kind=kind, value=value), "r", tmp_path))
+    return optout.find_matches(lake, optout.validate(_request(kind=kind, value=value), "r"))
 
 
 def test_a_url_takes_its_other_captions_and_every_copy_of_its_bytes(tmp_path):
@@ -115,11 +115,11 @@ def test_a_huge_or_absurdly_nested_request_file_is_refused_in_one_line(tmp_path)
     big = tmp_path / "big.json"
     big.write_bytes(b"[" * (optout.MAX_REQUEST_BYTES + 1))
     with pytest.raises(optout.RequestError, match="a request is at most"):
-        optout.parse_request_file(big)
+        optout.parse_request_file(Folder.local(tmp_path), "big.json")
     nested = tmp_path / "nested.json"
     nested.write_bytes(b"[" * 30_000 + b"]" * 30_000)  # under the cap, deeper than the parser can recurse
     with pytest.raises(optout.RequestError, match="not a JSON request"):
-        optout.parse_request_file(nested)
+        optout.parse_request_file(Folder.local(tmp_path), "nested.json")
 
 
 def test_rule_requests_enter_the_blocklist_under_the_kinds_that_later_crawls_match(tmp_path):
@@ -129,7 +129,7 @@ def test_rule_requests_enter_the_blocklist_under_the_kinds_that_later_crawls_mat
 
     lake = _lake(tmp_path)
     for kind, value in (("url_prefix", "http://cdn.photos.example/a/"), ("domain", "photos.example")):
-        request = optout.validate(_request(kind=kind, value=value), f"r-{kind}", tmp_path)
+        request = optout.validate(_request(kind=kind, value=value), f"r-{kind}")
         optout.extend_removal_blocklist(lake, request, optout.find_matches(lake, request), Lineage())
     rules = {r["kind"]: r["digest"] for r in lake.read(BLOCKLIST).to_pylist() if r["target"] == "url"
              and not r["kind"].endswith("sha256")}
@@ -149,7 +149,7 @@ def test_rule_requests_enter_the_blocklist_under_the_kinds_that_later_crawls_mat
 )
 def test_over_broad_requests_are_held_for_confirmation(tmp_path, kind, value, held):
     lake = _lake(tmp_path)
-    request = optout.validate(_request(kind=kind, value=value), "r", tmp_path)
+    request = optout.validate(_request(kind=kind, value=value), "r")
     found = optout.find_matches(lake, request)
     assert held in optout.hold_reason(request, found, max_fraction=0.1, max_samples=1000)
     shown = optout.preview(found)
@@ -158,17 +158,17 @@ def test_over_broad_requests_are_held_for_confirmation(tmp_path, kind, value, he
 
 def test_narrow_requests_are_applied_at_once_and_sample_caps_hold_too(tmp_path):
     lake = _lake(tmp_path)
-    request = optout.validate(_request(kind="url_prefix", value="http://cdn.photos.example/a/"), "r", tmp_path)
+    request = optout.validate(_request(kind="url_prefix", value="http://cdn.photos.example/a/"), "r")
     found = optout.find_matches(lake, request)
     assert optout.hold_reason(request, found, max_fraction=0.5, max_samples=1000) is None
     assert "more than optout.max_auto_samples (0)" in optout.hold_reason(request, found, 1.0, 0)
-    ip = optout.validate(_request(kind="domain", value="127.0.0.1"), "r", tmp_path)
+    ip = optout.validate(_request(kind="domain", value="127.0.0.1"), "r")
     assert optout.public_suffix_named(ip) is None  # an address is not a suffix; its breadth is measured
 
 
 def test_the_audit_is_append_only(tmp_path):
     lake = _lake(tmp_path)
-    request = optout.validate(_request(kind="md5", value="a" * 32), "r1", tmp_path)
+    request = optout.validate(_request(kind="md5", value="a" * 32), "r1")
     for status in ("received", "applied"):
         outcome = optout.RemovalOutcome("r1", status, matched=1, rows_deleted={"images": 1})
         optout.record_request(lake, request, "r1", "r1.json", outcome, NOW, Lineage(run_id=status))
