@@ -4,11 +4,9 @@ rejecting a malformed request with its reason, holding an over-broad one and app
 confirmed, applying one that removes samples; an inbox outside a lake in a bucket is refused in one
 line."""
 
-import datetime as dt
 import hashlib
 import json
 
-import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 from PIL import Image
@@ -22,6 +20,7 @@ from orchestration.optout_requests import (
     request_status, submit_request,
 )
 from spark_jobs.optout import RequestError
+from tests.optout_lake import fill_samples
 
 REQUEST = {"kind": "md5", "value": "0" * 32, "requester": "a", "reason": "b"}
 
@@ -110,16 +109,9 @@ def test_a_request_is_applied_and_leaves_the_inbox(config_path):
     config_path.write_text(config_path.read_text() + "[optout]\nmax_auto_fraction = 1.0\n")  # a tiny lake
     config = load_config(config_path)
     lake = Lake.of(config.lake)
-    at = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
     pairs = [("u1", "http://a.example/me.jpg", b"ME"), ("u2", "http://b.example/copy.jpg", b"ME"),
              ("u3", "http://c.example/other.jpg", b"OTHER")]
-    lake.replace_partitions(CANDIDATES, pa.Table.from_pylist(
-        [{"uid": u, "url": url, "caption": u, "page_url": "http://p.example/", "crawl_id": "c", "warc_file": "w",
-          "record_offset": 0} for u, url, _ in pairs], schema=CANDIDATES.schema), ["w"], Lineage())
-    lake.replace_partitions(IMAGES, pa.Table.from_pylist(
-        [{"uid": u, "url": url, "final_url": url, "warc_file": "w", "status": "ok", "retryable": False, "attempts": 1,
-          "fetched_at": at, "image": data, "sha256": hashlib.sha256(data).hexdigest(),
-          "md5": hashlib.md5(data).hexdigest()} for u, url, data in pairs], schema=IMAGES.schema), ["w"], Lineage())
+    fill_samples(lake, pairs)
     name = submit_request(config, {"request_id": "mine", "kind": "md5", "value": hashlib.md5(b"ME").hexdigest(),
                                    "requester": "a", "reason": "b"})
     outcome = apply_request_file(config, inbox_dir(config), name, Lineage(run_id="t"))

@@ -5,13 +5,12 @@ import datetime as dt
 import hashlib
 import json
 
-import pyarrow as pa
 import pytest
 
 from infra.delta_store import Lake, Lineage
 from infra.lake_storage import Folder
-from infra.tables import CANDIDATES, IMAGES
 from spark_jobs import optout
+from tests.optout_lake import fill_samples
 
 NOW = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
 
@@ -78,14 +77,7 @@ def _lake(tmp_path) -> Lake:
         ("u6", "https://user@photos.example:8443/d.jpg", b"D"),
         ("u7", "http://other.example/photos.example.jpg", b"E"),
     ]
-    lake.replace_partitions(CANDIDATES, pa.Table.from_pylist(
-        [{"uid": u, "url": url, "caption": u, "page_url": "http://p.example/", "crawl_id": "c", "warc_file": "w",
-          "record_offset": 0} for u, url, _ in pairs], schema=CANDIDATES.schema), ["w"], Lineage())
-    lake.replace_partitions(IMAGES, pa.Table.from_pylist(
-        [{"uid": u, "url": url, "final_url": url, "warc_file": "w", "status": "ok", "retryable": False, "attempts": 1,
-          "fetched_at": NOW, "image": data, "sha256": hashlib.sha256(data).hexdigest(),
-          "md5": hashlib.md5(data).hexdigest()} for u, url, data in pairs], schema=IMAGES.schema), ["w"], Lineage())
-    return lake
+    return fill_samples(lake, pairs)
 
 
 def _match(tmp_path, kind, value):
