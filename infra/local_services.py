@@ -3,6 +3,7 @@ the S3 server): free loopback ports, and running one in the foreground until Ctr
 
 from __future__ import annotations
 
+import signal
 import socket
 import time
 
@@ -15,9 +16,18 @@ def free_port() -> int:
 
 
 def run_until_interrupted() -> None:
-    """Block until Ctrl-C (``python -m infra.<server>`` keeps its server up meanwhile)."""
+    """Block until Ctrl-C or SIGTERM (``python -m infra.<server>`` keeps its server up meanwhile).
+    A TERM ends the wait like Ctrl-C, so the caller's ``with`` stops the server it started: the
+    server runs in a session of its own and would outlive this process otherwise."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)

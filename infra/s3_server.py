@@ -36,7 +36,7 @@ REGION = "us-east-1"
 _PROBE_BUCKET = "pairlake-server-ready"
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
     """``n`` distinct free loopback ports whose +10000 neighbours (SeaweedFS's default gRPC port of
     each service) are free too."""
     ports: list[int] = []
@@ -98,7 +98,10 @@ class LocalS3Server:
     ``stop()`` and ``start()`` again (same data directory) model an outage: the objects survive."""
 
     def __init__(self, data_dir: str | Path | None = None, start_timeout_s: float = 60.0, port: int | None = None):
-        """``port``: the S3 port (default: a free one; the other services always take free ones)."""
+        """``port``: the S3 port (default: a free one; the other services always take free ones).
+        SeaweedFS serves gRPC on the port + 10000, so a given port must leave room for that."""
+        if port is not None and not 0 < port <= 65535 - 10000:
+            raise ValueError(f"S3 port {port}: the local server also listens on port + 10000, so use 1-{65535 - 10000}")
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="pairlake-s3-"))
         self.start_timeout_s = start_timeout_s
         self.port = port
@@ -114,7 +117,7 @@ class LocalS3Server:
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }]}))
         if not self._ports:  # a restart keeps its ports: clients hold the endpoint
-            self._ports = _free_ports(4)
+            self._ports = free_ports(4)
             if self.port:
                 self._ports[0] = self.port
         s3, master, volume, filer = self._ports
