@@ -24,14 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.fs as pafs
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gpu_jobs.clip_model import LoadedClip, resolve_device
 from infra.config import ConfigError
-from infra.lake_storage import atomic_output
+from infra.lake_storage import Folder, as_folder
 
 OUTPUTS = ("probability", "score")  # probability: sigmoid of the last layer; score: its raw value
 MIN_ROWS_PER_CLASS = 5  # fewer cannot give both a training and a held-out row of each label
@@ -304,23 +303,20 @@ def load_head(path: str | Path, layout: str | None = None, device: str = "auto")
     return head.to(resolve_device("auto") if device == "auto" else torch.device(device))
 
 
-def save_head(head: EmbeddingHead, directory: str | Path, fs: pafs.FileSystem | None = None) -> str:
-    """Write ``<name>.pt`` and ``<name>.json`` into ``directory`` (on ``fs``, a local folder by
-    default); return the weights' location.
+def save_head(head: EmbeddingHead, out: Folder | str | Path) -> str:
+    """Write ``<name>.pt`` and ``<name>.json`` into ``out`` (a Folder of the lake, or a local
+    folder); return the weights' location.
 
-    Each file is published whole (``atomic_output``), readers never see half a file. The sidecar
+    Each file is published whole (``Folder.publish``), readers never see half a file. The sidecar
     goes last, so a new head's pair is complete once its sidecar exists.
     """
-    if fs is None or isinstance(fs, pafs.LocalFileSystem):
-        Path(directory).mkdir(parents=True, exist_ok=True)
-    weights = f"{directory}/{head.name}.pt"
+    folder = as_folder(out)
     state = {k: v.detach().cpu() for k, v in head.state_dict().items()}
-    with atomic_output(weights, fs) as fh:
+    with folder.publish(f"{head.name}.pt") as fh:
         torch.save(state, fh)
     sidecar = {**asdict(head.spec), "hidden": list(head.spec.hidden)}
-    with atomic_output(f"{directory}/{head.name}.json", fs) as fh:
-        fh.write((json.dumps(sidecar, indent=1) + "\n").encode())
-    return weights
+    folder.write_bytes(f"{head.name}.json", (json.dumps(sidecar, indent=1) + "\n").encode())
+    return folder.file(f"{head.name}.pt")
 
 
 def _unit_rows(matrix: np.ndarray) -> np.ndarray:

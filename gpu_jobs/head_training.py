@@ -57,4 +57,4 @@ def train_registered_head(
     embeddings = embeddings_from_column(scores["image_embedding"], scores["embedding_dim"][0].as_py())
     y = np.array([labels[u] for u in scores["uid"].to_pylist()])
     head, report = train_head(embeddings.astype(np.float32), y, name, config.clip.model, layout, holdout, seed)
-    return report, save_head(head, lake.location(lake_layout.HEADS), lake.filesystem[0])
+    return report, save_head(head, lake.folder(lake_layout.HEADS))

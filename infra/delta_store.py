@@ -27,7 +27,7 @@ from deltalake.transaction import AddAction, CommitProperties, create_table_with
 
 from infra import lake_layout
 from infra.config import LakeConfig, StorageOptions
-from infra.lake_storage import Folder, atomic_output, bucket_versioning, delta_options, filesystem, is_object_store
+from infra.lake_storage import Folder, bucket_versioning, delta_options, filesystem, is_object_store
 from infra.removal_fence import UNPINNED, check_commit, pinned_version
 from infra.tables import TableSpec
 
@@ -183,10 +183,8 @@ class Lake:
     def publish(self, key: str) -> contextlib.AbstractContextManager[IO[bytes]]:
         """Write the artefact at ``key`` whole or not at all (``atomic_output`` on the lake's
         filesystem), e.g. ``with lake.publish(lake_layout.report("funnel.html")) as fh: ...``."""
-        location = self.location(key)
-        if self.is_local:
-            Path(location).parent.mkdir(parents=True, exist_ok=True)
-        return atomic_output(location, self.filesystem[0])
+        directory, name = key.rsplit("/", 1)  # every artefact of the layout lives in a folder
+        return self.folder(directory).publish(name)
 
     @contextlib.contextmanager
     def local_copy(self, key: str) -> Iterator[Path]:

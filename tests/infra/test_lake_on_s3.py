@@ -170,7 +170,7 @@ def test_registered_heads_and_the_report_live_in_the_bucket(s3_lake):
     x = rng.normal(size=(200, 16)).astype(np.float32)
     head, _ = train_head(x, (x[:, 0] > 0).astype(int), "mine", "ViT-B-32", "linear", 0.2, 0)
     fs, _ = s3_lake.filesystem
-    location = save_head(head, s3_lake.location(lake_layout.HEADS), fs)
+    location = save_head(head, s3_lake.folder(lake_layout.HEADS))
     assert location == f"{s3_lake.location(lake_layout.HEADS)}/mine.pt"
     with tagging.registered_heads(s3_lake) as registered:
         loaded = load_head(registered / "mine.pt", device="cpu")
