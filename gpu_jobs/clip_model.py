@@ -26,15 +26,12 @@ from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from open_clip.transform import PreprocessCfg, image_transform_v2
 
 from infra.checksums import file_sha256
-from infra.config import ClipConfig, ConfigError
+from gpu_jobs.devices import ClipModelError, resolve_device
+from infra.config import ClipConfig
 
 log = logging.getLogger(__name__)
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
-
-
-class ClipModelError(ConfigError):
-    """The configured CLIP model cannot be built: unknown name, missing weights, bad tag or device."""
 
 
 @dataclass(frozen=True)
@@ -61,27 +58,6 @@ def register_model_configs() -> None:
         if entry.name.endswith(".json"):
             (copy / entry.name).write_bytes(entry.read_bytes())
     open_clip.add_model_config(copy)
-
-
-def resolve_device(name: str, assigned_gpu: str | None = None) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; asking for cuda without one is an error.
-
-    ``assigned_gpu`` is the GPU address a Spark task was given (``TaskContext.resources()``): on
-    CUDA the model runs on that device, so tasks sharing an executor never share a GPU. A Spark
-    GPU slot on a host without usable CUDA runs ``auto`` on the CPU.
-    """
-    if name not in ("auto", "cpu", "cuda"):
-        raise ClipModelError(f"clip.device must be auto, cpu or cuda, got {name!r}")
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        where = f" (Spark assigned this task GPU {assigned_gpu})" if assigned_gpu is not None else ""
-        raise ClipModelError(f"clip.device is 'cuda' but no CUDA device is available{where}")
-    if assigned_gpu is None:
-        return torch.device("cuda")
-    if not assigned_gpu.isdigit() or int(assigned_gpu) >= torch.cuda.device_count():
-        raise ClipModelError(f"Spark assigned GPU {assigned_gpu!r}, but this host has CUDA devices 0..{torch.cuda.device_count() - 1}")
-    return torch.device("cuda", int(assigned_gpu))
 
 
 def model_config(name: str) -> dict:

@@ -21,16 +21,19 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpu_jobs.clip_model import LoadedClip, resolve_device
+from gpu_jobs.devices import resolve_device
 from infra.config import ConfigError
 from infra.lake_storage import Folder, as_folder
+
+if TYPE_CHECKING:  # heads run over stored embeddings without open_clip (gpu_jobs.devices)
+    from gpu_jobs.clip_model import LoadedClip
 
 OUTPUTS = ("probability", "score")  # probability: sigmoid of the last layer; score: its raw value
 MIN_ROWS_PER_CLASS = 5  # fewer cannot give both a training and a held-out row of each label

@@ -16,7 +16,6 @@ from typing import Protocol
 import numpy as np
 import pyarrow as pa
 
-from gpu_jobs.clip_model import load_clip, model_identity
 from gpu_jobs.embedding_format import embeddings_from_column
 from gpu_jobs.embedding_heads import HeadError, ZeroShotScorer, load_head
 from infra import lake_layout
@@ -50,6 +49,9 @@ def load_scorers(
 ) -> tuple[dict[str, Scorer], dict[str, str]]:
     """The configured scorers, each checked against ``clip``'s embeddings of ``width``, and each
     one's identity (head file and digest, or model and prompts) for the tags table."""
+    # Here, not at the top: Spark tasks import this module to tag, and need no open_clip for it.
+    from gpu_jobs.clip_model import load_clip, model_identity
+
     model_id = model_identity(clip)
     scorers: dict[str, Scorer] = {}
     identities: dict[str, str] = {}

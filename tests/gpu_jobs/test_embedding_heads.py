@@ -250,3 +250,15 @@ def test_zero_shot_scorer_prefers_its_positive_prompts_on_demo_model_embeddings(
     wrong = r"fitted with pairlake-demo-tiny/sha256:\w+ \(64-wide\), given 64-wide embeddings of pairlake-demo-tiny/other"
     with pytest.raises(HeadError, match=wrong):
         scorer.check_compatible("pairlake-demo-tiny/other", 64)
+
+
+def test_tagging_imports_no_open_clip():
+    """A Spark task that tags imports gpu_jobs.tagging and unpickles heads: open_clip would cost
+    each fresh Python worker ~15 s here (torch alone ~5 s)."""
+    import subprocess
+    import sys
+
+    script = ("import sys, gpu_jobs.tagging, gpu_jobs.embedding_heads, gpu_jobs.devices; "
+              "print(sorted(m for m in ('open_clip', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "['torch']"

@@ -14,7 +14,7 @@ from infra.delta_store import Lake, Lineage
 from infra.tables import CANDIDATES, IMAGES
 from tests.imaging import captions_for, images_table
 
-WARC_FILES = 6
+WARC_FILES = 4  # each fresh Python worker that scores imports open_clip (~15 s here): few tasks
 
 
 def zero_shot_scorers(config: ClipConfig) -> tuple[dict, dict[str, str]]:

@@ -44,11 +44,11 @@ def test_every_ok_image_is_scored_once_in_one_commit(scored):
     ok = lake.read(IMAGES, filter=pc.field("status") == "ok")
     assert sorted(scores["uid"].to_pylist()) == sorted(ok["uid"].to_pylist())
     assert outcome.version == 0 and lake.lineage(CLIP_SCORES).run_id == "local"
-    assert sum(c["scored"] for c in outcome.counts.values()) == ok.num_rows == 24
+    assert sum(c["scored"] for c in outcome.counts.values()) == ok.num_rows == 16
     assert set(outcome.counts) == set(partitions) and all(c["scored"] == 4 for c in outcome.counts.values())
     above = int(pc.sum(pc.greater(scores["similarity"], 0.0)).as_py())
     assert sum(c["above_threshold"] for c in outcome.counts.values()) == above
-    assert outcome.devices == {"cpu": 24}  # no GPU slots in local mode
+    assert outcome.devices == {"cpu": 16}  # no GPU slots in local mode
 
 
 def test_same_scores_as_the_bare_model_on_the_same_rows(scored):
@@ -69,7 +69,7 @@ def test_tags_are_those_of_the_bare_tagger(scored):
     scores, tags = lake.read(CLIP_SCORES), lake.read(IMAGE_TAGS)
     bare = tag_embeddings(scores, *zero_shot_scorers(config))
     order = [by_uid(tags)[u] for u in bare["uid"].to_pylist()]
-    assert tags.num_rows == scores.num_rows == 24
+    assert tags.num_rows == scores.num_rows == 16
     for column in ("punsafe", "aesthetic", "scorers"):
         assert tags[column].take(order).equals(bare[column]), column
 
@@ -84,8 +84,9 @@ def test_a_task_that_cannot_build_the_model_is_one_line_and_commits_nothing(spar
     copy = Lake(str(tmp_path / "lake"))
     shutil.copytree(lake.root, copy.root)
     shutil.rmtree(Path(copy.root) / CLIP_SCORES.name)
+    # One WARC file: a failed task's Python worker exits, and each new one imports open_clip again.
     with pytest.raises(ClipModelError, match=error):
-        score_partitions(spark, copy, partitions, dataclasses.replace(config, **change), Lineage(), threshold=0.0)
+        score_partitions(spark, copy, partitions[:1], dataclasses.replace(config, **change), Lineage(), threshold=0.0)
     assert copy.version(CLIP_SCORES) is None
     assert not list((Path(copy.root) / CLIP_SCORES.name).rglob("*.parquet"))
 
@@ -93,6 +94,9 @@ def test_a_task_that_cannot_build_the_model_is_one_line_and_commits_nothing(spar
 @pytest.mark.slow
 def test_two_workers_each_with_a_gpu_slot_score_bit_for_bit_like_local_mode(scored, standalone_cluster, tmp_path):
     lake, config, partitions, _ = scored
+    # Two WARC files, so one task per worker: each fresh Python worker that scores imports
+    # open_clip (~15 s here), and a worker with three tasks would start up to three of them.
+    partitions = partitions[:2]
     copy = tmp_path / "lake"
     shutil.copytree(lake.root, copy)
     for table in (CLIP_SCORES, IMAGE_TAGS):
@@ -106,11 +110,12 @@ def test_two_workers_each_with_a_gpu_slot_score_bit_for_bit_like_local_mode(scor
     assert result.returncode == 0, result.stderr[-3000:]
     devices = json.loads([l for l in result.stdout.splitlines() if l.startswith("devices=")][-1].removeprefix("devices="))
     # Each task ran with the GPU address its worker offered; no CUDA here, so on the CPU.
-    assert devices.keys() == {"cpu (spark gpu 0)", "cpu (spark gpu 1)"} and sum(devices.values()) == 24
-    local, cluster = lake.read(CLIP_SCORES), Lake(str(copy)).read(CLIP_SCORES)
+    assert devices.keys() == {"cpu (spark gpu 0)", "cpu (spark gpu 1)"} and sum(devices.values()) == 8
+    ours = pc.field("warc_file").isin(partitions)
+    local, cluster = lake.read(CLIP_SCORES, filter=ours), Lake(str(copy)).read(CLIP_SCORES)
     order = [by_uid(cluster)[u] for u in local["uid"].to_pylist()]
     for column in ("image_embedding", "text_embedding", "similarity"):
         assert cluster[column].take(order).equals(local[column]), column
-    local, cluster = lake.read(IMAGE_TAGS), Lake(str(copy)).read(IMAGE_TAGS)
+    local, cluster = lake.read(IMAGE_TAGS, filter=ours), Lake(str(copy)).read(IMAGE_TAGS)
     order = [by_uid(cluster)[u] for u in local["uid"].to_pylist()]
     assert cluster["punsafe"].take(order).equals(local["punsafe"])
