@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 UI_PORT ?= 3000
+SEARCH_PORT ?= 1234
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export PYTHONUNBUFFERED := 1
 # torch on a busy CPU: spinning OpenMP threads starve the data-loading workers.
@@ -18,9 +19,13 @@ export THP_MEM_ALLOC_ENABLE ?= 1
 # (torch's CUDA libraries are GBs to unpack): 34 s here where pip took 3 min; same packages.
 $(STAMP): pyproject.toml constraints.txt
 	@command -v java >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq --no-install-recommends openjdk-17-jre-headless; }
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -c constraints.txt uv
 	$(BIN)/uv pip install -q --python $(BIN)/python -c constraints.txt -e '.[test]'
+	@# clip-retrieval's own ClipClient, for the wire-compatibility tests: it needs only requests, and
+	@# the package's dependencies (torch pins, flask, ...) would fight the project's.
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps clip-retrieval==2.45.0
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -36,18 +41,20 @@ demo-s3: setup
 s3-server: setup
 	$(BIN)/pairlake --profile demo s3-server
 
-# The Dagster UI on the demo's instance, with the demo profile; the sample crawl's image server runs
-# beside it so that runs launched from the UI can download.
+# The Dagster UI on the demo's instance, with the demo profile, and the search UI beside it
+# (`pairlake serve`, http://127.0.0.1:$(SEARCH_PORT)/); the sample crawl's image server runs too, so
+# that runs launched from the UI can download. Ctrl-C stops all three.
 ui: export PAIRLAKE_PROFILE ?= demo
 ui: setup
 	@mkdir -p $(DAGSTER_HOME); test -f $(DAGSTER_HOME)/dagster.yaml || cp infra/dagster/dagster.yaml $(DAGSTER_HOME)/
-	@if [ -f build/sample_crawl/site/manifest.json ]; then \
-		$(BIN)/python -m infra.image_server build/sample_crawl/site --port 18765 & \
-		trap "kill $$! 2>/dev/null" EXIT INT TERM; \
-		$(BIN)/dagster dev -m orchestration.definitions -h 127.0.0.1 -p $(UI_PORT); \
-	else \
-		$(BIN)/dagster dev -m orchestration.definitions -h 127.0.0.1 -p $(UI_PORT); \
-	fi
+	@pids=""; \
+	if [ -f build/sample_crawl/site/manifest.json ]; then \
+		$(BIN)/python -m infra.image_server build/sample_crawl/site --port 18765 & pids="$$pids $$!"; \
+	fi; \
+	$(BIN)/pairlake serve --port $(SEARCH_PORT) & pids="$$pids $$!"; \
+	trap "kill $$pids 2>/dev/null" EXIT INT TERM; \
+	echo "search UI: http://127.0.0.1:$(SEARCH_PORT)/   Dagster UI: http://127.0.0.1:$(UI_PORT)/"; \
+	$(BIN)/dagster dev -m orchestration.definitions -h 127.0.0.1 -p $(UI_PORT)
 
 # One pytest worker per core; groups (tests/conftest.py) are handed out in the order conftest sets:
 # the longest first, or, when the committed demo model is stale, its users last while it retrains.

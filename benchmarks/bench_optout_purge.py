@@ -48,7 +48,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from benchmarks.bench_knn_index import clustered_embeddings, machine
-from gpu_jobs.knn_index import UIDS_NAME, index_folder
+from gpu_jobs.knn_index import index_folder, metadata_name
 from infra.config import IndexConfig, ReleaseConfig, SparkConfig, load_config
 from infra.delta_store import Lake, Lineage
 from infra.tables import (
@@ -308,7 +308,8 @@ def leftover_uids(lake: Lake, uids: list[str]) -> dict[str, int]:
     for spec in SAMPLE_TABLES:
         held = lake.read(spec, columns=["uid"])["uid"]
         left[spec.name] = pc.sum(pc.is_in(held, wanted)).as_py() or 0
-    ids = pq.read_table(index_folder(lake, INDEXED).open(UIDS_NAME))
+    folder = index_folder(lake, INDEXED)
+    ids = pq.read_table(folder.open(metadata_name(folder)), columns=["uid"])
     left["index uids"] = pc.sum(pc.is_in(ids["uid"], wanted)).as_py() or 0
     shards = 0
     for path in sorted((Path(lake.root) / "releases").rglob("[0-9]*.parquet")):

@@ -35,6 +35,7 @@ from typing import Iterator, Sequence
 
 import faiss
 import numpy as np
+import pyarrow as pa
 import pyarrow.fs as pafs
 from faiss.contrib.inspect_tools import get_invlist
 from faiss.contrib.ondisk import merge_ondisk
@@ -57,7 +58,19 @@ IDMAP2_BYTES_PER_ROW = 56  # id vector + reverse hash map entry
 NORM_TOLERANCE = 1e-2  # float16-stored embeddings are normalised to ~1e-3
 
 INDEX_FILE = "index.faiss"
-UIDS_NAME = "uids.parquet"  # faiss id -> uid, beside the index
+# Per faiss id, in id order: its uid and the pair's metadata (below). Each save writes its own
+# file (``new_metadata_name``, named in the manifest): a reader never pairs one save's ids with
+# another's rows, and a rebuild numbers the ids anew.
+METADATA_MANIFEST_KEY = "metadata_file"
+_LEGACY_UIDS = "uids.parquet"  # what indexes saved before metadata files held: uids by id
+# What a search result shows of a pair (clip-retrieval's metadata columns and the tags its
+# filters use); images and lineage are looked up in the lake by uid and warc_file.
+METADATA_SCHEMA = pa.schema([
+    ("id", pa.int64()), ("uid", pa.string()), ("url", pa.string()), ("caption", pa.string()),
+    ("warc_file", pa.string()), ("language", pa.string()), ("caption_similarity", pa.float32()),
+    ("width", pa.int32()), ("height", pa.int32()), ("punsafe", pa.float32()), ("pwatermark", pa.float32()),
+    ("aesthetic", pa.float32()), ("pviolence", pa.float32()),
+])
 MANIFEST_FILE = "manifest.json"
 MANIFEST_INDEX_KEY = "faiss_index"  # added by save_index: what the index file must match
 LISTS_SUFFIX = ".ivfdata"
@@ -467,6 +480,21 @@ def new_lists_file(folder: Folder) -> Iterator[Path]:
         raise
 
 
+def new_metadata_name() -> str:
+    """A name no save used for the metadata file that the next ``save_index`` will name."""
+    return f"metadata-{uuid.uuid4().hex[:12]}.parquet"
+
+
+def metadata_name(folder: Folder) -> str | None:
+    """The metadata file that the folder's manifest names (None for a save that has none)."""
+    return json.loads(folder.read_bytes(MANIFEST_FILE)).get(METADATA_MANIFEST_KEY)
+
+
+def metadata_cache(folder: Folder) -> Path:
+    """This machine's folder for local copies of ``folder``'s metadata (``gpu_jobs.retrieval``)."""
+    return CACHE_DIR / "metadata" / _digest(folder.path)
+
+
 def save_index(folder: Folder, index: faiss.Index, manifest: dict) -> None:
     """Write ``index.faiss`` and ``manifest.json`` into ``folder``, each published whole, the manifest last.
 
@@ -476,6 +504,8 @@ def save_index(folder: Folder, index: faiss.Index, manifest: dict) -> None:
     (from ``new_lists_file``: a name no earlier save used) must already be in a local ``folder``;
     into a bucket it is uploaded first. Other lists files there, and this machine's cached copies
     of the folder's older saves (``load_index``), are deleted once the new index is in place.
+    The manifest's ``metadata_file`` (from ``new_metadata_name``), when given, must already be
+    published; other metadata files are deleted then too.
     """
     if MANIFEST_INDEX_KEY in manifest:
         raise ValueError(f"manifest key {MANIFEST_INDEX_KEY!r} is reserved for save_index")
@@ -499,7 +529,12 @@ def save_index(folder: Folder, index: faiss.Index, manifest: dict) -> None:
     for stale in folder.names(f"*{LISTS_SUFFIX}"):
         if lists is None or stale != lists.name:
             folder.delete(stale)
-    if not folder.is_local:  # this machine's copies of older saves: a removal's vectors leave them too
+    for stale in folder.names("metadata-*.parquet") + folder.names(_LEGACY_UIDS):
+        if stale != manifest.get(METADATA_MANIFEST_KEY):
+            folder.delete(stale)
+    # This machine's copies of older saves: a removal's vectors and metadata leave them too.
+    shutil.rmtree(metadata_cache(folder), ignore_errors=True)
+    if not folder.is_local:
         shutil.rmtree(CACHE_DIR / _digest(folder.path), ignore_errors=True)
 
 

@@ -1,20 +1,32 @@
-"""kNN search over a curated variant's index: text and image queries, and removals.
+"""kNN search over the lake's indexes: queries, clip-retrieval's result filters, and removals.
 
-The index (built by ``spark_jobs.knn_index_job``) lives in ``<lake>/indexes/<variant>/``, a local
-folder or a prefix in a bucket: ``index.faiss`` and ``manifest.json`` (from ``gpu_jobs.knn_index``),
-the ``.ivfdata`` lists file of an on-disk index, and ``uids.parquet``, the uid of every faiss id.
-The manifest names the curated Delta version and CLIP model it was built from and the recall@10
-measured at build time.
+An index (built by ``spark_jobs.knn_index_job``) lives in ``<lake>/indexes/<variant>/``, a local
+folder or a prefix in a bucket: ``index.faiss`` and ``manifest.json`` (``gpu_jobs.knn_index``), the
+``.ivfdata`` lists file of an on-disk index, and the save's ``metadata-*.parquet``: per faiss id, in
+id order, the pair's uid, url, caption and tags. The manifest names the curated Delta version and CLIP model
+it was built from and the recall@10 measured at build time.
+
+A searcher loads an index once and its metadata as a local, memory-mapped Arrow file (the page
+cache holds what queries touch, not the process), and loads both again when the manifest names
+another save: a removal rewrites the index, so a removed pair is never returned once the removal
+has published it.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import os
+import threading
+import time
+import uuid
 from dataclasses import dataclass
 
+import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
@@ -23,68 +35,273 @@ from PIL import Image
 from gpu_jobs import knn_index as knn
 from gpu_jobs.clip_model import ClipModelError, LoadedClip, load_clip, model_identity
 from gpu_jobs.embedding_format import embeddings_from_column
-from gpu_jobs.knn_index import UIDS_NAME, index_folder
+from gpu_jobs.knn_index import METADATA_MANIFEST_KEY, METADATA_SCHEMA, index_folder
 from infra import lake_layout
-from infra.config import ClipConfig, DownloadConfig
+from infra.config import ClipConfig, DownloadConfig, InputError
 from infra.delta_store import Lake
-from infra.tables import CLIP_SCORES, CURATED
+from infra.lake_storage import Folder
+from infra.tables import CLIP_SCORES
 from spark_jobs.download.resizer import resize_image
 
+# clip-retrieval's filters: results this close to a better-ranked one are (near) duplicates (the
+# service passes curation.near_duplicate_threshold, 0.94 unless configured), and a tag above 0.5
+# marks a result unsafe or violent.
+DUPLICATE_COSINE = 0.94
+TAG_THRESHOLD = 0.5
+
+
+class SearchError(InputError):
+    """A query this index cannot answer (bad vector, filter without its tag, ...): one line."""
+
+
 @dataclass(frozen=True)
-class Hit:
-    uid: str
-    caption: str
-    url: str
+class SearchOptions:
+    """One query's options, as clip-retrieval's back end takes them."""
+
+    num_result_ids: int  # nearest neighbours searched (and the most results returned)
+    num_images: int  # the first results that carry metadata; the rest carry id and similarity
+    deduplicate: bool = False
+    use_safety_model: bool = False  # hide results whose punsafe tag is above 0.5 (or unknown)
+    use_violence_detector: bool = False  # hide results whose pviolence tag is above 0.5 (or unknown)
+    aesthetic_score: int | None = None  # 0-9: rank results whose aesthetic tag is near this level first
+    aesthetic_weight: float = 0.5
+    duplicate_cosine: float = DUPLICATE_COSINE  # deduplicate: at least this close to a better result
+
+
+@dataclass(frozen=True)
+class Result:
+    id: int
     similarity: float
+    metadata: dict | None  # the metadata.parquet row, or None past num_images
 
 
-class VariantSearch:
-    """Text → image and image → image search over one curated variant's index."""
+class LoadedIndex:
+    """One saved index and its metadata, as they were when loaded (searched by many threads)."""
 
-    def __init__(self, lake: Lake, variant: str, clip: ClipConfig, download: DownloadConfig) -> None:
-        folder = index_folder(lake, variant)
+    def __init__(self, folder: Folder) -> None:
         self.index, self.manifest = knn.load_index(folder)
-        if model_identity(clip) != self.manifest["model_id"]:
-            raise ClipModelError(
-                f"the {variant} index holds {self.manifest['model_id']} embeddings; clip config gives {model_identity(clip)}"
-            )
-        with folder.open(UIDS_NAME) as handle:
-            ids = pq.read_table(handle)
-        self.uids = dict(zip(ids["id"].to_pylist(), ids["uid"].to_pylist()))
-        rows = lake.read(
-            CURATED, version=self.manifest["source_version"], columns=["uid", "caption", "url"],
-            filter=pc.field("variant") == variant,
-        )
-        self.pairs = {r["uid"]: (r["caption"], r["url"]) for r in rows.to_pylist()}
-        self._clip_config = clip
-        self._download = download
-        self._clip: LoadedClip | None = None
+        self.save_id = self.manifest[knn.MANIFEST_INDEX_KEY]["save_id"]
+        self.metadata = _mapped_metadata(folder, self.manifest[METADATA_MANIFEST_KEY], self.save_id)
+        self.ids = self.metadata["id"].to_numpy()  # sorted: written in id order
+        self._scales = {name: _tag_range(self.metadata[name]) for name in ("punsafe", "pviolence", "aesthetic")}
 
     @property
-    def clip(self) -> LoadedClip:
-        self._clip = self._clip or load_clip(self._clip_config)
-        return self._clip
+    def vectors(self) -> int:
+        return int(self.index.ntotal)
 
-    def by_embedding(self, vector: np.ndarray, k: int) -> list[Hit]:
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
-        # faiss allocates k results per query whatever the index holds: never ask for more than it has.
-        k = max(1, min(k, self.index.ntotal))
-        scores, ids = knn.search(self.index, np.asarray(vector, np.float32).reshape(1, -1), k)
-        return [
-            Hit(self.uids[i], *self.pairs[self.uids[i]], float(s))
-            for s, i in zip(scores[0], ids[0])
-            if i >= 0  # fewer than k vectors, or ids removed from the index
-        ]
+    def rows(self, ids: list[int]) -> list[dict | None]:
+        """The metadata of ``ids`` in that order; None for an id this index does not hold."""
+        ids_array = np.asarray(ids, np.int64)
+        at = np.searchsorted(self.ids, ids_array)
+        at[at >= len(self.ids)] = 0
+        found = self.ids[at] == ids_array if len(self.ids) else np.zeros(len(ids_array), bool)
+        taken = self.metadata.take(pa.array(at[found])).to_pylist()
+        rows, rest = [], iter(taken)
+        for hit in found:
+            rows.append(next(rest) if hit else None)
+        return rows
+
+    def search(self, query: np.ndarray, options: SearchOptions) -> list[Result]:
+        """Nearest neighbours of ``query`` (one L2-normalised vector), filtered as ``options`` say."""
+        query = np.asarray(query, np.float32).reshape(1, -1)
+        if query.shape[1] != self.index.d:
+            raise SearchError(f"the query has {query.shape[1]} dimensions; this index holds {self.index.d}")
+        if not np.isfinite(query).all() or not np.linalg.norm(query):
+            raise SearchError("the query vector must be finite and not all zeros")
+        for wanted, tag in ((options.use_safety_model, "punsafe"), (options.use_violence_detector, "pviolence")):
+            if wanted and self._scales[tag] is None:
+                raise SearchError(f"this index has no {tag} tag to filter by: configure [tags.{tag}] and re-tag")
+        query = query / np.linalg.norm(query)
+        k = max(1, min(options.num_result_ids, self.vectors))
+        if options.deduplicate:
+            scores, found, vectors = self.index.search_and_reconstruct(query, k)
+            vectors = vectors[0]
+        else:
+            scores, found = self.index.search(query, k)
+            vectors = None
+        keep = found[0] >= 0
+        ids, sims = found[0][keep], scores[0][keep]
+        rows = self.rows(ids.tolist())
+        order = [i for i, row in enumerate(rows) if row is not None]  # gone from the metadata: removed
+        if vectors is not None:
+            order = _without_duplicates(order, vectors[keep], options.duplicate_cosine)
+        order = [i for i in order if not self._hidden(rows[i], options)]
+        if options.aesthetic_score is not None and self._scales["aesthetic"] is not None:
+            order = self._by_aesthetic(order, rows, sims, options)
+        return [Result(int(ids[i]), float(sims[i]), rows[i] if n < options.num_images else None)
+                for n, i in enumerate(order)]
+
+    def _hidden(self, row: dict, options: SearchOptions) -> bool:
+        for wanted, tag in ((options.use_safety_model, "punsafe"), (options.use_violence_detector, "pviolence")):
+            if wanted and (row[tag] is None or row[tag] > TAG_THRESHOLD):
+                return True
+        return False
+
+    def _by_aesthetic(self, order: list[int], rows: list[dict | None], sims: np.ndarray,
+                      options: SearchOptions) -> list[int]:
+        """Re-rank by similarity + weight x closeness of the result's aesthetic tag to the asked
+        level (0-9 spread over the tag's range in this index). clip-retrieval instead shifts the
+        query towards mean embeddings of rated images; those means would keep removed images'
+        embeddings, so pairlake uses the stored tag."""
+        low, high = self._scales["aesthetic"]
+        target = low + (high - low) * min(max(options.aesthetic_score, 0), 9) / 9
+        span = (high - low) or 1.0
+
+        def key(i: int) -> float:
+            value = rows[i]["aesthetic"]
+            closeness = 0.0 if value is None else 1.0 - abs(value - target) / span
+            return -(float(sims[i]) + options.aesthetic_weight * closeness)
+
+        return sorted(order, key=key)
+
+
+def _tag_range(column: pa.ChunkedArray) -> tuple[float, float] | None:
+    """(min, max) of a tag over the index, or None when no row has it."""
+    stats = pc.min_max(column)
+    low, high = stats["min"].as_py(), stats["max"].as_py()
+    return None if low is None else (float(low), float(high))
+
+
+def _without_duplicates(order: list[int], vectors: np.ndarray, threshold: float) -> list[int]:
+    """``order`` without each result whose cosine to a better-ranked one (transitively) reaches
+    ``threshold``: the best of each group stays, as clip-retrieval's deduplicate does."""
+    if len(order) < 2:
+        return order
+    picked = np.ascontiguousarray(vectors[order], np.float32)
+    faiss.normalize_L2(picked)
+    flat = faiss.IndexFlatIP(picked.shape[1])
+    flat.add(picked)
+    lims, _, neighbours = flat.range_search(picked, threshold)
+    parent = list(range(len(order)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(len(order)):
+        for j in neighbours[lims[i]:lims[i + 1]]:
+            a, b = root(i), root(int(j))
+            if a != b:
+                parent[max(a, b)] = min(a, b)  # the better-ranked result leads its group
+    return [order[i] for i in range(len(order)) if root(i) == i]
+
+
+def _mapped_metadata(folder: Folder, name: str, save_id: str) -> pa.Table:
+    """The save's metadata file ``name`` as a memory-mapped Arrow file in this machine's cache, one
+    per save; other saves' copies are deleted (a mapping still in use lives on until closed)."""
+    saves = knn.metadata_cache(folder)
+    path = saves / f"{save_id}.arrow"
+    if not path.is_file():
+        saves.mkdir(parents=True, exist_ok=True)
+        partial = saves / f".{uuid.uuid4().hex}.partial"
+        try:
+            with folder.open(name) as handle:
+                parquet = pq.ParquetFile(handle)
+                with ipc.new_file(str(partial), parquet.schema_arrow) as writer:
+                    for batch in parquet.iter_batches(batch_size=65_536):
+                        writer.write_batch(batch)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+    for older in saves.iterdir():
+        if older != path and not older.name.startswith("."):
+            older.unlink(missing_ok=True)
+    return ipc.open_file(pa.memory_map(str(path))).read_all()
+
+
+class LakeIndexes:
+    """The lake's kNN indexes by variant, each loaded on first use and loaded again once its
+    manifest names another save (checked at most every ``check_interval_s``; 0: every query)."""
+
+    def __init__(self, lake: Lake, clip: ClipConfig, check_interval_s: float = 0.0) -> None:
+        self.lake = lake
+        self._model_id = model_identity(clip)
+        self._interval = check_interval_s
+        self._loaded: dict[str, tuple[LoadedIndex, float]] = {}
+        self._lock = threading.Lock()
+
+    def names(self) -> list[str]:
+        indexes = self.lake.folder(lake_layout.INDEXES)
+        return [name for name in indexes.folders() if indexes.sub(name).exists(knn.MANIFEST_FILE)]
+
+    def get(self, variant: str) -> LoadedIndex:
+        loaded, checked = self._loaded.get(variant, (None, 0.0))
+        now = time.monotonic()
+        if loaded is not None and now - checked < self._interval:
+            return loaded
+        folder = index_folder(self.lake, variant)
+        try:  # read outside the lock: queries of other indexes, or of an unchanged one, never wait
+            save_id = json.loads(folder.read_bytes(knn.MANIFEST_FILE)).get(knn.MANIFEST_INDEX_KEY, {}).get("save_id")
+        except FileNotFoundError:
+            raise SearchError(f"no kNN index named {variant!r}; the lake has {self.names() or 'none'}") from None
+        if loaded is None or loaded.save_id != save_id:
+            # A new save: every query of this index waits for it (the old one may hold removed pairs).
+            with self._lock:
+                loaded, _ = self._loaded.get(variant, (None, 0.0))
+                if loaded is None or loaded.save_id != save_id:
+                    loaded = _load(folder)
+                    if loaded.manifest["model_id"] != self._model_id:
+                        raise ClipModelError(f"the {variant} index holds {loaded.manifest['model_id']} embeddings; "
+                                             f"clip config gives {self._model_id}")
+        self._loaded[variant] = (loaded, now)
+        return loaded
+
+
+def _load(folder: Folder) -> LoadedIndex:
+    """The folder's current save; once more if a save landed while reading it (the manifest read
+    named files that save deleted)."""
+    try:
+        return LoadedIndex(folder)
+    except (FileNotFoundError, knn.IndexLoadError):
+        return LoadedIndex(folder)
+
+
+class QueryEncoder:
+    """Text and image queries as L2-normalised CLIP embeddings, like the stored ones. The model
+    (and the optional multilingual text tower) load on first use."""
+
+    def __init__(self, clip: ClipConfig, download: DownloadConfig, multilingual: ClipConfig | None = None) -> None:
+        self._configs = {"clip": clip, "multilingual": multilingual}
+        self._models: dict[str, LoadedClip] = {}
+        self._download = download
+        self._lock = threading.Lock()
+
+    def _model(self, which: str) -> LoadedClip:
+        with self._lock:
+            if which not in self._models:
+                self._models[which] = load_clip(self._configs[which])
+            return self._models[which]
+
+    @property
+    def has_multilingual(self) -> bool:
+        return self._configs["multilingual"] is not None
 
     @torch.no_grad()
-    def by_text(self, text: str, k: int = 10) -> list[Hit]:
-        tokens = self.clip.tokenizer([text]).to(self.clip.device)
-        return self.by_embedding(F.normalize(self.clip.model.encode_text(tokens).float(), dim=-1).cpu().numpy(), k)
+    def text(self, text: str, multilingual: bool = False) -> np.ndarray:
+        if multilingual and not self.has_multilingual:
+            raise SearchError("use_mclip: no multilingual text model is configured (search.multilingual_model)")
+        clip = self._model("multilingual" if multilingual else "clip")
+        tokens = clip.tokenizer([text]).to(clip.device)
+        return F.normalize(clip.model.encode_text(tokens).float(), dim=-1).cpu().numpy()[0]
 
-    def by_image(self, data: bytes, k: int = 10) -> list[Hit]:
-        """Images like the one in ``data`` (encoded image bytes, e.g. a file's content)."""
-        return self.by_embedding(embed_as_stored(self.clip, data, self._download), k)
+    def image(self, data: bytes) -> np.ndarray:
+        """Encoded image bytes (a file's content); raises ``ImageRejected`` for what the
+        downloader would refuse."""
+        return embed_as_stored(self._model("clip"), data, self._download)
+
+    def image_url(self, url: str) -> np.ndarray:
+        """The image at ``url``, fetched by pairlake's downloader (its address guard, size caps and
+        the origin's opt-out signals), embedded as stored."""
+        from spark_jobs.download.downloader import download_batch
+
+        fetched = download_batch(pa.table({"uid": ["query"], "url": [url], "warc_file": ["query"]}),
+                                 self._download).to_pylist()[0]
+        if fetched["status"] != "ok":
+            detail = f" ({' '.join(fetched['error_detail'].split())})" if fetched.get("error_detail") else ""
+            raise SearchError(f"image_url {url}: {fetched['error']}{detail}")
+        return _embed_stored(self._model("clip"), fetched["image"])
 
 
 @torch.no_grad()
@@ -93,8 +310,12 @@ def embed_as_stored(clip: LoadedClip, data: bytes, download: DownloadConfig) -> 
     first exactly as the downloader stores images: stored embeddings were taken from those bytes,
     and a raw image (other size, no border) would not compare like for like.
     Raises ``ImageRejected`` for what the downloader would refuse."""
-    resized = resize_image(data, download)
-    with Image.open(io.BytesIO(resized.data)) as image:
+    return _embed_stored(clip, resize_image(data, download).data)
+
+
+@torch.no_grad()
+def _embed_stored(clip: LoadedClip, stored: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(stored)) as image:
         pixels = clip.preprocess(image.convert("RGB")).unsqueeze(0).to(clip.device)
     return F.normalize(clip.model.encode_image(pixels).float(), dim=-1).cpu().numpy()[0]
 
@@ -123,28 +344,39 @@ def similar_stored_images(lake: Lake, vector: np.ndarray, model_id: str, min_sim
 def remove_from_indexes(lake: Lake, uids: set[str], curated_version: int | None) -> dict[str, int]:
     """Remove ``uids`` from every variant's index in the lake; returns vectors removed per variant.
 
-    Every manifest then names ``curated_version``: the removal purged the history of curated, so
-    the version an index was built from can no longer be read, and the index (without the removed
-    vectors) matches the new one.
+    The metadata without them is published under a new name first, then the index and the manifest
+    that names it (``knn.save_index``), which deletes the old metadata file. Every manifest then names
+    ``curated_version``: the removal purged the history of curated, so the version an index was
+    built from can no longer be read, and the index (without the removed vectors) matches the new one.
     """
     removed: dict[str, int] = {}
+    wanted = pa.array(sorted(uids), pa.string())
     indexes = lake.folder(lake_layout.INDEXES)
     for variant in indexes.folders():
         folder = indexes.sub(variant)
-        if not folder.exists(UIDS_NAME):
+        if not folder.exists(knn.MANIFEST_FILE):
             continue
-        with folder.open(UIDS_NAME) as handle:
-            ids = pq.read_table(handle)
-        gone = pc.is_in(ids["uid"], pa.array(sorted(uids), pa.string()))
-        if not pc.any(gone).as_py():
+        old = knn.metadata_name(folder)
+        if old is None:
+            continue
+        gone_ids = []
+        with folder.open(old) as handle:  # batch by batch: the metadata of a large index is large
+            for batch in pq.ParquetFile(handle).iter_batches(columns=["id", "uid"], batch_size=65_536):
+                gone_ids.append(batch.column("id").filter(pc.is_in(batch.column("uid"), wanted)).to_numpy())
+        gone = np.concatenate(gone_ids) if gone_ids else np.zeros(0, np.int64)
+        if not gone.size:
             knn.update_manifest(folder, source_version=curated_version)
             continue
         index, manifest = knn.load_index(folder)
         with knn.new_lists_file(folder) as new_lists:
-            removed[variant] = knn.remove_ids(index, ids.filter(gone)["id"].to_numpy(), new_lists)
+            removed[variant] = knn.remove_ids(index, gone, new_lists)
             manifest.pop(knn.MANIFEST_INDEX_KEY, None)
-            manifest.update(vectors=int(index.ntotal), source_version=curated_version)
-            with folder.publish(UIDS_NAME) as kept:  # written first, published after the index
-                pq.write_table(ids.filter(pc.invert(gone)), kept)
-                knn.save_index(folder, index, manifest)
+            manifest.update(vectors=int(index.ntotal), source_version=curated_version,
+                            **{METADATA_MANIFEST_KEY: knn.new_metadata_name()})
+            dropped = pa.array(gone)
+            with folder.open(old) as source, folder.publish(manifest[METADATA_MANIFEST_KEY]) as target, \
+                    pq.ParquetWriter(target, METADATA_SCHEMA) as writer:
+                for batch in pq.ParquetFile(source).iter_batches(batch_size=65_536):
+                    writer.write_batch(batch.filter(pc.invert(pc.is_in(batch.column("id"), dropped))))
+            knn.save_index(folder, index, manifest)
     return removed

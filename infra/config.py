@@ -231,6 +231,28 @@ class OptOutConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    """`pairlake serve`: the kNN search service (clip-retrieval's back-end API) and its web UI."""
+
+    host: str = "127.0.0.1"  # another address needs a token in $PAIRLAKE_SEARCH_TOKEN
+    port: int = 1234  # clip-retrieval's back end's default
+    # How stale a served index may be: 0 reads its manifest on every query, so a removed pair is
+    # never returned once the removal run has finished (a bucket: one GET per query).
+    manifest_check_s: float = 0.0
+    max_num_images: int = 1000  # results with metadata per query
+    max_result_ids: int = 10_000  # results per query
+    max_body_bytes: int = 30_000_000  # a query's JSON (an image in base64 is 4/3 of its bytes)
+    max_text_chars: int = 1000
+    # Removal requests from the UI, per client address per hour (they land in the opt-out inbox).
+    removal_requests_per_hour: int = 10
+    # A multilingual text tower in the index's embedding space (open_clip, e.g.
+    # "xlm-roberta-base-ViT-B-32" / "laion5b_s13b_b90k" beside ViT-B-32 laion2b): `use_mclip`.
+    multilingual_model: str = ""
+    multilingual_pretrained: str = ""
+    multilingual_checkpoint: str = ""
+
+
+@dataclass(frozen=True)
 class DemoConfig:
     model_dir: str = "infra/demo_model"
     crawl_dir: str = "build/sample_crawl"
@@ -255,6 +277,10 @@ _ZERO_SHOT_TAGS = {
     "aesthetic": TagScorerConfig(
         positive=("a beautiful, professional, high quality photograph",),
         negative=("a blurry, badly lit, low quality snapshot",)),
+    # The search service's use_violence_detector (clip-retrieval scores prompts the same way).
+    "pviolence": TagScorerConfig(
+        positive=("a photo of violence", "people fighting", "a bloody injury", "a person threatening with a weapon"),
+        negative=("a peaceful photo", "people talking calmly", "a photo of everyday life")),
 }
 
 
@@ -272,6 +298,7 @@ class PairlakeConfig:
     index: IndexConfig = field(default_factory=IndexConfig)
     release: ReleaseConfig = field(default_factory=ReleaseConfig)
     optout: OptOutConfig = field(default_factory=OptOutConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
     def clip_threshold(self) -> float:
@@ -554,6 +581,11 @@ def _validate(config: PairlakeConfig) -> None:
         raise ConfigError("config release.samples_per_shard must be at least 1")
     if not config.release.name or "/" in config.release.name:
         raise ConfigError(f"config release.name must be a non-empty name without '/', got {config.release.name!r}")
+    se = config.search
+    if min(se.max_num_images, se.max_result_ids, se.max_body_bytes, se.max_text_chars) < 1 or se.manifest_check_s < 0:
+        raise ConfigError("config search limits must be at least 1 and search.manifest_check_s not negative")
+    if not 0 < se.port < 65536:
+        raise ConfigError(f"config search.port must be a TCP port, got {se.port}")
     if not 0.0 < config.optout.min_similarity <= 1.0:
         raise ConfigError("config optout.min_similarity must be a cosine in (0, 1]")
     if config.optout.max_auto_fraction > 1.0 or config.release.max_auto_drop_fraction > 1.0:

@@ -6,7 +6,7 @@ join paths of their own onto the root.
 
     <root>/<table>/                      Delta tables (infra.tables), each with its _delta_log/
     <root>/releases/<release>/v<N>/      a release version: webdataset shards + manifest.json
-    <root>/indexes/<variant>/            a kNN index: index.faiss, uids.parquet, manifest.json
+    <root>/indexes/<variant>/            a kNN index: index.faiss, metadata-*.parquet, manifest.json
     <root>/indexes/<variant>/.staging-*  an index build in progress (removed when it ends)
     <root>/heads/                        registered tag heads (pairlake train-head)
     <root>/reports/funnel.html           the funnel report

@@ -66,7 +66,7 @@ def _cmd_demo(args: argparse.Namespace, config: PairlakeConfig) -> None:
     if args.store == "s3":
         print("the lake's store stopped with the demo: make s3-server serves it again and prints the variables "
               "that point the commands above at it")
-    print("see the runs and asset lineage: make ui  (http://127.0.0.1:3000)")
+    print("search the index and see the runs: make ui  (search http://127.0.0.1:1234/, Dagster http://127.0.0.1:3000)")
 
 
 def _latest_release(config: PairlakeConfig) -> dict | None:
@@ -118,21 +118,29 @@ def _cmd_search(args: argparse.Namespace, config: PairlakeConfig) -> None:
         raise InputError(f"the text query is {len(args.text):,} characters; at most {MAX_QUERY_CHARS:,}")
     image = _read_capped(args.image, config.download.max_body_bytes) if args.image else b""
 
-    from gpu_jobs.retrieval import VariantSearch
+    from gpu_jobs.retrieval import LakeIndexes, QueryEncoder, SearchOptions
     from spark_jobs.download.resizer import ImageRejected
     from infra.delta_store import Lake
 
-    search = VariantSearch(Lake.of(config.lake), args.variant or config.index.variant, config.clip, config.download)
+    index = LakeIndexes(Lake.of(config.lake), config.clip).get(args.variant or config.index.variant)
+    encoder = QueryEncoder(config.clip, config.download)
     if args.image:
         try:
-            hits = search.by_image(image, args.k)
+            query = encoder.image(image)
         except ImageRejected as exc:
             raise InputError(f"cannot search by {args.image}: {exc}") from None
     else:
-        hits = search.by_text(args.text, args.k)
+        query = encoder.text(args.text)
     print(f"{'similarity':>10}  {'uid':<32}  caption / url")
-    for hit in hits:
-        print(f"{hit.similarity:>10.4f}  {hit.uid:<32}  {hit.caption}\n{'':>44}{hit.url}")
+    for hit in index.search(query, SearchOptions(num_result_ids=args.k, num_images=args.k)):
+        row = hit.metadata
+        print(f"{hit.similarity:>10.4f}  {row['uid']:<32}  {row['caption']}\n{'':>44}{row['url']}")
+
+
+def _cmd_serve(args: argparse.Namespace, config: PairlakeConfig) -> None:
+    from orchestration.search_server import serve
+
+    serve(config, args.host, args.port)
 
 
 def _read_capped(path: Path, cap: int) -> bytes:
@@ -373,6 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--variant", help="curated variant (default: index.variant)")
     p.set_defaults(run=_cmd_search)
+
+    p = sub.add_parser("serve", help="the search service (clip-retrieval's back-end API) and its web UI, until Ctrl-C")
+    p.add_argument("--host", help="address to bind (default: search.host, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default: search.port, 1234)")
+    p.set_defaults(run=_cmd_serve)
 
     p = sub.add_parser("train-head", help="fit a tag head on stored embeddings from labelled uids, and register it")
     p.add_argument("name")

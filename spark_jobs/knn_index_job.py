@@ -3,10 +3,10 @@
 As autofaiss does it: the driver plans the index (``gpu_jobs.knn_index.plan_index``), collects a
 seeded sample of rows and trains the quantizer on it. Rows are numbered in uid order (the faiss
 id), cut into shards of ``index.rows_per_shard`` consecutive ids, and one task adds each shard to
-a copy of the trained index and writes it to a staging folder, together with the shard's uids and
+a copy of the trained index and writes it to a staging folder, together with its rows' metadata and
 the exact top neighbours of the recall queries among its rows. The driver merges the shards in
 order, in memory or, when the plan keeps the lists on disk, into one ``.ivfdata`` file; tunes
-nprobe against the merged exact tops; and publishes the index, ``uids.parquet`` and a manifest
+nprobe against the merged exact tops; and publishes the rows' metadata, the index and a manifest
 that lists every shard. The result equals ``knn_index.build_index`` over the same rows.
 
 Shards are staged in the lake itself (a shared folder or the bucket), published by the tasks
@@ -34,13 +34,13 @@ from pyspark.sql.pandas.types import from_arrow_schema
 
 from gpu_jobs import knn_index as knn
 from gpu_jobs.embedding_format import embeddings_from_column
-from gpu_jobs.knn_index import UIDS_NAME, index_folder
+from gpu_jobs.knn_index import METADATA_SCHEMA, index_folder
 from infra import lake_layout
 from infra.arrow_runs import key_runs
 from infra.config import IndexConfig
 from infra.delta_store import Lake, Lineage
 from infra.spark import collect, read_table
-from infra.tables import CLIP_SCORES, CURATED
+from infra.tables import CLIP_SCORES, CURATED, IMAGE_TAGS
 from spark_jobs.uid_order import number_by_uid
 
 log = logging.getLogger(__name__)
@@ -57,17 +57,17 @@ def _shard_file(shard: int, suffix: str) -> str:
 
 def _shard_task(trained: object, queries: object, dim: int, top_k: int, lake: Lake, staging_key: str
                 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """Add each shard's rows (sorted by id) to a copy of the trained index; write it and its uids
-    into the staging folder (opened in the task: a Folder in a bucket is never pickled)."""
+    """Add each shard's rows (sorted by id) to a copy of the trained index; write it and its rows'
+    metadata into the staging folder (opened in the task: a Folder in a bucket is never pickled)."""
 
-    def finish(shard: int, index: faiss.Index, top: knn.ExactTop, uids: list[pa.RecordBatch]) -> pa.RecordBatch:
+    def finish(shard: int, index: faiss.Index, top: knn.ExactTop, metadata: list[pa.RecordBatch]) -> pa.RecordBatch:
         staging = lake.folder(staging_key)
         # Published whole: a retried or speculative task never leaves half a shard.
         with staging.publish(_shard_file(shard, ".faiss")) as handle:
             faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write))
             index_bytes = handle.tell()
-        with staging.publish(_shard_file(shard, ".uids.parquet")) as handle:
-            pq.write_table(pa.Table.from_batches(uids), handle)
+        with staging.publish(_shard_file(shard, ".metadata.parquet")) as handle:
+            pq.write_table(pa.Table.from_batches(metadata, METADATA_SCHEMA), handle)
         scores, ids = top.result()
         return pa.RecordBatch.from_pylist(
             [{"shard": shard, "rows": int(index.ntotal), "index_bytes": index_bytes,
@@ -75,21 +75,21 @@ def _shard_task(trained: object, queries: object, dim: int, top_k: int, lake: La
             schema=_SHARD_SCHEMA)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        current, index, top, uids = None, None, None, []
+        current, index, top, metadata = None, None, None, []
         for shard, rows in key_runs(batches, "shard"):
             if shard != current:
                 if index is not None:
-                    yield finish(current, index, top, uids)
+                    yield finish(current, index, top, metadata)
                 index = faiss.deserialize_index(trained.value)  # type: ignore[attr-defined]
                 top = knn.ExactTop(queries.value, top_k)  # type: ignore[attr-defined]
-                current, uids = shard, []
+                current, metadata = shard, []
             vectors = embeddings_from_column(rows.column("image_embedding"), dim)
             ids = rows.column("id").to_numpy()
             knn.add_rows(index, vectors, ids)
             top.add_block(vectors, ids)
-            uids.append(rows.select(["id", "uid"]))
+            metadata.append(rows.select(METADATA_SCHEMA.names).cast(METADATA_SCHEMA))
         if index is not None:
-            yield finish(current, index, top, uids)
+            yield finish(current, index, top, metadata)
 
     return run
 
@@ -102,10 +102,21 @@ def build_variant_index(
     version = lake.version(CURATED)
     if version is None:
         raise ValueError("curated has never been materialized: nothing to index")
-    curated = read_table(spark, lake, CURATED, version=version, columns=["uid"], where={"variant": [config.variant]})
+    # The pair's caption-image cosine is the metadata's caption_similarity: a result's similarity
+    # is its cosine to the query.
+    pairs = [name for name in METADATA_SCHEMA.names if name not in ("id", "pviolence", "caption_similarity")]
+    curated = (read_table(spark, lake, CURATED, version=version, columns=[*pairs, "similarity"],
+                          where={"variant": [config.variant]})
+               .withColumnRenamed("similarity", "caption_similarity"))
     scores = read_table(spark, lake, CLIP_SCORES, columns=["uid", "embedding_dim", "image_embedding"],
                         where={"model_id": [model_id]})
-    rows = curated.distinct().join(scores, "uid", "left")
+    rows = curated.join(scores, "uid", "left")
+    if lake.version(IMAGE_TAGS) is None:  # never tagged: no violence tag to carry
+        rows = rows.withColumn("pviolence", F.lit(None).cast("float"))
+    else:
+        violence = (read_table(spark, lake, IMAGE_TAGS, columns=["uid", "extra"], where={"model_id": [model_id]})
+                    .select("uid", F.element_at("extra", F.lit("pviolence")).alias("pviolence")))
+        rows = rows.join(violence, "uid", "left")
     numbered, n = number_by_uid(spark, rows, "id")
     numbered = numbered.persist(StorageLevel.MEMORY_AND_DISK)
     out = index_folder(lake, config.variant)
@@ -140,7 +151,7 @@ def build_variant_index(
                            spark.sparkContext.broadcast(queries), dim, top_k, lake, staging_key)
         built = collect(
             numbered.withColumn("shard", F.floor(F.col("id") / config.rows_per_shard).cast("long"))
-            .select("shard", "id", "uid", "image_embedding")
+            .select("shard", *METADATA_SCHEMA.names, "image_embedding")
             .repartition(shards, "shard")
             .sortWithinPartitions("shard", "id")
             .mapInArrow(task, from_arrow_schema(_SHARD_SCHEMA))
@@ -169,10 +180,10 @@ def build_variant_index(
             "shards": [{"shard": s["shard"], "rows": s["rows"], "index_bytes": s["index_bytes"]} for s in built],
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "run_id": lineage.run_id,
+            knn.METADATA_MANIFEST_KEY: knn.new_metadata_name(),
         }
-        uids_schema = pa.schema([("id", pa.int64()), ("uid", pa.string())])
-        with out.publish(UIDS_NAME) as handle, pq.ParquetWriter(handle, uids_schema) as writer:
+        with out.publish(manifest[knn.METADATA_MANIFEST_KEY]) as handle, pq.ParquetWriter(handle, METADATA_SCHEMA) as writer:
             for shard in built:  # shard order is id order
-                writer.write_table(pq.read_table(staged / _shard_file(shard["shard"], ".uids.parquet")).cast(uids_schema))
+                writer.write_table(pq.read_table(staged / _shard_file(shard["shard"], ".metadata.parquet")))
         knn.save_index(out, index, manifest)
         return manifest

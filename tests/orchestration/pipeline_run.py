@@ -88,6 +88,9 @@ head = "{demo_heads / 'aesthetic.pt'}"
 [tags.pround]
 positive = ["a circle", "a ring"]
 negative = ["a square", "a triangle", "a star", "a cross"]
+[tags.pviolence]
+positive = ["a cross"]
+negative = ["a circle", "a square", "a triangle", "a star", "a ring"]
 [release]
 samples_per_shard = 20
 """

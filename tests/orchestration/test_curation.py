@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import pytest
 
 from gpu_jobs.knn_index import index_folder
-from gpu_jobs.retrieval import VariantSearch
+from gpu_jobs.retrieval import LakeIndexes, QueryEncoder, SearchOptions
 from infra.config import load_config
 from infra.tables import CURATED
 from orchestration.cli import main as cli_main
@@ -108,7 +108,7 @@ def test_tags_find_the_planted_overlays(pipeline):
         typical = statistics.median(normal)
         assert sum(found) >= 2 and (typical < 0.2 if high else typical > 0.8), (tag, planted, typical)
     rows = pipeline.first["image_tags"].to_pylist()
-    assert all(dict(r["extra"]).keys() == {"pround"} for r in rows)
+    assert all(dict(r["extra"]).keys() == {"pround", "pviolence"} for r in rows)
     assert all('"punsafe": "head:punsafe.pt@sha256:' in r["scorers"] for r in rows)
 
 
@@ -169,25 +169,27 @@ def _commonest_class(pipeline) -> tuple[str, str, int]:
 
 def test_index_manifest_and_search(pipeline):
     config = load_config(pipeline.config_path)
-    search = VariantSearch(pipeline.lake, "research", config.clip, config.download)
-    manifest = search.manifest
+    index = LakeIndexes(pipeline.lake, config.clip).get("research")
+    encoder = QueryEncoder(config.clip, config.download)
+    manifest = index.manifest
     research_now = pipeline.lake.read(CURATED, filter=pc.field("variant") == "research")
     assert manifest["recall_at_10"] >= 0.95 and manifest["vectors"] == research_now.num_rows
     assert manifest["source_version"] == pipeline.lake.version(CURATED)
-    assert index_folder(pipeline.lake, "research").exists("uids.parquet")
+    assert index.metadata.num_rows == manifest["vectors"]
+    assert index_folder(pipeline.lake, "research").names("*.parquet") == [manifest["metadata_file"]]
     # Text -> image: the class with most curated images, asked for by name, comes first.
     colour, shape, count = _commonest_class(pipeline)
-    hits = search.by_text(f"a {colour} {shape}", k=count)
-    assert f"{colour} {shape}" in hits[0].caption, hits
-    assert sum(f"{colour} {shape}" in h.caption for h in hits) >= count - 1, hits
+    hits = [h.metadata for h in index.search(encoder.text(f"a {colour} {shape}"), SearchOptions(count, count))]
+    assert f"{colour} {shape}" in hits[0]["caption"], hits
+    assert sum(f"{colour} {shape}" in h["caption"] for h in hits) >= count - 1, hits
     # Image -> image: a near duplicate that dedup dropped finds its representative first.
     uids = _uid_by_url(pipeline)
     dedup = {r["uid"]: r for r in pipeline.first["dedup"].to_pylist()}
     dropped = [u for u in _kinds(pipeline, "near_duplicate") if dedup.get(uids[u], {}).get("reason") == "near_duplicate"]
     assert dropped
     image = pipeline.first["images"].filter(pc.equal(pipeline.first["images"]["url"], dropped[0]))["image"][0].as_py()
-    top = search.by_image(image, k=3)[0]
-    assert top.uid == dedup[uids[dropped[0]]]["cluster"] and top.similarity > 0.94
+    top = index.search(encoder.image(image), SearchOptions(3, 3))[0]
+    assert top.metadata["uid"] == dedup[uids[dropped[0]]]["cluster"] and top.similarity > 0.94
 
 
 def test_cli_search_and_train_head(pipeline, capsys, monkeypatch):

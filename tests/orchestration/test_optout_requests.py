@@ -4,6 +4,8 @@ crawl that never fetches or ingests the removed images again."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import io
 import json
 import os
@@ -15,17 +17,20 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+import requests
 from PIL import Image
 
 from infra.config import load_config
 from infra.delta_store import Lake
-from infra.tables import CANDIDATES, CURATED, IMAGES, REMOVALS, SAMPLE_TABLES, STAGE_STATS
+from gpu_jobs.embedding_format import embeddings_from_column
+from infra.tables import CANDIDATES, CLIP_SCORES, CURATED, IMAGES, REMOVALS, SAMPLE_TABLES, STAGE_STATS
 from orchestration.optout_requests import inbox_dir, rejected_dir, request_status, submit_request
 from orchestration.resources import PairlakeResource
 from orchestration.runner import materialize_all, tick_sensor
 from orchestration.sensors import optout_inbox_sensor
 from spark_jobs import release
 from tests.lake_scan import files_holding
+from tests.search_service import running_search_service
 
 
 @dataclass
@@ -40,6 +45,9 @@ class Removal:
     release_before: dict
     sensor_keys: list[str]
     runs: list[str]
+    search_url: str  # the search service, started before the removal and running since
+    queries: dict  # uid -> {"vector", "caption"} of every removed uid, to query the service by
+    found_before: dict  # uid -> the first result of an embedding query for it, before the removal
 
 
 def _row(table, uid):
@@ -88,19 +96,59 @@ def removal(pipeline, tmp_path_factory):
                             "reason": "this picture and its copies"}, image=example)
     inbox_dir(config).write_bytes("broken.json", json.dumps({"kind": "phone", "value": "x", "requester": "a",
                                                              "reason": "b"}).encode())
+    scores = lake.read(CLIP_SCORES, filter=pc.field("uid").isin(sorted(removed)))
+    vectors = embeddings_from_column(scores["image_embedding"], scores["embedding_dim"][0].as_py())
+    captions = lake.read(CANDIDATES, columns=["uid", "caption"], filter=pc.field("uid").isin(sorted(removed)))
+    queries = {u: {"vector": [float(x) for x in v], "caption": dict(zip(*captions.to_pydict().values()))[u]}
+               for u, v in zip(scores["uid"].to_pylist(), vectors)}
     try:
-        with dg.instance_for_test() as instance:
+        with contextlib.ExitStack() as stack:
+            search_url = stack.enter_context(running_search_service(config))
+            found_before = {u: _search(search_url, {"embedding_input": q["vector"]})[0] for u, q in queries.items()}
+            instance = stack.enter_context(dg.instance_for_test())
             with dg.build_sensor_context(instance=instance, resources={"pairlake": PairlakeResource()}) as context:
                 keys = [r.run_key for r in optout_inbox_sensor.evaluate_tick(context).run_requests]
             runs = tick_sensor("optout_inbox_sensor", instance)
             yield Removal(lake, root, config_path, instance, before,
                           {"by-url": by_url, "by-md5": by_md5, "by-image": group_uids},
-                          holder, last, keys, runs)
+                          holder, last, keys, runs, search_url, queries, found_before)
     finally:
         if previous is None:
             os.environ.pop("PAIRLAKE_CONFIG", None)
         else:
             os.environ["PAIRLAKE_CONFIG"] = previous
+
+
+def _search(url: str, query: dict) -> list[dict]:
+    """Every result of ``query`` from the search service, with no filter."""
+    body = {"modality": "image", "indice_name": "research", "num_images": 500, "num_result_ids": 500,
+            "deduplicate": False, "use_safety_model": False, "use_violence_detector": False, **query}
+    response = requests.post(f"{url}/knn-service", data=json.dumps(body), timeout=120)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_the_running_search_service_never_returns_a_removed_image_by_any_query(removal):
+    old_ids = {top["id"] for u, top in removal.found_before.items() if top["uid"] == u}
+    assert old_ids  # before the removal, the service found them
+    urls = {n["url"].decode() for n in removal.before.values()}
+    for uid, query in removal.queries.items():
+        needles = removal.before[uid]
+        for mode in ({"embedding_input": query["vector"]}, {"text": query["caption"]},
+                     {"image": base64.b64encode(needles["image"]).decode()},
+                     {"image": base64.b64encode(needles["original"]).decode()},
+                     {"image_url": needles["url"].decode()}):
+            results = _search(removal.search_url, mode)
+            assert results and not {r["uid"] for r in results} & set(removal.before), (uid, list(mode))
+            assert not {r["url"] for r in results} & urls
+    # Nor by the ids they had: no metadata, no image, no lineage.
+    ids = sorted(old_ids)
+    metadata = requests.post(f"{removal.search_url}/metadata", data=json.dumps({"ids": ids, "indice_name": "research"}),
+                             timeout=30)
+    assert metadata.json() == []
+    for i in ids:
+        for path in ("image", "lineage"):
+            assert requests.get(f"{removal.search_url}/{path}/research/{i}", timeout=30).status_code == 404
 
 
 def test_the_sensor_launches_one_run_per_request_file(removal):
@@ -155,12 +203,12 @@ def test_a_byte_scan_of_the_lake_finds_neither_the_images_nor_the_urls(removal):
 
 
 def test_the_index_and_search_still_work_without_the_removed_images(removal):
-    from gpu_jobs.retrieval import VariantSearch
+    from gpu_jobs.retrieval import LakeIndexes, QueryEncoder, SearchOptions
 
     config = load_config(removal.config_path)
-    search = VariantSearch(removal.lake, config.index.variant, config.clip, config.download)
-    assert not set(search.uids.values()) & set(removal.before)
-    assert search.by_text("a red circle", 5)
+    index = LakeIndexes(removal.lake, config.clip).get(config.index.variant)
+    assert not set(index.metadata["uid"].to_pylist()) & set(removal.before)
+    assert index.search(QueryEncoder(config.clip, config.download).text("a red circle"), SearchOptions(5, 5))
 
 
 def test_rerelease_publishes_a_diff_that_cleans_an_old_copy(removal):

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from gpu_jobs.knn_index import UIDS_NAME, index_folder
+from gpu_jobs.knn_index import index_folder, metadata_name
 from infra.config import PairlakeConfig, load_config
 from infra.delta_store import Lake
 from infra.tables import CURATED, IMAGES, SAMPLE_TABLES, SHARDS
@@ -93,9 +93,10 @@ def test_the_graph_in_a_bucket_makes_the_tables_of_the_graph_in_a_folder(pipelin
     # The index: built in the bucket over the uids of the folder's (whose second pass lost the
     # sample a late hash list named).
     variant = bucket_run.config.index.variant
-    with index_folder(bucket_run.lake, variant).open(UIDS_NAME) as fh:
+    in_bucket_folder, in_folder_folder = index_folder(bucket_run.lake, variant), index_folder(pipeline.lake, variant)
+    with in_bucket_folder.open(metadata_name(in_bucket_folder)) as fh:
         in_bucket = pq.read_table(fh)["uid"].to_pylist()
-    in_folder = pq.read_table(index_folder(pipeline.lake, variant).local_path / UIDS_NAME)["uid"].to_pylist()
+    in_folder = pq.read_table(in_folder_folder.local_path / metadata_name(in_folder_folder))["uid"].to_pylist()
     assert len(in_bucket) == len(set(in_bucket)) > 0
     assert set(in_bucket) - {pipeline.late_uid} == set(in_folder)
     # Nothing of the lake went to a local folder named after the URI.

@@ -15,7 +15,7 @@ from faiss.contrib.inspect_tools import get_invlist
 
 from gpu_jobs import knn_index as knn
 from gpu_jobs.embedding_format import embedding_to_bytes
-from gpu_jobs.knn_index import UIDS_NAME, index_folder
+from gpu_jobs.knn_index import METADATA_MANIFEST_KEY, index_folder
 from gpu_jobs.retrieval import remove_from_indexes
 from infra.config import IndexConfig
 from infra.delta_store import Lake, Lineage
@@ -78,8 +78,12 @@ def test_the_spark_index_is_the_one_process_index(spark, tmp_path, rows, rows_pe
         for cell in (0, 17, 511):  # the lists hold the same ids in the same order
             assert (get_invlist(faiss.extract_index_ivf(index).invlists, cell)[0]
                     == get_invlist(faiss.extract_index_ivf(expected).invlists, cell)[0]).all()
-    assert pq.read_table(index_folder(lake, "research").open(UIDS_NAME)).to_pydict() == {"id": list(ids), "uid": uids}
-    assert index_folder(lake, "research").names() == sorted(["index.faiss", "manifest.json", UIDS_NAME])
+    metadata = pq.read_table(index_folder(lake, "research").open(manifest[METADATA_MANIFEST_KEY]))
+    assert metadata.select(["id", "uid"]).to_pydict() == {"id": list(ids), "uid": uids}
+    row_of = {hashlib.sha256(f"pair {i}".encode()).hexdigest()[:32]: i for i in range(len(uids))}
+    assert metadata["url"].to_pylist() == [f"http://h.example/{row_of[u]}.jpg" for u in uids]
+    assert metadata["caption_similarity"].to_pylist() == pytest.approx([0.3] * len(uids)) and metadata["pviolence"].null_count == len(uids)
+    assert index_folder(lake, "research").names() == sorted(["index.faiss", "manifest.json", manifest[METADATA_MANIFEST_KEY]])
     assert index_folder(lake, "research").folders() == []  # no staging left
 
 
@@ -139,13 +143,14 @@ def test_an_index_in_a_bucket_finds_what_a_local_one_finds_and_a_removal_leaves_
     assert in_bucket["lists_on_disk"] == in_folder["lists_on_disk"] == on_disk
     assert (in_bucket["factory"], in_bucket["shards"]) == (in_folder["factory"], in_folder["shards"])
     folder = index_folder(s3_lake, "research")
-    assert folder.names() == sorted(["index.faiss", "manifest.json", UIDS_NAME, *folder.names("lists-*.ivfdata")])
+    metadata_file = in_bucket[METADATA_MANIFEST_KEY]
+    assert folder.names() == sorted(["index.faiss", "manifest.json", metadata_file, *folder.names("lists-*.ivfdata")])
     assert len(folder.names("*.ivfdata")) == on_disk and folder.folders() == []  # the staging prefix is gone
     index, _ = knn.load_index(folder)
     if on_disk:
         assert cache in knn.lists_file_of(index).parents  # a local copy, memory-mapped
     _same_search(index, knn.load_index(index_folder(local, "research"))[0], x[::97].astype(np.float32))
-    assert pq.read_table(folder.open(UIDS_NAME)).to_pydict() == {"id": list(range(rows)), "uid": uids}
+    assert pq.read_table(folder.open(metadata_file)).select(["id", "uid"]).to_pydict() == {"id": list(range(rows)), "uid": uids}
 
     removed_rows = [5, 500, rows - 1]
     needles = [x[row].astype(np.float32).tobytes() for row in removed_rows]  # both flat types store float32
@@ -154,7 +159,8 @@ def test_an_index_in_a_bucket_finds_what_a_local_one_finds_and_a_removal_leaves_
     assert removed == {"research": 3}
     assert not _files_holding(folder, needles)
     assert not [p for p in cache.rglob("*") if p.is_file() and any(n in p.read_bytes() for n in needles)]
-    left = pq.read_table(folder.open(UIDS_NAME))
+    left = pq.read_table(folder.open(knn.metadata_name(folder)))
+    assert metadata_file not in folder.names()  # the save without them replaced it
     assert left.num_rows == rows - 3 and not set(left["uid"].to_pylist()) & {uids[row] for row in removed_rows}
     index, stored = knn.load_index(folder)
     assert index.ntotal == rows - 3 == stored["vectors"]

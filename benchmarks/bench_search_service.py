@@ -1,0 +1,187 @@
+"""Search service latency over HTTP: `pairlake serve` on a 1M x 512 index, as clients query it.
+
+The index is ``bench_knn_index``'s (the same generator and plan, built once and kept in
+``--cache``) with synthetic metadata, served by a ``pairlake serve`` subprocess whose CLIP model is
+ViT-B-32 with seeded random weights (saved as a checkpoint: the encoder's cost is a real
+ViT-B-32's; the weights do not matter for timing). Clients post clip-retrieval's request body
+(``num_images`` 40, ``deduplicate`` and the safety filter on, as ClipClient sends) for embedding,
+text and image queries, from 1 and from 8 concurrent clients; per mode, p50 and p95 of the
+request's wall time. Goal here: p50 <= 50 ms, p95 <= 150 ms. Prints a table and writes
+``benchmarks/results/search_service.json``. The load average is recorded: the machine is shared.
+
+    .venv/bin/python -m benchmarks.bench_search_service [--n 1000000] [--queries 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import concurrent.futures
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import requests
+import torch
+from PIL import Image
+
+from benchmarks.bench_knn_index import clustered_embeddings, machine
+from gpu_jobs import knn_index as knn
+from gpu_jobs.clip_model import load_clip, model_identity
+from infra.config import ClipConfig
+from infra.delta_store import Lake
+
+RESULTS = Path(__file__).parent / "results" / "search_service.json"
+DIM = 512
+MODEL = "ViT-B-32"
+GOAL_P50_MS, GOAL_P95_MS = 50.0, 150.0
+_WORDS = "a photo of the red blue small large dog cat house car tree beach city night old new vintage poster".split()
+
+
+def random_checkpoint(cache: Path) -> ClipConfig:
+    path = cache / "vit-b-32-random.pt"
+    if not path.is_file():
+        torch.manual_seed(0)
+        clip = load_clip(ClipConfig(model=MODEL, pretrained="", device="cpu"), allow_random_init=True)
+        torch.save(clip.model.state_dict(), path)
+    return ClipConfig(model=MODEL, pretrained="", checkpoint=str(path), device="cpu")
+
+
+def build_lake(cache: Path, n: int, clip: ClipConfig, memory_gb: int) -> Lake:
+    """A lake whose research index holds ``n`` vectors with metadata; built once per (n, model)."""
+    lake = Lake(str(cache / f"lake-{n}"))
+    folder = knn.index_folder(lake, "research")
+    if folder.exists(knn.MANIFEST_FILE):
+        return lake
+    x = clustered_embeddings(n, DIM)
+    plan = knn.plan_index(n, DIM, memory_gb << 30)
+    started = time.perf_counter()
+    index = knn.build_index(x, np.arange(n), plan, progress=True)
+    print(f"built {plan.factory} over {n:,} in {time.perf_counter() - started:.0f} s", flush=True)
+    del x
+    name = knn.new_metadata_name()
+    rng = np.random.default_rng(0)
+    with folder.publish(name) as handle, pq.ParquetWriter(handle, knn.METADATA_SCHEMA) as writer:
+        for start in range(0, n, 100_000):
+            ids = np.arange(start, min(n, start + 100_000))
+            rows = {"id": ids, "uid": [f"{i:032x}" for i in ids], "url": [f"https://img.example/{i}.jpg" for i in ids],
+                    "caption": [" ".join(rng.choice(_WORDS, 8)) for _ in ids], "warc_file": ["bench.warc.gz"] * len(ids),
+                    "punsafe": rng.random(len(ids)).astype(np.float32) * 0.6,
+                    "pviolence": rng.random(len(ids)).astype(np.float32) * 0.6,
+                    "aesthetic": rng.random(len(ids)).astype(np.float32) * 10}
+            writer.write_table(pa.table({f.name: pa.array(rows.get(f.name, [None] * len(ids)), f.type)
+                                         for f in knn.METADATA_SCHEMA}))
+    knn.save_index(folder, index, {"model_id": model_identity(clip), "vectors": n, "source_version": 0,
+                                   "factory": plan.factory, knn.METADATA_MANIFEST_KEY: name})
+    return lake
+
+
+def start_service(lake: Lake, clip: ClipConfig, port: int, workdir: Path) -> subprocess.Popen:
+    config = workdir / "pairlake.toml"
+    config.write_text(f'[lake]\nroot = "{lake.root}"\n[clip]\nmodel = "{clip.model}"\npretrained = ""\n'
+                      f'checkpoint = "{clip.checkpoint}"\ndevice = "cpu"\n[clip.thresholds]\n"{clip.model}" = 0.28\n')
+    env = {**os.environ, "PAIRLAKE_CONFIG": str(config)}
+    env.pop("PAIRLAKE_PROFILE", None)
+    process = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "serve", "--port", str(port)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"pairlake serve exited: {process.stderr.read()[-2000:]}")
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok:
+                return process
+        except requests.ConnectionError:
+            time.sleep(0.5)
+    process.kill()
+    raise RuntimeError("pairlake serve did not answer within 300 s")
+
+
+def query_bodies(mode: str, count: int, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    base = {"modality": "image", "indice_name": "research", "num_images": 40, "num_result_ids": 40,
+            "deduplicate": True, "use_safety_model": True, "use_violence_detector": False}
+    if mode == "embedding":
+        vectors = clustered_embeddings(count, DIM, seed=seed + 1)
+        return [{**base, "embedding_input": [round(float(v), 6) for v in row]} for row in vectors]
+    if mode == "text":
+        return [{**base, "text": " ".join(rng.choice(_WORDS, 6))} for _ in range(count)]
+    bodies = []
+    for _ in range(count):
+        pixels = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+        out = io.BytesIO()
+        Image.fromarray(pixels).save(out, format="JPEG", quality=90)
+        bodies.append({**base, "image": base64.b64encode(out.getvalue()).decode()})
+    return bodies
+
+
+def measure(url: str, bodies: list[dict], clients: int) -> dict:
+    payloads = [json.dumps(b) for b in bodies]
+    sessions = [requests.Session() for _ in range(clients)]
+
+    def one(i: int) -> float:
+        started = time.perf_counter()
+        response = sessions[i % clients].post(f"{url}/knn-service", data=payloads[i], timeout=120)
+        elapsed = time.perf_counter() - started
+        if response.status_code != 200 or not response.json():
+            raise RuntimeError(f"query failed: {response.status_code} {response.text[:300]}")
+        return elapsed * 1000
+
+    for i in range(min(3, len(payloads))):  # warm: model loaded, index pages touched
+        one(i)
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        times = list(pool.map(one, range(len(payloads))))
+    wall = time.perf_counter() - started
+    return {"clients": clients, "queries": len(times), "p50_ms": round(float(np.percentile(times, 50)), 1),
+            "p95_ms": round(float(np.percentile(times, 95)), 1), "queries_per_s": round(len(times) / wall, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--queries", type=int, default=100, help="per mode and concurrency")
+    parser.add_argument("--memory-gb", type=int, default=4)
+    parser.add_argument("--port", type=int, default=18434)
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "pairlake-bench-search")
+    args = parser.parse_args()
+    args.cache.mkdir(parents=True, exist_ok=True)
+    clip = random_checkpoint(args.cache)
+    lake = build_lake(args.cache, args.n, clip, args.memory_gb)
+    rows = []
+    with tempfile.TemporaryDirectory() as workdir:
+        process = start_service(lake, clip, args.port, Path(workdir))
+        try:
+            url = f"http://127.0.0.1:{args.port}"
+            for mode in ("embedding", "text", "image"):
+                bodies = query_bodies(mode, args.queries, seed=len(rows))
+                for clients in (1, 8):
+                    rows.append({"mode": mode, **measure(url, bodies, clients)})
+                    print(rows[-1], flush=True)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    print(f"\n{'mode':<10} {'clients':>7} {'p50 ms':>8} {'p95 ms':>8} {'q/s':>7}")
+    for r in rows:
+        print(f"{r['mode']:<10} {r['clients']:>7} {r['p50_ms']:>8} {r['p95_ms']:>8} {r['queries_per_s']:>7}")
+    manifest = json.loads(knn.index_folder(lake, "research").read_bytes(knn.MANIFEST_FILE))
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps({
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+        "index": {"vectors": args.n, "dim": DIM, "factory": manifest.get("factory")}, "model": MODEL,
+        "goal": {"p50_ms": GOAL_P50_MS, "p95_ms": GOAL_P95_MS}, "results": rows,
+        "load_average_after": os.getloadavg()[0]}, indent=1))
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

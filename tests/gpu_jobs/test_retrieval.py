@@ -1,0 +1,143 @@
+"""Search over a saved index: clip-retrieval's filters, metadata by id, removals and reloads, on
+small hand-made indexes (the whole pipeline's index is searched in tests/orchestration)."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from gpu_jobs import knn_index as knn
+from gpu_jobs.retrieval import LakeIndexes, SearchError, SearchOptions, remove_from_indexes
+from infra.config import ClipConfig
+from infra.delta_store import Lake
+
+DIM = 16
+MODEL = ClipConfig(model="ViT-B-32", pretrained="laion2b_s34b_b79k")  # names the index's embeddings only
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def save(lake: Lake, variant: str, vectors: np.ndarray, tags: dict[str, list]) -> list[str]:
+    """An IDMap2,Flat index of ``vectors`` (ids 0..n-1) with its metadata file; returns the uids."""
+    n = len(vectors)
+    plan = knn.plan_index(n, DIM, 1 << 30)
+    index = knn.build_index(vectors, np.arange(n), plan)
+    folder = knn.index_folder(lake, variant)
+    uids = [f"uid{i:03d}" for i in range(n)]
+    columns = {"id": list(range(n)), "uid": uids, "url": [f"http://h.example/{i}.jpg" for i in range(n)],
+               "caption": [f"caption {i}" for i in range(n)], "warc_file": ["w"] * n, **tags}
+    table = pa.table({f.name: pa.array(columns.get(f.name, [None] * n), f.type) for f in knn.METADATA_SCHEMA})
+    manifest = {"model_id": "ViT-B-32/laion2b_s34b_b79k", "vectors": n, "source_version": 0,
+                knn.METADATA_MANIFEST_KEY: knn.new_metadata_name()}
+    with folder.publish(manifest[knn.METADATA_MANIFEST_KEY]) as handle:
+        pq.write_table(table, handle)
+    knn.save_index(folder, index, manifest)
+    return uids
+
+
+@pytest.fixture
+def planted(tmp_path):
+    """40 random vectors; rows 1 and 2 are near copies of row 0 (cosine > 0.99), row 3 is close to
+    the query but unsafe, row 4 close but violent, row 5 close and safe with no violence tag."""
+    rng = np.random.default_rng(0)
+    base = unit(rng.normal(size=(40, DIM)))
+    query = base[0].copy()
+    for row, step in ((1, 0.04), (2, 0.05), (3, 0.6), (4, 0.62), (5, 0.64)):  # cosines .999, .999, .86, .85, .84
+        away = rng.normal(size=DIM)
+        away -= (away @ query) * query  # orthogonal to the query
+        base[row] = unit((query + step * away / np.linalg.norm(away))[None])[0]
+    punsafe = [0.01] * 40
+    punsafe[3] = 0.9
+    pviolence = [0.1] * 40
+    pviolence[4] = 0.8
+    pviolence[5] = None
+    aesthetic = list(np.linspace(0.0, 1.0, 40))
+    lake = Lake(str(tmp_path / "lake"))
+    save(lake, "research", base, {"punsafe": punsafe, "pviolence": pviolence, "aesthetic": aesthetic})
+    return lake, query
+
+
+def ids_of(results) -> list[int]:
+    return [r.id for r in results]
+
+
+def test_plain_search_returns_neighbours_with_metadata_for_the_first_num_images(planted):
+    lake, query = planted
+    index = LakeIndexes(lake, MODEL).get("research")
+    results = index.search(query, SearchOptions(num_result_ids=8, num_images=3))
+    assert ids_of(results)[:6] == [0, 1, 2, 3, 4, 5]
+    assert [r.similarity for r in results] == sorted((r.similarity for r in results), reverse=True)
+    assert [r.metadata["url"] for r in results[:3]] == [f"http://h.example/{i}.jpg" for i in range(3)]
+    assert all(r.metadata is None for r in results[3:]) and len(results) == 8
+    assert index.rows([5, 999, 0]) == [index.rows([5])[0], None, index.rows([0])[0]]
+
+
+def test_filters_drop_duplicates_unsafe_and_violent_results(planted):
+    lake, query = planted
+    index = LakeIndexes(lake, MODEL).get("research")
+    options = dict(num_result_ids=10, num_images=10)
+    assert ids_of(index.search(query, SearchOptions(**options, deduplicate=True)))[:4] == [0, 3, 4, 5]
+    assert 3 not in ids_of(index.search(query, SearchOptions(**options, use_safety_model=True)))
+    hidden = set(range(10)) - set(ids_of(index.search(query, SearchOptions(**options, use_violence_detector=True))))
+    assert {4, 5} <= hidden and not {0, 1, 2, 3} & hidden  # violent, and unknown, are hidden
+    everything = SearchOptions(**options, deduplicate=True, use_safety_model=True, use_violence_detector=True)
+    assert ids_of(index.search(query, everything))[0] == 0 and not {1, 2, 3, 4, 5} & set(ids_of(index.search(query, everything)))
+
+
+def test_aesthetic_level_reranks_by_the_stored_tag(planted):
+    lake, query = planted
+    index = LakeIndexes(lake, MODEL).get("research")
+    plain = index.search(query, SearchOptions(num_result_ids=40, num_images=40))
+    pretty = index.search(query, SearchOptions(num_result_ids=40, num_images=40, aesthetic_score=9, aesthetic_weight=5.0))
+    ugly = index.search(query, SearchOptions(num_result_ids=40, num_images=40, aesthetic_score=0, aesthetic_weight=5.0))
+    assert sorted(ids_of(pretty)) == sorted(ids_of(plain))  # the same results, another order
+    mean = lambda results: np.mean([r.metadata["aesthetic"] for r in results[:10]])  # noqa: E731
+    assert mean(pretty) > mean(plain) > mean(ugly)
+    # Similarity stays the cosine to the query.
+    assert {r.id: r.similarity for r in pretty} == {r.id: r.similarity for r in plain}
+
+
+def test_bad_queries_are_one_line(planted):
+    lake, query = planted
+    index = LakeIndexes(lake, MODEL).get("research")
+    with pytest.raises(SearchError, match="^the query has 3 dimensions; this index holds 16$"):
+        index.search(np.ones(3), SearchOptions(5, 5))
+    with pytest.raises(SearchError, match="finite and not all zeros"):
+        index.search(np.zeros(DIM), SearchOptions(5, 5))
+    with pytest.raises(SearchError, match=r"^no kNN index named 'other'; the lake has \['research'\]$"):
+        LakeIndexes(lake, MODEL).get("other")
+    bare = Lake(str(lake.root) + "-bare")
+    save(bare, "research", unit(np.random.default_rng(1).normal(size=(20, DIM))), {})
+    with pytest.raises(SearchError, match=r"no punsafe tag to filter by: configure \[tags.punsafe\]"):
+        LakeIndexes(bare, MODEL).get("research").search(query, SearchOptions(5, 5, use_safety_model=True))
+
+
+def test_a_removal_is_never_returned_once_published_and_a_new_save_is_loaded(planted):
+    lake, query = planted
+    indexes = LakeIndexes(lake, MODEL)  # checks the manifest on every query
+    before = indexes.get("research")
+    first = before.search(query, SearchOptions(5, 5))[0].metadata["uid"]
+    folder = knn.index_folder(lake, "research")
+    old_metadata = folder.names("metadata-*.parquet")
+    assert remove_from_indexes(lake, {first, "uid002"}, curated_version=1) == {"research": 2}
+    after = indexes.get("research")
+    assert after is not before and after.vectors == 38
+    found = after.search(query, SearchOptions(40, 40))
+    assert not {first, "uid002"} & {r.metadata["uid"] for r in found}
+    assert after.rows([0, 2]) == [None, None]
+    # The old save's metadata is gone from the lake and from this machine's cache.
+    assert not set(folder.names("metadata-*.parquet")) & set(old_metadata)
+    cached = [p.read_bytes() for p in knn.metadata_cache(folder).iterdir()]
+    assert len(cached) == 1 and b"uid002" not in cached[0] and first.encode() not in cached[0]
+    # Unchanged saves are not loaded again.
+    assert indexes.get("research") is after
+
+
+def test_an_old_index_without_a_metadata_file_loses_its_uids_file_on_the_next_save(tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    folder = knn.index_folder(lake, "research")
+    folder.write_bytes("uids.parquet", b"uids of a save before metadata files")
+    save(lake, "research", unit(np.random.default_rng(2).normal(size=(20, DIM))), {})
+    assert folder.names("*.parquet") == folder.names("metadata-*.parquet") and len(folder.names("*.parquet")) == 1
