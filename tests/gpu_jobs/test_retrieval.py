@@ -141,3 +141,16 @@ def test_an_old_index_without_a_metadata_file_loses_its_uids_file_on_the_next_sa
     folder.write_bytes("uids.parquet", b"uids of a save before metadata files")
     save(lake, "research", unit(np.random.default_rng(2).normal(size=(20, DIM))), {})
     assert folder.names("*.parquet") == folder.names("metadata-*.parquet") and len(folder.names("*.parquet")) == 1
+
+
+def test_use_mclip_encodes_with_the_configured_multilingual_tower_or_is_refused(demo_checkpoint):
+    from gpu_jobs.retrieval import QueryEncoder
+    from infra.config import DownloadConfig
+
+    demo = ClipConfig(model="pairlake-demo-tiny", pretrained="", checkpoint=str(demo_checkpoint), device="cpu")
+    plain = QueryEncoder(demo, DownloadConfig())
+    with pytest.raises(SearchError, match=r"^use_mclip: no multilingual text model is configured"):
+        plain.text("a red circle", multilingual=True)
+    # The demo model standing in for a multilingual tower: the same embedding either way.
+    both = QueryEncoder(demo, DownloadConfig(), multilingual=demo)
+    np.testing.assert_allclose(both.text("a red circle", multilingual=True), plain.text("a red circle"), atol=1e-6)

@@ -167,11 +167,3 @@ def test_eight_concurrent_queries_are_all_answered(service, client_module):
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda t: client(client_module, url, num_images=5).query(text=t), texts))
     assert all(answers) and all(isinstance(a, list) for a in answers)
-
-
-def test_a_token_guards_the_service_when_configured(pipeline):
-    config = load_config(pipeline.config_path)
-    with running_search_service(config, token="s3cret") as url:
-        assert requests.get(f"{url}/indices-list", timeout=30).status_code == 401
-        assert requests.get(f"{url}/indices-list?token=s3cret", timeout=30).json() == [INDEX]
-        assert requests.get(f"{url}/indices-list", headers={"Authorization": "Bearer s3cret"}, timeout=30).ok
