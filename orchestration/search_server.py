@@ -21,6 +21,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import threading
 import time
 import importlib.metadata
@@ -73,7 +74,7 @@ class _Edge:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = "/" + "/".join(part for part in scope["path"].split("/") if part)
+        path = re.sub("/{2,}", "/", scope["path"])
         scope = {**scope, "path": path, "raw_path": path.encode()}
         if scope["method"] == "OPTIONS":
             await Response(status_code=204, headers=_CORS)(scope, receive, send)

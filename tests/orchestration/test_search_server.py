@@ -76,3 +76,13 @@ def test_binding_beyond_loopback_needs_a_token():
     check_bind("0.0.0.0", "a-token")
     with pytest.raises(ConfigError, match=r"^search.host 0.0.0.0 is not loopback: set \$PAIRLAKE_SEARCH_TOKEN"):
         check_bind("0.0.0.0", None)
+
+
+def test_clip_retrieval_front_end_is_served_pointed_at_this_service(config):
+    with running_search_service(config) as url:
+        page = requests.get(f"{url}/clip-front/", timeout=30)
+        assert page.ok and b"<clip-front>" in page.content
+        script = page.text.split('src="main.')[1].split('"')[0]
+        assert requests.get(f"{url}/clip-front/main.{script}", timeout=30).ok
+        assert requests.get(f"{url}/clip-front/config.json", timeout=30).json() == {
+            "defaultBackend": url, "defaultIndex": "", "urlColumn": "url"}
