@@ -33,7 +33,7 @@ import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -398,6 +398,11 @@ def create_app(config: PairlakeConfig, token: str | None = None) -> ASGIApp:
     ]
     front = clip_front_build()
     if front is not None:
+        # The wheel's page loads this polyfill from vendor/, but ships it deeper.
+        loader = front / "vendor/node_modules/@webcomponents/webcomponentsjs/webcomponents-loader.js"
+        if loader.is_file():
+            routes.append(Route("/clip-front/vendor/webcomponents-loader.js",
+                                lambda request: FileResponse(loader, media_type="text/javascript")))
         routes.append(Mount("/clip-front", StaticFiles(directory=front, html=True)))
     return _Edge(Starlette(routes=routes), token)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from playwright import sync_api
 
 from infra.config import PairlakeConfig, load_config
 from orchestration.optout_requests import inbox_dir
@@ -25,8 +26,6 @@ from orchestration.search_server import clip_front_build
 from tests.search_service import running_search_service
 
 pytestmark = pytest.mark.slow
-
-sync_api = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM = shutil.which("chromium")
 WAIT_MS = 60_000  # every wait in the page: a query encodes with the demo model on a busy CPU
@@ -62,7 +61,7 @@ def index_name(service) -> str:
 @pytest.fixture(scope="module")
 def browser():
     if CHROMIUM is None:
-        pytest.skip("no chromium on PATH (Debian: apt-get install chromium)")
+        pytest.fail("no chromium on PATH: make setup installs Debian's chromium")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
@@ -314,15 +313,14 @@ def test_token_travels_with_every_call(browser, search_config, index_name):
             context.close()
 
 
-@pytest.mark.parametrize("entry", ["/clip-front/", "/clip-front/index.html"])
-def test_clip_retrieval_front_end_searches_the_service_unchanged(browser, service, index_name, entry):
+def test_clip_retrieval_front_end_searches_the_service_unchanged(browser, service, index_name):
     """clip-retrieval's own web front end (clip-front, from its wheel's front/build) served at
     /clip-front/: pointed at this service by its config.json, a text query typed into its search
     bar runs /knn-service with clip-front's default options and shows the answer's images (their
     source URLs, on the sample crawl's image server) and captions."""
     front = clip_front_build()
     if front is None:
-        pytest.skip("clip-retrieval's built front end (front/build in its wheel) is not installed: "
+        pytest.fail("clip-retrieval's built front end (front/build in its wheel) is not installed: "
                     "`make setup` installs clip-retrieval --no-deps")
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     try:
@@ -333,7 +331,7 @@ def test_clip_retrieval_front_end_searches_the_service_unchanged(browser, servic
         page.on("pageerror", lambda error: script_errors.append(str(error)))
         page.on("response", lambda response: answers.append((response.status, response.request.method, response.url)))
 
-        page.goto(f"{service}{entry}", timeout=WAIT_MS)
+        page.goto(f"{service}{CLIP_FRONT}", timeout=WAIT_MS)
         # Ready once /indices-list fills its index menu (Enter is bound to the search bar by then).
         page.wait_for_selector("clip-front select option", state="attached", timeout=WAIT_MS)
         assert page.eval_on_selector("clip-front select", "menu => menu.value") == index_name
@@ -382,11 +380,7 @@ def test_clip_retrieval_front_end_searches_the_service_unchanged(browser, servic
         page.wait_for_load_state("networkidle", timeout=WAIT_MS)  # its /metadata calls too
         called = {urlsplit(url).path for _, method, url in answers if url.startswith(service)}
         assert {"/clip-front/config.json", "/indices-list", "/knn-service", "/metadata"} <= called, called
-        # The wheel's index.html loads vendor/webcomponents-loader.js, which its build does not ship
-        # (a polyfill Chromium does not need): that 404 is the wheel's, not the service's.
-        missing = set() if (front / "vendor" / "webcomponents-loader.js").is_file() else {
-            f"{service}/clip-front/vendor/webcomponents-loader.js"}
-        refused = [a for a in answers if a[2].startswith(service) and a[0] >= 400 and a[2] not in missing]
+        refused = [a for a in answers if a[2].startswith(service) and a[0] >= 400]
         assert refused == [], f"the service refused clip-front's requests: {refused}"
         assert script_errors == []
     finally:
