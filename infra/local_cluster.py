@@ -17,7 +17,7 @@ from types import TracebackType
 
 import pyspark
 
-from infra.local_services import free_port, run_until_interrupted
+from infra.local_services import free_port, until_interrupted, wait_forever
 
 
 class LocalStandaloneCluster:
@@ -77,6 +77,13 @@ class LocalStandaloneCluster:
         raise RuntimeError(f"spark {name} did not start; log: {log.read_text(errors='replace')[-2000:]}")
 
     def start(self) -> str:
+        try:
+            return self._start()
+        except BaseException:  # a daemon that did not come up, Ctrl-C, SIGTERM: none left running
+            self.stop()
+            raise
+
+    def _start(self) -> str:
         port = free_port()
         self._spawn(
             "master", "org.apache.spark.deploy.master.Master",
@@ -116,9 +123,9 @@ class LocalStandaloneCluster:
 
 
 def main() -> None:
-    with LocalStandaloneCluster() as url:
+    with until_interrupted(), LocalStandaloneCluster() as url:
         print(f"spark standalone cluster at {url} (Ctrl-C stops it)", flush=True)
-        run_until_interrupted()
+        wait_forever()
 
 
 if __name__ == "__main__":

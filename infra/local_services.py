@@ -3,9 +3,11 @@ the S3 server): free loopback ports, and running one in the foreground until Ctr
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import time
+from collections.abc import Iterator
 
 
 def free_port() -> int:
@@ -15,19 +17,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_until_interrupted() -> None:
-    """Block until Ctrl-C or SIGTERM (``python -m infra.<server>`` keeps its server up meanwhile).
-    A TERM ends the wait like Ctrl-C, so the caller's ``with`` stops the server it started: the
-    server runs in a session of its own and would outlive this process otherwise."""
+@contextlib.contextmanager
+def until_interrupted() -> Iterator[None]:
+    """``with until_interrupted(): with Server() as s: ...; wait_forever()``: a server that runs in
+    the foreground (``python -m infra.<server>``) until Ctrl-C or SIGTERM. Both end the block the
+    same way, whenever they arrive (while the server starts too), so the inner ``with`` stops the
+    server it started: the server runs in a session of its own and would outlive this process."""
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        while True:
-            time.sleep(3600)
+        yield
     except KeyboardInterrupt:
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def wait_forever() -> None:
+    while True:
+        time.sleep(3600)

@@ -26,7 +26,7 @@ import pyarrow.fs as pafs
 
 from infra.config import StorageOptions
 from infra.lake_storage import s3_client
-from infra.local_services import free_port, run_until_interrupted
+from infra.local_services import free_port, until_interrupted, wait_forever
 
 # The one identity the local server knows; tests and the demo read it from the environment like
 # any credentials (infra.lake_storage), so these values are set there, never written to a config.
@@ -134,7 +134,11 @@ class LocalS3Server:
         )
         log.close()
         self.endpoint = S3Endpoint(f"http://127.0.0.1:{s3}")
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:  # Ctrl-C or SIGTERM while it starts too: never leave it running
+            self.stop()
+            raise
         return self.endpoint
 
     def _wait_ready(self) -> None:
@@ -199,12 +203,12 @@ def main() -> None:
 
 def serve(data_dir: str, port: int | None, bucket: str) -> None:
     """Run a server in the foreground until Ctrl-C, printing how to point pairlake at it."""
-    with LocalS3Server(data_dir, port=port) as endpoint:
+    with until_interrupted(), LocalS3Server(data_dir, port=port) as endpoint:
         endpoint.create_bucket(bucket)
         exports = " ".join(f"{k}={v}" for k, v in endpoint.pairlake_environment(f"s3://{bucket}/lake").items())
         print(f"S3 server at {endpoint.url} (data in {data_dir}; Ctrl-C stops it). In another shell, point "
               f"pairlake at it with:\n  export {exports}", flush=True)
-        run_until_interrupted()
+        wait_forever()
 
 
 if __name__ == "__main__":

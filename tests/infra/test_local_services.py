@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -39,3 +40,34 @@ def test_stopping_the_foreground_s3_server_stops_the_server(tmp_path, stop):
 def test_a_port_without_room_for_its_grpc_neighbour_is_one_line():
     with pytest.raises(ValueError, match=r"port \+ 10000"):
         LocalS3Server(port=60000)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["term", "ctrl-c"])
+def test_a_stop_while_the_server_starts_leaves_nothing_running(tmp_path, stop):
+    (port,) = free_ports(1)
+    data = tmp_path / "s3"
+    proc = subprocess.Popen([sys.executable, "-m", "infra.s3_server", str(data), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not _weed_processes(data):  # SeaweedFS started, the server not yet ready
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+            time.sleep(0.05)
+        proc.send_signal(stop)
+        assert proc.wait(timeout=60) == 0, proc.stdout.read()
+        assert _weed_processes(data) == []
+    finally:
+        proc.kill()
+
+
+def _weed_processes(data) -> list[int]:
+    """SeaweedFS processes serving ``data``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if any(part.endswith(b"weed") for part in command[:1]) and any(str(data).encode() in part for part in command):
+            found.append(int(entry.name))
+    return found

@@ -41,6 +41,7 @@ class Pipeline:
     instance: dg.DagsterInstance
     first: dict[str, pa.Table]  # table name -> rows after the first pass
     log_after_first: list[tuple[str, str]]
+    rerun_log: list[tuple[str, str]]  # the image server's requests during the second pass only
     config_path: Path
     lake_root: Path
     late_uid: str  # named by a hash list imported between the two passes
@@ -117,8 +118,10 @@ samples_per_shard = 20
             late_list.write_text(late_md5 + "\n")
             import_hash_list(load_config(config), late_list, LATE_LIST, "image-md5", instance=instance)
             rerun = materialize_all(instance)
+            # Taken now: later tests request images from this server too (searches by image URL).
+            rerun_log = server.access_log[len(log_after_first):]
             yield Pipeline(lake, json.loads(crawl.expected_path.read_text()), server, runs, rerun, instance,
-                           first, log_after_first, config, root / "lake", late_uid)
+                           first, log_after_first, rerun_log, config, root / "lake", late_uid)
     finally:
         server.stop()
         for name, value in previous.items():
