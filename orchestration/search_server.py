@@ -138,6 +138,11 @@ class SearchService:
                                       checkpoint=search.multilingual_checkpoint, device=config.clip.device)
         self.encoder = QueryEncoder(config.clip, config.download, multilingual)
         self.removals = _RateLimit(search.removal_requests_per_hour)
+        # One query is one vector and many run at once on the thread pool: OpenMP threads per
+        # search would only fight each other.
+        import faiss
+
+        faiss.omp_set_num_threads(1)
 
     # -- clip-retrieval's API -------------------------------------------------------------------
 
