@@ -81,6 +81,9 @@ class LoadedIndex:
     def __init__(self, folder: Folder) -> None:
         self.index, self.manifest = knn.load_index(folder)
         self.save_id = self.manifest[knn.MANIFEST_INDEX_KEY]["save_id"]
+        if METADATA_MANIFEST_KEY not in self.manifest:
+            raise knn.IndexLoadError(f"the kNN index at {folder.path} was saved without search metadata (before "
+                                     "pairlake's search service): materialize knn_index again")
         self.metadata = _mapped_metadata(folder, self.manifest[METADATA_MANIFEST_KEY], self.save_id)
         self.ids = self.metadata["id"].to_numpy()  # sorted: written in id order
         self._scales = {name: _tag_range(self.metadata[name]) for name in ("punsafe", "pviolence", "aesthetic")}

@@ -135,9 +135,14 @@ def test_a_removal_is_never_returned_once_published_and_a_new_save_is_loaded(pla
     assert indexes.get("research") is after
 
 
-def test_an_old_index_without_a_metadata_file_loses_its_uids_file_on_the_next_save(tmp_path):
+def test_an_old_index_without_a_metadata_file_is_one_line_and_loses_its_uids_file_on_the_next_save(tmp_path):
     lake = Lake(str(tmp_path / "lake"))
     folder = knn.index_folder(lake, "research")
+    vectors = unit(np.random.default_rng(3).normal(size=(20, DIM)))
+    knn.save_index(folder, knn.build_index(vectors, np.arange(20), knn.plan_index(20, DIM, 1 << 30)),
+                   {"model_id": "ViT-B-32/laion2b_s34b_b79k", "vectors": 20})
+    with pytest.raises(knn.IndexLoadError, match=r"saved without search metadata .*: materialize knn_index again$"):
+        LakeIndexes(lake, MODEL).get("research")
     folder.write_bytes("uids.parquet", b"uids of a save before metadata files")
     save(lake, "research", unit(np.random.default_rng(2).normal(size=(20, DIM))), {})
     assert folder.names("*.parquet") == folder.names("metadata-*.parquet") and len(folder.names("*.parquet")) == 1
