@@ -85,7 +85,11 @@ class LoadedIndex:
             raise knn.IndexLoadError(f"the kNN index at {folder.path} was saved without search metadata (before "
                                      "pairlake's search service): materialize knn_index again")
         self.metadata = _mapped_metadata(folder, self.manifest[METADATA_MANIFEST_KEY], self.save_id)
-        self.ids = self.metadata["id"].to_numpy()  # sorted: written in id order
+        # Ids are sorted (written in id order): each record batch's id column is a zero-copy view
+        # of the mapped file, found by its first id; nothing of the size of the index is copied.
+        self._id_chunks = [chunk.to_numpy(zero_copy_only=True) for chunk in self.metadata["id"].chunks if len(chunk)]
+        self._chunk_firsts = np.array([chunk[0] for chunk in self._id_chunks], np.int64)
+        self._chunk_starts = np.cumsum([0] + [len(chunk) for chunk in self._id_chunks])[:-1]
         self._scales = {name: _tag_range(self.metadata[name]) for name in ("punsafe", "pviolence", "aesthetic")}
 
     @property
@@ -94,13 +98,20 @@ class LoadedIndex:
 
     def rows(self, ids: list[int]) -> list[dict | None]:
         """The metadata of ``ids`` in that order; None for an id this index does not hold."""
-        ids_array = np.asarray(ids, np.int64)
-        at = np.searchsorted(self.ids, ids_array)
-        at[at >= len(self.ids)] = 0
-        found = self.ids[at] == ids_array if len(self.ids) else np.zeros(len(ids_array), bool)
         # Row by row: a slice of the mapped file is zero-copy, where take() over its many record
         # batches concatenates whole columns (24 ms per query at 1M rows).
-        return [self.metadata.slice(int(row), 1).to_pylist()[0] if hit else None for row, hit in zip(at, found)]
+        return [None if at is None else self.metadata.slice(at, 1).to_pylist()[0]
+                for at in map(self._position, ids)]
+
+    def _position(self, item: int) -> int | None:
+        chunk = int(np.searchsorted(self._chunk_firsts, item, side="right")) - 1
+        if chunk < 0:
+            return None
+        ids = self._id_chunks[chunk]
+        within = int(np.searchsorted(ids, item))
+        if within == len(ids) or ids[within] != item:
+            return None
+        return int(self._chunk_starts[chunk]) + within
 
     def search(self, query: np.ndarray, options: SearchOptions) -> list[Result]:
         """Nearest neighbours of ``query`` (one L2-normalised vector), filtered as ``options`` say."""
