@@ -377,9 +377,10 @@ def test_clip_retrieval_front_end_searches_the_service_unchanged(browser, servic
         width = page.eval_on_selector("clip-front #products img.pic", "img => img.naturalWidth")
         assert width > 0, f"clip-front's first image did not load from {urls[0]}"
 
-        page.wait_for_load_state("networkidle", timeout=WAIT_MS)  # its /metadata calls too
+        page.wait_for_load_state("networkidle", timeout=WAIT_MS)  # its /metadata calls, if any, too
         called = {urlsplit(url).path for _, method, url in answers if url.startswith(service)}
-        assert {"/clip-front/config.json", "/indices-list", "/knn-service", "/metadata"} <= called, called
+        # /metadata is called as it shows results past the first answer's: not always by now.
+        assert {"/clip-front/config.json", "/indices-list", "/knn-service"} <= called, called
         refused = [a for a in answers if a[2].startswith(service) and a[0] >= 400]
         assert refused == [], f"the service refused clip-front's requests: {refused}"
         assert script_errors == []
