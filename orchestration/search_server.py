@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
+import hmac
 import ipaddress
 import json
 import logging
@@ -94,7 +95,7 @@ class _Edge:
 
     def _authorised(self, request: Request) -> bool:
         given = request.query_params.get("token") or request.headers.get("authorization", "").removeprefix("Bearer ")
-        return bool(given) and given == self.token
+        return bool(given) and hmac.compare_digest(given.encode(), self.token.encode())
 
 
 def _with_cors(response: Response) -> Response:
@@ -138,11 +139,6 @@ class SearchService:
                                       checkpoint=search.multilingual_checkpoint, device=config.clip.device)
         self.encoder = QueryEncoder(config.clip, config.download, multilingual)
         self.removals = _RateLimit(search.removal_requests_per_hour)
-        # One query is one vector and many run at once on the thread pool: OpenMP threads per
-        # search would only fight each other.
-        import faiss
-
-        faiss.omp_set_num_threads(1)
 
     # -- clip-retrieval's API -------------------------------------------------------------------
 
@@ -440,6 +436,11 @@ def serve(config: PairlakeConfig, host: str | None = None, port: int | None = No
     port = port or config.search.port
     token = os.environ.get(TOKEN_VARIABLE) or None
     check_bind(host, token)
+    # One query is one vector and many run at once on the thread pool: OpenMP threads per faiss
+    # search would only fight each other. (Process-wide, so set here, where the process is ours.)
+    import faiss
+
+    faiss.omp_set_num_threads(1)
     app = create_app(config, token)
     print(f"pairlake search on http://{host}:{port}/ (clip-retrieval API: /knn-service, /indices-list, /metadata)",
           flush=True)
