@@ -67,6 +67,12 @@ class SearchOptions:
     aesthetic_weight: float = 0.5
     duplicate_cosine: float = DUPLICATE_COSINE  # deduplicate: at least this close to a better result
 
+    @property
+    def filter_tags(self) -> tuple[str, ...]:
+        """The tags whose values above TAG_THRESHOLD (or missing) hide a result."""
+        return tuple(tag for wanted, tag in ((self.use_safety_model, "punsafe"),
+                                             (self.use_violence_detector, "pviolence")) if wanted)
+
 
 @dataclass(frozen=True)
 class Result:
@@ -120,8 +126,8 @@ class LoadedIndex:
             raise SearchError(f"the query has {query.shape[1]} dimensions; this index holds {self.index.d}")
         if not np.isfinite(query).all() or not np.linalg.norm(query):
             raise SearchError("the query vector must be finite and not all zeros")
-        for wanted, tag in ((options.use_safety_model, "punsafe"), (options.use_violence_detector, "pviolence")):
-            if wanted and self._scales[tag] is None:
+        for tag in options.filter_tags:
+            if self._scales[tag] is None:
                 raise SearchError(f"this index has no {tag} tag to filter by: configure [tags.{tag}] and re-tag")
         query = query / np.linalg.norm(query)
         k = max(1, min(options.num_result_ids, self.vectors))
@@ -144,10 +150,7 @@ class LoadedIndex:
                 for n, i in enumerate(order)]
 
     def _hidden(self, row: dict, options: SearchOptions) -> bool:
-        for wanted, tag in ((options.use_safety_model, "punsafe"), (options.use_violence_detector, "pviolence")):
-            if wanted and (row[tag] is None or row[tag] > TAG_THRESHOLD):
-                return True
-        return False
+        return any(row[tag] is None or row[tag] > TAG_THRESHOLD for tag in options.filter_tags)
 
     def _by_aesthetic(self, order: list[int], rows: list[dict | None], sims: np.ndarray,
                       options: SearchOptions) -> list[int]:

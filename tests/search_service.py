@@ -4,7 +4,6 @@ thread of the test process, on a free port."""
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -12,15 +11,14 @@ from collections.abc import Iterator
 import uvicorn
 
 from infra.config import PairlakeConfig
+from infra.local_services import free_port
 from orchestration.search_server import create_app
 
 
 @contextlib.contextmanager
 def running_search_service(config: PairlakeConfig, token: str | None = None) -> Iterator[str]:
     """Serve ``config``'s lake until the block ends; yields the base URL (no trailing slash)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(config, token), host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
