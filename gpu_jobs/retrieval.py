@@ -96,7 +96,12 @@ class LoadedIndex:
         self._id_chunks = [chunk.to_numpy(zero_copy_only=True) for chunk in self.metadata["id"].chunks if len(chunk)]
         self._chunk_firsts = np.array([chunk[0] for chunk in self._id_chunks], np.int64)
         self._chunk_starts = np.cumsum([0] + [len(chunk) for chunk in self._id_chunks])[:-1]
-        self._scales = {name: _tag_range(self.metadata[name]) for name in ("punsafe", "pviolence", "aesthetic")}
+        # The tags the filters read for every candidate result, in memory (NaN: untagged): 4 bytes a
+        # row per tag, next to the index's 2 KB per vector; whole rows are read only for results
+        # returned with their metadata.
+        self._tags = {name: pc.fill_null(self.metadata[name], float("nan")).to_numpy().astype(np.float32)
+                      for name in ("punsafe", "pviolence", "aesthetic")}
+        self._scales = {name: _tag_range(values) for name, values in self._tags.items()}
 
     @property
     def vectors(self) -> int:
@@ -104,20 +109,24 @@ class LoadedIndex:
 
     def rows(self, ids: list[int]) -> list[dict | None]:
         """The metadata of ``ids`` in that order; None for an id this index does not hold."""
-        # Row by row: a slice of the mapped file is zero-copy, where take() over its many record
-        # batches concatenates whole columns (24 ms per query at 1M rows).
-        return [None if at is None else self.metadata.slice(at, 1).to_pylist()[0]
-                for at in map(self._position, ids)]
+        return [None if at < 0 else self._row(int(at)) for at in self._positions(np.asarray(ids, np.int64))]
 
-    def _position(self, item: int) -> int | None:
-        chunk = int(np.searchsorted(self._chunk_firsts, item, side="right")) - 1
-        if chunk < 0:
-            return None
-        ids = self._id_chunks[chunk]
-        within = int(np.searchsorted(ids, item))
-        if within == len(ids) or ids[within] != item:
-            return None
-        return int(self._chunk_starts[chunk]) + within
+    def _row(self, at: int) -> dict:
+        # A one-row slice of the mapped file is zero-copy, where take() over its many record
+        # batches concatenates whole columns (24 ms per query at 1M rows).
+        return self.metadata.slice(at, 1).to_pylist()[0]
+
+    def _positions(self, ids: np.ndarray) -> np.ndarray:
+        """Each id's row in the metadata, or -1 where it holds none (removed)."""
+        positions = np.full(len(ids), -1, np.int64)
+        chunks = np.searchsorted(self._chunk_firsts, ids, side="right") - 1
+        for chunk in np.unique(chunks[chunks >= 0]):
+            where = np.flatnonzero(chunks == chunk)
+            chunk_ids = self._id_chunks[chunk]
+            within = np.minimum(np.searchsorted(chunk_ids, ids[where]), len(chunk_ids) - 1)
+            found = chunk_ids[within] == ids[where]
+            positions[where[found]] = self._chunk_starts[chunk] + within[found]
+        return positions
 
     def search(self, query: np.ndarray, options: SearchOptions) -> list[Result]:
         """Nearest neighbours of ``query`` (one L2-normalised vector), filtered as ``options`` say."""
@@ -139,45 +148,38 @@ class LoadedIndex:
             vectors = None
         keep = found[0] >= 0
         ids, sims = found[0][keep], scores[0][keep]
-        rows = self.rows(ids.tolist())
-        order = [i for i, row in enumerate(rows) if row is not None]  # gone from the metadata: removed
-        if vectors is not None:
+        positions = self._positions(ids)
+        order = np.flatnonzero(positions >= 0)  # gone from the metadata: removed
+        if vectors is not None:  # before the tag filters, as clip-back: a hidden result still leads its group
             order = _without_duplicates(order, vectors[keep], options.duplicate_cosine)
-        order = [i for i in order if not self._hidden(rows[i], options)]
+        for tag in options.filter_tags:  # an untagged result (NaN) is hidden too
+            order = order[self._tags[tag][positions[order]] <= TAG_THRESHOLD]
         if options.aesthetic_score is not None and self._scales["aesthetic"] is not None:
-            order = self._by_aesthetic(order, rows, sims, options)
-        return [Result(int(ids[i]), float(sims[i]), rows[i] if n < options.num_images else None)
+            order = self._by_aesthetic(order, positions, sims, options)
+        return [Result(int(ids[i]), float(sims[i]), self._row(int(positions[i])) if n < options.num_images else None)
                 for n, i in enumerate(order)]
 
-    def _hidden(self, row: dict, options: SearchOptions) -> bool:
-        return any(row[tag] is None or row[tag] > TAG_THRESHOLD for tag in options.filter_tags)
-
-    def _by_aesthetic(self, order: list[int], rows: list[dict | None], sims: np.ndarray,
-                      options: SearchOptions) -> list[int]:
+    def _by_aesthetic(self, order: np.ndarray, positions: np.ndarray, sims: np.ndarray,
+                      options: SearchOptions) -> np.ndarray:
         """Re-rank by similarity + weight x closeness of the result's aesthetic tag to the asked
         level (0-9 spread over the tag's range in this index). clip-retrieval instead shifts the
         query towards mean embeddings of rated images; those means would keep removed images'
         embeddings, so pairlake uses the stored tag."""
         low, high = self._scales["aesthetic"]
         target = low + (high - low) * min(max(options.aesthetic_score, 0), 9) / 9
-        span = (high - low) or 1.0
-
-        def key(i: int) -> float:
-            value = rows[i]["aesthetic"]
-            closeness = 0.0 if value is None else 1.0 - abs(value - target) / span
-            return -(float(sims[i]) + options.aesthetic_weight * closeness)
-
-        return sorted(order, key=key)
+        values = self._tags["aesthetic"][positions[order]]
+        closeness = np.nan_to_num(1.0 - np.abs(values - target) / ((high - low) or 1.0), nan=0.0)
+        return order[np.argsort(-(sims[order] + options.aesthetic_weight * closeness), kind="stable")]
 
 
-def _tag_range(column: pa.ChunkedArray) -> tuple[float, float] | None:
+def _tag_range(values: np.ndarray) -> tuple[float, float] | None:
     """(min, max) of a tag over the index, or None when no row has it."""
-    stats = pc.min_max(column)
-    low, high = stats["min"].as_py(), stats["max"].as_py()
-    return None if low is None else (float(low), float(high))
+    if np.isnan(values).all():
+        return None
+    return float(np.nanmin(values)), float(np.nanmax(values))
 
 
-def _without_duplicates(order: list[int], vectors: np.ndarray, threshold: float) -> list[int]:
+def _without_duplicates(order: np.ndarray, vectors: np.ndarray, threshold: float) -> np.ndarray:
     """``order`` without each result whose cosine to a better-ranked one (transitively) reaches
     ``threshold``: the best of each group stays, as clip-retrieval's deduplicate does."""
     if len(order) < 2:
@@ -200,7 +202,7 @@ def _without_duplicates(order: list[int], vectors: np.ndarray, threshold: float)
             a, b = root(i), root(int(j))
             if a != b:
                 parent[max(a, b)] = min(a, b)  # the better-ranked result leads its group
-    return [order[i] for i in range(len(order)) if root(i) == i]
+    return order[[i for i in range(len(order)) if root(i) == i]]
 
 
 def _mapped_metadata(folder: Folder, name: str, save_id: str) -> pa.Table:

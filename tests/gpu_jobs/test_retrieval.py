@@ -84,6 +84,10 @@ def test_filters_drop_duplicates_unsafe_and_violent_results(planted):
     assert {4, 5} <= hidden and not {0, 1, 2, 3} & hidden  # violent, and unknown, are hidden
     everything = SearchOptions(**options, deduplicate=True, use_safety_model=True, use_violence_detector=True)
     assert ids_of(index.search(query, everything))[0] == 0 and not {1, 2, 3, 4, 5} & set(ids_of(index.search(query, everything)))
+    # Results past num_images (id and similarity only) are filtered all the same.
+    past = index.search(query, SearchOptions(num_result_ids=10, num_images=1, deduplicate=True, use_safety_model=True,
+                                             use_violence_detector=True))
+    assert ids_of(past) == ids_of(index.search(query, everything)) and all(r.metadata is None for r in past[1:])
 
 
 def test_aesthetic_level_reranks_by_the_stored_tag(planted):
