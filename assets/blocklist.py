@@ -4,10 +4,9 @@ import dagster as dg
 
 from infra.tables import BLOCKLIST, CANDIDATES, IMAGES
 from orchestration.resources import PairlakeResource, code_version
-from spark_jobs import blocklist as blocklist_module
 from spark_jobs import curation_job
 
-CODE_VERSION = code_version(blocklist_module, curation_job)
+CODE_VERSION = code_version("spark_jobs.blocklist", "spark_jobs.curation_job")
 
 # Written outside Dagster runs (the import command reports each import as a materialization).
 blocklist = dg.AssetSpec(

@@ -7,23 +7,11 @@ from infra.crawl_source import WarcFile
 from infra.tables import WARC_FILES
 from orchestration.partitions import per_warc_file_asset
 from orchestration.resources import PairlakeResource, code_version, summed
-from spark_jobs import (
-    candidates_job,
-    caption_language,
-    html_images,
-    html_nesting,
-    http_response,
-    page_charset,
-    warc_input,
-    warc_pairs,
-    warc_reader,
-)
+from spark_jobs import candidates_job
 
-
-CODE_VERSION = code_version(
-    warc_input, warc_reader, http_response, page_charset, html_nesting, html_images, caption_language, warc_pairs,
-    candidates_job,
-)
+CODE_VERSION = code_version(*(f"spark_jobs.{name}" for name in (
+    "warc_input", "warc_reader", "http_response", "page_charset", "html_nesting", "html_images", "caption_language",
+    "warc_pairs", "candidates_job")))
 
 
 @per_warc_file_asset(

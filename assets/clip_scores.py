@@ -2,14 +2,14 @@
 
 import dagster as dg
 
-from gpu_jobs import clip_model, clip_scoring, embedding_format
 from gpu_jobs.clip_model import model_identity
 from infra.tables import CANDIDATES, IMAGES
 from orchestration.partitions import per_warc_file_asset
 from orchestration.resources import PairlakeResource, code_version, summed
 from spark_jobs import clip_scores_job
 
-CODE_VERSION = code_version(clip_model, clip_scoring, embedding_format, clip_scores_job)
+CODE_VERSION = code_version("gpu_jobs.clip_model", "gpu_jobs.clip_scoring", "gpu_jobs.embedding_format",
+                            "spark_jobs.clip_scores_job")
 
 
 @per_warc_file_asset(

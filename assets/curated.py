@@ -7,7 +7,7 @@ from infra.tables import BLOCKLIST_MATCHES, DEDUP, IMAGE_TAGS, KEPT_PAIRS
 from orchestration.resources import PairlakeResource, code_version
 from spark_jobs import curation_job
 
-CODE_VERSION = code_version(curation_job)
+CODE_VERSION = code_version("spark_jobs.curation_job")
 
 
 @dg.asset(

@@ -2,12 +2,11 @@
 
 import dagster as dg
 
-from gpu_jobs import near_duplicates
 from infra.tables import BLOCKLIST_MATCHES, CANDIDATES, CLIP_SCORES, KEPT_PAIRS
 from orchestration.resources import PairlakeResource, code_version
-from spark_jobs import curation_job, near_duplicates_job
+from spark_jobs import curation_job
 
-CODE_VERSION = code_version(near_duplicates, near_duplicates_job, curation_job)
+CODE_VERSION = code_version("gpu_jobs.near_duplicates", "spark_jobs.near_duplicates_job", "spark_jobs.curation_job")
 
 
 @dg.asset(

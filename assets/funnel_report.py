@@ -5,7 +5,7 @@ import dagster as dg
 from orchestration import report
 from orchestration.resources import PairlakeResource, code_version
 
-CODE_VERSION = code_version(report)
+CODE_VERSION = code_version("orchestration.report")
 
 
 @dg.asset(

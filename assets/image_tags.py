@@ -2,14 +2,13 @@
 
 import dagster as dg
 
-from gpu_jobs import embedding_heads, tagging
 from gpu_jobs.clip_model import model_config, model_identity
 from infra.tables import CLIP_SCORES
 from orchestration.partitions import per_warc_file_asset
 from orchestration.resources import PairlakeResource, code_version
 from spark_jobs import image_tags_job
 
-CODE_VERSION = code_version(embedding_heads, tagging, image_tags_job)
+CODE_VERSION = code_version("gpu_jobs.embedding_heads", "gpu_jobs.tagging", "spark_jobs.image_tags_job")
 
 
 @per_warc_file_asset(
@@ -20,6 +19,8 @@ CODE_VERSION = code_version(embedding_heads, tagging, image_tags_job)
     "tagged by Spark tasks.",
 )
 def image_tags(context: dg.AssetExecutionContext, pairlake: PairlakeResource) -> dg.MaterializeResult:
+    from gpu_jobs import tagging  # torch: imported by the step that needs it, not by the definitions
+
     settings, lake = pairlake.settings, pairlake.lake
     keys = list(context.partition_keys)
     lineage = pairlake.lineage(context, (CLIP_SCORES,), CODE_VERSION)

@@ -5,12 +5,11 @@ import dagster as dg
 from infra.tables import BLOCKLIST, CANDIDATES, IMAGES
 from orchestration.partitions import per_warc_file_asset
 from orchestration.resources import PairlakeResource, code_version, summed
-from spark_jobs import blocklist, images_job
-from spark_jobs.download import (address_guard, decode_budget, downloader, fetcher, hosts, origin_policies, resizer,
-                                  robots, tdmrep)
+from spark_jobs import images_job
 
-CODE_VERSION = code_version(address_guard, robots, origin_policies, tdmrep, hosts, decode_budget, fetcher, resizer,
-                            downloader, blocklist, images_job)
+CODE_VERSION = code_version(*(f"spark_jobs.download.{name}" for name in (
+    "address_guard", "robots", "origin_policies", "tdmrep", "hosts", "decode_budget", "fetcher", "resizer", "downloader")),
+    "spark_jobs.blocklist", "spark_jobs.images_job")
 
 
 @per_warc_file_asset(

@@ -7,7 +7,7 @@ from orchestration.partitions import per_warc_file_asset
 from orchestration.resources import PairlakeResource, code_version
 from spark_jobs import kept_set
 
-CODE_VERSION = code_version(kept_set)
+CODE_VERSION = code_version("spark_jobs.kept_set")
 
 
 @per_warc_file_asset(

@@ -9,7 +9,7 @@ from orchestration.optout_requests import removal_lease
 from orchestration.resources import PairlakeResource, code_version
 from spark_jobs import knn_index_job
 
-CODE_VERSION = code_version(knn, knn_index_job)
+CODE_VERSION = code_version("gpu_jobs.knn_index", "spark_jobs.knn_index_job")
 
 
 @dg.asset(

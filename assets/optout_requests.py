@@ -2,12 +2,11 @@
 
 import dagster as dg
 
-from infra import purge
 from orchestration import optout_requests as request_handling
 from orchestration.resources import PairlakeResource, code_version
-from spark_jobs import optout, release
+from spark_jobs import optout
 
-CODE_VERSION = code_version(request_handling, optout, purge, release)
+CODE_VERSION = code_version("orchestration.optout_requests", "spark_jobs.optout", "infra.purge", "spark_jobs.release")
 
 
 class OptOutRunConfig(dg.Config):

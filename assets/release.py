@@ -11,10 +11,9 @@ from infra.tables import BLOCKLIST, BLOCKLIST_MATCHES, CLIP_SCORES, CURATED, DED
 from orchestration.optout_requests import removal_lease
 from orchestration.resources import PairlakeResource, code_version
 from spark_jobs import release as release_module
-from spark_jobs import shard_export, shard_export_job
 from spark_jobs.release import ReleaseNeedsConfirmation
 
-CODE_VERSION = code_version(release_module, shard_export, shard_export_job)
+CODE_VERSION = code_version("spark_jobs.release", "spark_jobs.shard_export", "spark_jobs.shard_export_job")
 PINNED = (CURATED, KEPT_PAIRS, IMAGES, CLIP_SCORES, IMAGE_TAGS, DEDUP, BLOCKLIST, BLOCKLIST_MATCHES, REMOVALS)
 
 

@@ -38,7 +38,7 @@ def register_warc_files(pairlake: PairlakeResource, instance: dg.DagsterInstance
 @dg.asset(
     group_name="ingest",
     kinds={"delta"},
-    code_version=code_version(crawl_source),
+    code_version=code_version("infra.crawl_source"),
     description="Registry of the crawl's WARC files (table warc_files); each file becomes a partition.",
 )
 def warc_files(context: dg.AssetExecutionContext, pairlake: PairlakeResource) -> dg.MaterializeResult:

@@ -16,18 +16,17 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
-
-import huggingface_hub
-import huggingface_hub.constants
-import open_clip
-import torch
-from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
-from open_clip.transform import PreprocessCfg, image_transform_v2
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from infra.checksums import file_sha256
 from gpu_jobs.devices import ClipModelError, resolve_device
 from infra.config import ClipConfig
+
+# open_clip (and torch, torchvision) load where a model is built or its config read, never with this
+# module: the Dagster definitions import it for model_identity, and open_clip's import alone costs
+# ~20 CPU-s (torchvision pulls torch._dynamo).
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +49,8 @@ def register_model_configs() -> None:
 
     On a cluster's executors the project arrives as a zip (``infra.spark``), where open_clip cannot
     list a folder: the configs are read through importlib and registered from a temporary copy."""
+    import open_clip
+
     if MODEL_CONFIG_DIR.is_dir():
         open_clip.add_model_config(MODEL_CONFIG_DIR)
         return
@@ -62,6 +63,8 @@ def register_model_configs() -> None:
 
 def model_config(name: str) -> dict:
     """open_clip's architecture config for ``name`` (the project's own configs included)."""
+    import open_clip
+
     register_model_configs()
     model_cfg = open_clip.get_model_config(name)
     if model_cfg is None:
@@ -77,6 +80,9 @@ def load_clip(config: ClipConfig, allow_random_init: bool = False, device: torch
     With neither ``checkpoint`` nor ``pretrained`` set the weights would be random, which is only
     meaningful for timing and plumbing tests, so it needs ``allow_random_init=True``.
     """
+    import open_clip
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
     name = config.model
     model_cfg = model_config(name)
     device = resolve_device(config.device) if device is None else device
@@ -143,6 +149,8 @@ def _hf_hub_offline() -> Iterator[None]:
     huggingface_hub reads its offline flag at call time, so this fails them fast with an
     "offline mode" error instead of a download attempt that would hang without network.
     """
+    import huggingface_hub.constants
+
     before = huggingface_hub.constants.HF_HUB_OFFLINE
     huggingface_hub.constants.HF_HUB_OFFLINE = True
     try:
@@ -153,6 +161,10 @@ def _hf_hub_offline() -> Iterator[None]:
 
 def _cached_pretrained_file(name: str, tag: str, model_cfg: dict) -> tuple[str, dict]:
     """The local file of an open_clip pretrained tag, looked up exactly where open_clip would cache it."""
+    import huggingface_hub
+    import open_clip
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
     tag_cfg = open_clip.get_pretrained_cfg(name, tag)
     if not tag_cfg:
         tags = open_clip.list_pretrained_tags_by_model(name)

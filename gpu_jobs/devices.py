@@ -3,9 +3,12 @@ stored embeddings import torch alone, not open_clip (which costs a Python worker
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from infra.config import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class ClipModelError(ConfigError):
@@ -19,6 +22,8 @@ def resolve_device(name: str, assigned_gpu: str | None = None) -> torch.device:
     CUDA the model runs on that device, so tasks sharing an executor never share a GPU. A Spark
     GPU slot on a host without usable CUDA runs ``auto`` on the CPU.
     """
+    import torch  # here: ClipModelError's importers (the Dagster definitions) need no torch
+
     if name not in ("auto", "cpu", "cuda"):
         raise ClipModelError(f"clip.device must be auto, cpu or cuda, got {name!r}")
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):

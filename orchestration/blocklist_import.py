@@ -25,7 +25,7 @@ def import_hash_list(
 ) -> tuple[int, int]:
     """Import ``path`` as ``source``'s ``kind`` list; returns (blocklist Delta version, digests)."""
     lineage = Lineage(run_id=f"import-{uuid.uuid4().hex[:12]}", asset_key="blocklist", partition_keys=(source,),
-                      code_version=code_version(blocklist))
+                      code_version=code_version("spark_jobs.blocklist"))
     version, imported = blocklist.import_blocklist(Lake.of(config.lake), path, source, kind, lineage, list_date)
     if instance is None:
         ensure_dagster_home()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import inspect
+import importlib.util
 import os
 from functools import lru_cache
-from types import ModuleType
+from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
@@ -24,11 +24,16 @@ def _load_config(path: str, profile: str, environment: tuple[tuple[str, str], ..
     return load_config(path or None, profile=profile or None)  # environment: part of the cache key
 
 
-def code_version(*modules: ModuleType) -> str:
-    """A code version derived from the stage modules' source: changes whenever their code does."""
+def code_version(*modules: str) -> str:
+    """A code version derived from the named stage modules' source: changes whenever their code does.
+    The files are read, not imported: loading the definitions (every Dagster and CLI process) must
+    not import torch and open_clip, which cost ~20 CPU-s per process, for a hash."""
     digest = hashlib.sha256()
-    for module in modules:
-        digest.update(inspect.getsource(module).encode())
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.origin:
+            raise ModuleNotFoundError(f"code_version: no module {name}")
+        digest.update(Path(spec.origin).read_bytes())
     return digest.hexdigest()[:12]
 
 
