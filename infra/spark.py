@@ -84,6 +84,11 @@ def build_spark_session(config: SparkConfig) -> SparkSession:
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.driver.extraJavaOptions", "-Dlog4j.rootLogger=WARN")
     )
+    if config.master.startswith("local"):
+        # Executors run this installation: their Python workers fork from a daemon that has the
+        # Delta I/O libraries imported (infra/spark_worker_daemon.py). Elsewhere executors may have
+        # the project only as the zip added below, which a daemon cannot start from.
+        builder = builder.config("spark.python.daemon.module", "infra.spark_worker_daemon")
     for key, value in config.conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

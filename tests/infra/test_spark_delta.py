@@ -46,6 +46,20 @@ def test_write_commits_once_with_lineage_and_replaces_partitions(spark, tmp_path
     assert read_table(spark, lake, STAGE_STATS, version=0, partitions=["1"]).count() == 1000
 
 
+def test_local_python_workers_fork_from_the_daemon_that_preloaded_delta_io(spark):
+    """infra/spark_worker_daemon.py: each new worker otherwise imports pyarrow's datasets, pandas
+    and the Delta source itself (~2 CPU-s here)."""
+
+    def probe(batches):
+        import sys
+
+        for batch in batches:
+            yield pa.RecordBatch.from_pylist([{"daemon": sys.modules["__main__"].__spec__.name}] * batch.num_rows)
+
+    rows = spark.range(4, numPartitions=2).mapInArrow(probe, "daemon string").collect()
+    assert {r["daemon"] for r in rows} == {"infra.spark_worker_daemon"}
+
+
 def test_tables_written_by_spark_open_in_independent_readers(spark, tmp_path):
     lake = Lake(str(tmp_path))
     write_table(stats_frame(spark, 999), lake, STAGE_STATS, Lineage(), replace_partitions=["0", "1", "2"])
