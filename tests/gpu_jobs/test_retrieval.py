@@ -163,3 +163,23 @@ def test_use_mclip_encodes_with_the_configured_multilingual_tower_or_is_refused(
     # The demo model standing in for a multilingual tower: the same embedding either way.
     both = QueryEncoder(demo, DownloadConfig(), multilingual=demo)
     np.testing.assert_allclose(both.text("a red circle", multilingual=True), plain.text("a red circle"), atol=1e-6)
+
+
+@pytest.mark.parametrize("model", ["pairlake-demo-tiny", "ViT-B-32"])
+def test_text_queries_encode_only_up_to_the_end_of_text_and_match_the_full_context(model):
+    """The trimmed text tower gives CLIP's own embedding (random weights suffice: the equality is
+    structural), for short, long and context-filling texts in one batch."""
+    import torch
+
+    from gpu_jobs.clip_model import load_clip
+    from gpu_jobs.retrieval import encode_text
+
+    torch.manual_seed(0)
+    clip = load_clip(ClipConfig(model=model, pretrained="", device="cpu"), allow_random_init=True)
+    texts = ["a red circle", "", "a photo of " + "a very long caption " * 40, "x"]
+    tokens = clip.tokenizer(texts)
+    with torch.no_grad():
+        full = clip.model.encode_text(tokens)
+        for row in range(len(texts)):  # each alone, as a query is encoded, and all together
+            torch.testing.assert_close(encode_text(clip.model, tokens[row:row + 1])[0], full[row], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(encode_text(clip.model, tokens), full, atol=1e-5, rtol=1e-4)
