@@ -109,7 +109,8 @@ class LoadedIndex:
 
     def rows(self, ids: list[int]) -> list[dict | None]:
         """The metadata of ``ids`` in that order; None for an id this index does not hold."""
-        return [None if at < 0 else self._row(int(at)) for at in self._positions(np.asarray(ids, np.int64))]
+        ids = np.array([i if 0 <= i < 2**63 else -1 for i in ids], np.int64)  # faiss ids are int64, never negative
+        return [None if at < 0 else self._row(int(at)) for at in self._positions(ids)]
 
     def _row(self, at: int) -> dict:
         # A one-row slice of the mapped file is zero-copy, where take() over its many record

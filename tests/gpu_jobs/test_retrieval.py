@@ -71,7 +71,7 @@ def test_plain_search_returns_neighbours_with_metadata_for_the_first_num_images(
     assert [r.similarity for r in results] == sorted((r.similarity for r in results), reverse=True)
     assert [r.metadata["url"] for r in results[:3]] == [f"http://h.example/{i}.jpg" for i in range(3)]
     assert all(r.metadata is None for r in results[3:]) and len(results) == 8
-    assert index.rows([5, 999, 0]) == [index.rows([5])[0], None, index.rows([0])[0]]
+    assert index.rows([5, 999, 0, -1, 2**70]) == [index.rows([5])[0], None, index.rows([0])[0], None, None]
 
 
 def test_filters_drop_duplicates_unsafe_and_violent_results(planted):
