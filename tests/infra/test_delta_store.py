@@ -122,15 +122,20 @@ def test_a_table_from_an_older_schema_gains_the_new_columns(tmp_path, spark):
 
 def test_a_process_that_read_a_table_exits_cleanly(tmp_path):
     """Scans through delta-rs's filesystem handler on pyarrow's threads aborted the interpreter at
-    exit in about 1 run of 5 (rc 134, "terminate called without an active exception")."""
+    exit in about 1 run of 5 (rc 134, "terminate called without an active exception"). The scan's
+    filesystem is checked directly (the cause, every time); 8 interpreters check the symptom."""
     import subprocess
     import sys
+
+    import pyarrow.fs as pafs
 
     lake = Lake(str(tmp_path / "lake"))
     for part in "abc":
         lake.replace_partitions(STAGE_STATS, stats(part, 50), [part], Lineage())
+    filesystem = lake.dataset(STAGE_STATS).filesystem  # delta-rs's own handler is a PyFileSystem
+    assert isinstance(filesystem, pafs.SubTreeFileSystem) and isinstance(filesystem.base_fs, pafs.LocalFileSystem)
     script = (f"from infra.delta_store import Lake; from infra.tables import STAGE_STATS; "
               f"print(Lake({str(tmp_path / 'lake')!r}).read(STAGE_STATS).num_rows)")
     codes = [subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120).returncode
-             for _ in range(20)]
-    assert codes == [0] * 20
+             for _ in range(8)]
+    assert codes == [0] * 8
