@@ -9,9 +9,11 @@ from orchestration.partitions import per_warc_file_asset
 from orchestration.resources import PairlakeResource, code_version, summed
 from spark_jobs import candidates_job
 
-CODE_VERSION = code_version(*(f"spark_jobs.{name}" for name in (
-    "warc_input", "warc_reader", "http_response", "page_charset", "html_nesting", "html_images", "caption_language",
-    "warc_pairs", "candidates_job")))
+CODE_VERSION = code_version(
+    "spark_jobs.warc_input", "spark_jobs.warc_reader", "spark_jobs.http_response", "spark_jobs.page_charset",
+    "spark_jobs.html_nesting", "spark_jobs.html_images", "spark_jobs.caption_language", "spark_jobs.warc_pairs",
+    "spark_jobs.candidates_job",
+)
 
 
 @per_warc_file_asset(

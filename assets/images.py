@@ -7,9 +7,12 @@ from orchestration.partitions import per_warc_file_asset
 from orchestration.resources import PairlakeResource, code_version, summed
 from spark_jobs import images_job
 
-CODE_VERSION = code_version(*(f"spark_jobs.download.{name}" for name in (
-    "address_guard", "robots", "origin_policies", "tdmrep", "hosts", "decode_budget", "fetcher", "resizer", "downloader")),
-    "spark_jobs.blocklist", "spark_jobs.images_job")
+CODE_VERSION = code_version(
+    "spark_jobs.download.address_guard", "spark_jobs.download.robots", "spark_jobs.download.origin_policies",
+    "spark_jobs.download.tdmrep", "spark_jobs.download.hosts", "spark_jobs.download.decode_budget",
+    "spark_jobs.download.fetcher", "spark_jobs.download.resizer", "spark_jobs.download.downloader",
+    "spark_jobs.blocklist", "spark_jobs.images_job",
+)
 
 
 @per_warc_file_asset(
