@@ -1,4 +1,4 @@
-"""The kNN index: faiss over the curated variant's CLIP image embeddings, with its manifest."""
+"""The kNN index: faiss over the curated variant's CLIP image (and caption) embeddings, with its manifest."""
 
 import dagster as dg
 
@@ -18,7 +18,7 @@ CODE_VERSION = code_version("gpu_jobs.knn_index", "spark_jobs.knn_index_job")
     deps=["curated"],
     code_version=CODE_VERSION,
     automation_condition=dg.AutomationCondition.eager(),
-    description="faiss index over the curated variant's image embeddings; recall@10 in its manifest.",
+    description="faiss indexes over the curated variant's image and caption embeddings; recall@10 in its manifest.",
 )
 def knn_index(context: dg.AssetExecutionContext, pairlake: PairlakeResource) -> dg.MaterializeResult:
     settings = pairlake.settings
@@ -36,6 +36,8 @@ def knn_index(context: dg.AssetExecutionContext, pairlake: PairlakeResource) -> 
             "vectors": manifest["vectors"],
             "factory": manifest["factory"],
             "recall_at_10": manifest["recall_at_10"],
+            # the caption embeddings' index (modality "text"), when index.text_index is on
+            **({"text_recall_at_10": manifest["text_recall_at_10"]} if "text_recall_at_10" in manifest else {}),
             "curated_version": manifest["source_version"],
             "plan": manifest["plan_reason"],
             "shards": len(manifest["shards"]),

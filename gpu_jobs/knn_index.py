@@ -58,6 +58,7 @@ IDMAP2_BYTES_PER_ROW = 56  # id vector + reverse hash map entry
 NORM_TOLERANCE = 1e-2  # float16-stored embeddings are normalised to ~1e-3
 
 INDEX_FILE = "index.faiss"
+TEXT_INDEX_FILE = "text.faiss"
 # Per faiss id, in id order: its uid and the pair's metadata (below). Each save writes its own
 # file (``new_metadata_name``, named in the manifest): a reader never pairs one save's ids with
 # another's rows, and a rebuild numbers the ids anew.
@@ -73,6 +74,11 @@ METADATA_SCHEMA = pa.schema([
 ])
 MANIFEST_FILE = "manifest.json"
 MANIFEST_INDEX_KEY = "faiss_index"  # added by save_index: what the index file must match
+TEXT_MANIFEST_KEY = "faiss_text_index"
+# A folder holds the index of the pairs' image embeddings and, when built, one of their caption
+# embeddings under the same ids (clip-retrieval's "Search over text"): modality -> (file, the
+# manifest entry save_index adds for it). One manifest names both, so they are one save.
+MODALITIES = {"image": (INDEX_FILE, MANIFEST_INDEX_KEY), "text": (TEXT_INDEX_FILE, TEXT_MANIFEST_KEY)}
 LISTS_SUFFIX = ".ivfdata"
 # Indexes loaded from a bucket, as local files (faiss reads and memory-maps local files only).
 CACHE_DIR = Path(tempfile.gettempdir()) / "pairlake-index-cache"
@@ -495,39 +501,52 @@ def metadata_cache(folder: Folder) -> Path:
     return CACHE_DIR / "metadata" / _digest(folder.path)
 
 
-def save_index(folder: Folder, index: faiss.Index, manifest: dict) -> None:
-    """Write ``index.faiss`` and ``manifest.json`` into ``folder``, each published whole, the manifest last.
+def save_index(folder: Folder, index: faiss.Index, manifest: dict, text_index: faiss.Index | None = None) -> None:
+    """Write ``index.faiss`` (and ``text.faiss``: ``text_index``, the same ids over caption
+    embeddings) and ``manifest.json`` into ``folder``, each published whole, the manifest last.
 
-    The stored manifest gains a ``faiss_index`` entry (file size, row count, dim, nprobe, the lists
-    file of an on-disk index with its size, and an id of this save) that ``load_index`` checks, so
-    a reader never pairs an index file with another save's manifest. An on-disk index's lists file
-    (from ``new_lists_file``: a name no earlier save used) must already be in a local ``folder``;
-    into a bucket it is uploaded first. Other lists files there, and this machine's cached copies
-    of the folder's older saves (``load_index``), are deleted once the new index is in place.
+    The stored manifest gains an entry per index (``faiss_index``, ``faiss_text_index``: file
+    size, row count, dim, nprobe, the lists file of an on-disk index with its size, and an id of
+    this save) that ``load_index`` checks, so a reader never pairs an index file with another
+    save's manifest. An on-disk index's lists file (from ``new_lists_file``: a name no earlier
+    save used) must already be in a local ``folder``; into a bucket it is uploaded first. Other
+    lists files there, a text index this save does not name, and this machine's cached copies of
+    the folder's older saves (``load_index``), are deleted once the new index is in place.
     The manifest's ``metadata_file`` (from ``new_metadata_name``), when given, must already be
     published; other metadata files are deleted then too.
     """
-    if MANIFEST_INDEX_KEY in manifest:
-        raise ValueError(f"manifest key {MANIFEST_INDEX_KEY!r} is reserved for save_index")
-    lists = lists_file_of(index)
-    if lists is not None and folder.is_local and lists.parent.resolve() != folder.local_path.resolve():
-        raise ValueError(f"the index's lists file {lists} is not in {folder.path}")
-    if lists is not None and not folder.is_local:
-        with open(lists, "rb") as source, folder.publish(lists.name) as target:
-            shutil.copyfileobj(source, target, 1 << 20)
-    with folder.publish(INDEX_FILE) as handle:
-        faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write))
-        file_bytes = handle.tell()
-    ivf = _ivf(index)
-    stored = {**manifest, MANIFEST_INDEX_KEY: {
-        "file_bytes": file_bytes, "ntotal": int(index.ntotal), "dim": int(index.d),
-        "nprobe": int(ivf.nprobe) if ivf is not None else None,
-        "lists_file": lists.name if lists is not None else None,
-        "lists_bytes": lists.stat().st_size if lists is not None else None,
-        "save_id": uuid.uuid4().hex}}  # names this save's files in caches of a bucket's index
-    _write_manifest(folder, stored)  # last: it names what the index file must match
+    for _, key in MODALITIES.values():
+        if key in manifest:
+            raise ValueError(f"manifest key {key!r} is reserved for save_index")
+    save_id = uuid.uuid4().hex  # names this save's files in caches of a bucket's index
+    stored, kept_lists = dict(manifest), set()
+    for modality, saved in (("image", index), ("text", text_index)):
+        if saved is None:
+            continue
+        file_name, key = MODALITIES[modality]
+        lists = lists_file_of(saved)
+        if lists is not None and folder.is_local and lists.parent.resolve() != folder.local_path.resolve():
+            raise ValueError(f"the index's lists file {lists} is not in {folder.path}")
+        if lists is not None and not folder.is_local:
+            with open(lists, "rb") as source, folder.publish(lists.name) as target:
+                shutil.copyfileobj(source, target, 1 << 20)
+        with folder.publish(file_name) as handle:
+            faiss.write_index(saved, faiss.PyCallbackIOWriter(handle.write))
+            file_bytes = handle.tell()
+        ivf = _ivf(saved)
+        stored[key] = {
+            "file_bytes": file_bytes, "ntotal": int(saved.ntotal), "dim": int(saved.d),
+            "nprobe": int(ivf.nprobe) if ivf is not None else None,
+            "lists_file": lists.name if lists is not None else None,
+            "lists_bytes": lists.stat().st_size if lists is not None else None,
+            "save_id": save_id}
+        if lists is not None:
+            kept_lists.add(lists.name)
+    _write_manifest(folder, stored)  # last: it names what the index files must match
+    if text_index is None and folder.exists(TEXT_INDEX_FILE):
+        folder.delete(TEXT_INDEX_FILE)  # an earlier save's caption vectors, removed pairs' among them
     for stale in folder.names(f"*{LISTS_SUFFIX}"):
-        if lists is None or stale != lists.name:
+        if stale not in kept_lists:
             folder.delete(stale)
     for stale in folder.names("metadata-*.parquet") + folder.names(_LEGACY_UIDS):
         if stale != manifest.get(METADATA_MANIFEST_KEY):
@@ -547,17 +566,36 @@ def _write_manifest(folder: Folder, manifest: dict) -> None:
     folder.write_bytes(MANIFEST_FILE, json.dumps(manifest, indent=1, sort_keys=True).encode())
 
 
-def load_index(folder: Folder) -> tuple[faiss.Index, dict]:
-    """Read what ``save_index`` wrote; raises ``IndexLoadError`` naming the location if it is unusable.
-
-    A local folder is read in place (an on-disk index's lists memory-mapped there); an index in a
-    bucket is read from a local copy of its files (``_cached_copy``)."""
+def load_index(folder: Folder, modality: str = "image") -> tuple[faiss.Index, dict]:
+    """Read what ``save_index`` wrote: the index of ``modality`` ("image" or "text") and the
+    manifest; raises ``IndexLoadError`` naming the location if it is unusable."""
     for name in (INDEX_FILE, MANIFEST_FILE):
         if not folder.exists(name):
             raise IndexLoadError(f"no kNN index at {folder.path}: {name} is missing")
     try:
         manifest = json.loads(folder.read_bytes(MANIFEST_FILE))
-        expected = manifest[MANIFEST_INDEX_KEY]
+    except ValueError as exc:
+        raise IndexLoadError(f"corrupt kNN index manifest {folder.file(MANIFEST_FILE)}: {exc}") from None
+    return saved_index(folder, manifest, modality), manifest
+
+
+def has_index(manifest: dict, modality: str) -> bool:
+    """Whether the save ``manifest`` describes holds an index of ``modality``."""
+    return MODALITIES[modality][1] in manifest
+
+
+def saved_index(folder: Folder, manifest: dict, modality: str) -> faiss.Index:
+    """The index of ``modality`` in the save that ``manifest`` (as ``load_index`` returned it)
+    describes; ``IndexLoadError`` if the files in ``folder`` are not that save's.
+
+    A local folder is read in place (an on-disk index's lists memory-mapped there); an index in a
+    bucket is read from a local copy of its files (``_cached_copy``)."""
+    file_name, key = MODALITIES[modality]
+    if key not in manifest and modality == "text":
+        raise IndexLoadError(f"the kNN index at {folder.path} holds no {modality} index "
+                             f"(built with index.text_index off, or by an older pairlake): materialize knn_index again")
+    try:
+        expected = manifest[key]
         ntotal, dim = int(expected["ntotal"]), int(expected["dim"])
         int(expected["file_bytes"])  # a number, as _check_sizes compares it
     except (ValueError, KeyError, TypeError) as exc:
@@ -565,35 +603,35 @@ def load_index(folder: Folder) -> tuple[faiss.Index, dict]:
                              f"{type(exc).__name__}: {exc}") from None
     if folder.is_local:
         directory = folder.local_path
-        _check_sizes(directory, expected, folder)
+        _check_sizes(directory, file_name, expected, folder)
     else:
-        directory = _cached_copy(folder, expected)
-    index_file = folder.file(INDEX_FILE)
+        directory = _cached_copy(folder, modality, expected)
+    index_file = folder.file(file_name)
     try:
         # An on-disk index names its lists file: read it from this directory, wherever the lake moved.
-        index = faiss.read_index(str(directory / INDEX_FILE), faiss.IO_FLAG_ONDISK_SAME_DIR)
+        index = faiss.read_index(str(directory / file_name), faiss.IO_FLAG_ONDISK_SAME_DIR)
     except RuntimeError as exc:
         reason = " ".join(str(exc).split())[-200:]
         raise IndexLoadError(f"corrupt kNN index {index_file}: {reason}") from None
     if (index.ntotal, index.d) != (ntotal, dim):
         raise IndexLoadError(f"kNN index {index_file} holds {index.ntotal:,} x {index.d}, "
                              f"its manifest says {ntotal:,} x {dim}")
-    return index, manifest
+    return index
 
 
-def _check_sizes(directory: Path, expected: dict, folder: Folder) -> None:
-    """The index file (and lists file) in the local ``directory`` have the sizes the manifest
-    entry ``expected`` names; errors name them in ``folder``, where they were published."""
-    index_path, file_bytes = directory / INDEX_FILE, int(expected["file_bytes"])
+def _check_sizes(directory: Path, file_name: str, expected: dict, folder: Folder) -> None:
+    """The index file ``file_name`` (and its lists file) in the local ``directory`` have the sizes
+    the manifest entry ``expected`` names; errors name them in ``folder``, where they were published."""
+    index_path, file_bytes = directory / file_name, int(expected["file_bytes"])
     size = index_path.stat().st_size if index_path.is_file() else 0  # gone from a bucket since listed
     if size != file_bytes:
-        raise IndexLoadError(f"kNN index {folder.file(INDEX_FILE)} is {size:,} bytes, its manifest says "
+        raise IndexLoadError(f"kNN index {folder.file(file_name)} is {size:,} bytes, its manifest says "
                              f"{file_bytes:,} (torn or mixed save)")
     lists_name = expected.get("lists_file")
     if lists_name is not None:
         lists_path = directory / lists_name
         if not lists_path.is_file() or lists_path.stat().st_size != expected.get("lists_bytes"):
-            raise IndexLoadError(f"kNN index {folder.file(INDEX_FILE)}: its lists file {lists_name} is missing or "
+            raise IndexLoadError(f"kNN index {folder.file(file_name)}: its lists file {lists_name} is missing or "
                                  "not the size its manifest says")
 
 
@@ -601,24 +639,25 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def _cached_copy(folder: Folder, expected: dict) -> Path:
-    """The index files of ``folder`` (in a bucket) as a local folder, downloaded once per save:
-    ``CACHE_DIR/<folder>/<save>/``, the save being its manifest entry ``expected``. A download is
-    renamed into place only once its sizes match that entry, so an entry in the cache is whole.
-    Older saves of the folder are then deleted: a process still searching one keeps its
-    memory-mapped lists (an unlinked file lives on while it is mapped)."""
+def _cached_copy(folder: Folder, modality: str, expected: dict) -> Path:
+    """The files of ``folder``'s ``modality`` index (in a bucket) as a local folder, downloaded
+    once per save: ``CACHE_DIR/<folder>/<modality>-<save>/``, the save being its manifest entry
+    ``expected``. A download is renamed into place only once its sizes match that entry, so an
+    entry in the cache is whole. Older saves of that index are then deleted: a process still
+    searching one keeps its memory-mapped lists (an unlinked file lives on while it is mapped)."""
+    file_name = MODALITIES[modality][0]
     saves = CACHE_DIR / _digest(folder.path)
-    entry = saves / _digest(json.dumps(expected, sort_keys=True))
+    entry = saves / f"{modality}-{_digest(json.dumps(expected, sort_keys=True))}"
     if entry.is_dir():
         return entry
     saves.mkdir(parents=True, exist_ok=True)
     download = Path(tempfile.mkdtemp(prefix=".download-", dir=saves))  # dot: not a save to clean up
     try:
-        for name in filter(None, (INDEX_FILE, expected.get("lists_file"))):
+        for name in filter(None, (file_name, expected.get("lists_file"))):
             if folder.exists(name):  # a missing one is named by _check_sizes
                 pafs.copy_files(folder.file(name), str(download / name), source_filesystem=folder.fs,
                                 destination_filesystem=pafs.LocalFileSystem())
-        _check_sizes(download, expected, folder)
+        _check_sizes(download, file_name, expected, folder)
         try:
             download.rename(entry)
         except OSError:
@@ -626,7 +665,7 @@ def _cached_copy(folder: Folder, expected: dict) -> Path:
                 raise  # else another process cached this save first
     finally:
         shutil.rmtree(download, ignore_errors=True)
-    for older in saves.iterdir():
-        if older != entry and not older.name.startswith("."):
+    for older in saves.glob(f"{modality}-*"):
+        if older != entry:
             shutil.rmtree(older, ignore_errors=True)
     return entry

@@ -1,9 +1,10 @@
 """kNN search over the lake's indexes: queries, clip-retrieval's result filters, and removals.
 
 An index (built by ``spark_jobs.knn_index_job``) lives in ``<lake>/indexes/<variant>/``, a local
-folder or a prefix in a bucket: ``index.faiss`` and ``manifest.json`` (``gpu_jobs.knn_index``), the
-``.ivfdata`` lists file of an on-disk index, and the save's ``metadata-*.parquet``: per faiss id, in
-id order, the pair's uid, url, caption and tags. The manifest names the curated Delta version and CLIP model
+folder or a prefix in a bucket: ``index.faiss`` over the image embeddings, ``text.faiss`` over the
+caption embeddings under the same ids (unless ``index.text_index`` is off) and ``manifest.json``
+(``gpu_jobs.knn_index``), the ``.ivfdata`` lists files of an on-disk index, and the save's
+``metadata-*.parquet``: per faiss id, in id order, the pair's uid, url, caption and tags. The manifest names the curated Delta version and CLIP model
 it was built from and the recall@10 measured at build time.
 
 A searcher loads an index once and its metadata as a local, memory-mapped Arrow file (the page
@@ -87,6 +88,7 @@ class LoadedIndex:
     def __init__(self, folder: Folder) -> None:
         self.index, self.manifest = knn.load_index(folder)
         self.save_id = self.manifest[knn.MANIFEST_INDEX_KEY]["save_id"]
+        self.text_index = knn.saved_index(folder, self.manifest, "text") if knn.has_index(self.manifest, "text") else None
         if METADATA_MANIFEST_KEY not in self.manifest:
             raise knn.IndexLoadError(f"the kNN index at {folder.path} was saved without search metadata (before "
                                      "pairlake's search service): materialize knn_index again")
@@ -129,8 +131,14 @@ class LoadedIndex:
             positions[where[found]] = self._chunk_starts[chunk] + within[found]
         return positions
 
-    def search(self, query: np.ndarray, options: SearchOptions) -> list[Result]:
-        """Nearest neighbours of ``query`` (one L2-normalised vector), filtered as ``options`` say."""
+    def search(self, query: np.ndarray, options: SearchOptions, modality: str = "image") -> list[Result]:
+        """Nearest neighbours of ``query`` (one L2-normalised vector) among the pairs' image
+        embeddings, or their caption embeddings with ``modality="text"``, filtered as ``options`` say
+        (deduplicate compares the searched embeddings, as clip-back does)."""
+        index = self.index if modality == "image" else self.text_index
+        if index is None:
+            raise SearchError(f"modality {modality!r}: this index holds no caption embeddings (index.text_index "
+                              "was off, or an older pairlake built it): materialize knn_index again")
         query = np.asarray(query, np.float32).reshape(1, -1)
         if query.shape[1] != self.index.d:
             raise SearchError(f"the query has {query.shape[1]} dimensions; this index holds {self.index.d}")
@@ -142,10 +150,10 @@ class LoadedIndex:
         query = query / np.linalg.norm(query)
         k = max(1, min(options.num_result_ids, self.vectors))
         if options.deduplicate:
-            scores, found, vectors = self.index.search_and_reconstruct(query, k)
+            scores, found, vectors = index.search_and_reconstruct(query, k)
             vectors = vectors[0]
         else:
-            scores, found = self.index.search(query, k)
+            scores, found = index.search(query, k)
             vectors = None
         keep = found[0] >= 0
         ids, sims = found[0][keep], scores[0][keep]
@@ -407,9 +415,13 @@ def remove_from_indexes(lake: Lake, uids: set[str], curated_version: int | None)
             knn.update_manifest(folder, source_version=curated_version)
             continue
         index, manifest = knn.load_index(folder)
-        with knn.new_lists_file(folder) as new_lists:
+        text_index = knn.saved_index(folder, manifest, "text") if knn.has_index(manifest, "text") else None
+        with knn.new_lists_file(folder) as new_lists, knn.new_lists_file(folder) as new_text_lists:
             removed[variant] = knn.remove_ids(index, gone, new_lists)
-            manifest.pop(knn.MANIFEST_INDEX_KEY, None)
+            if text_index is not None:
+                knn.remove_ids(text_index, gone, new_text_lists)
+            for _, key in knn.MODALITIES.values():
+                manifest.pop(key, None)
             manifest.update(vectors=int(index.ntotal), source_version=curated_version,
                             **{METADATA_MANIFEST_KEY: knn.new_metadata_name()})
             dropped = pa.array(gone)
@@ -417,5 +429,5 @@ def remove_from_indexes(lake: Lake, uids: set[str], curated_version: int | None)
                     pq.ParquetWriter(target, METADATA_SCHEMA) as writer:
                 for batch in pq.ParquetFile(source).iter_batches(batch_size=65_536):
                     writer.write_batch(batch.filter(pc.invert(pc.is_in(batch.column("id"), dropped))))
-            knn.save_index(folder, index, manifest)
+            knn.save_index(folder, index, manifest, text_index)
     return removed

@@ -200,6 +200,9 @@ class IndexConfig:
     max_k: int = 10_000  # the most results one query may ask for
     # Rows one Spark task adds to its shard of the index: the task holds them (2 KB each at 512-d).
     rows_per_shard: int = 500_000
+    # Also index the caption embeddings (modality "text": "Search over text" in clip-retrieval);
+    # the two indexes share memory_budget_mb.
+    text_index: bool = True
 
 
 @dataclass(frozen=True)

@@ -132,7 +132,7 @@ def _cmd_search(args: argparse.Namespace, config: PairlakeConfig) -> None:
     else:
         query = encoder.text(args.text)
     print(f"{'similarity':>10}  {'uid':<32}  caption / url")
-    for hit in index.search(query, SearchOptions(num_result_ids=args.k, num_images=args.k)):
+    for hit in index.search(query, SearchOptions(num_result_ids=args.k, num_images=args.k), args.over):
         row = hit.metadata
         print(f"{hit.similarity:>10.4f}  {row['uid']:<32}  {row['caption']}\n{'':>44}{row['url']}")
 
@@ -380,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", type=Path, help="search by this image instead of text")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--variant", help="curated variant (default: index.variant)")
+    p.add_argument("--over", choices=("image", "text"), default="image",
+                   help="search the image embeddings (default) or the caption embeddings")
     p.set_defaults(run=_cmd_search)
 
     p = sub.add_parser("serve", help="the search service (clip-retrieval's back-end API) and its web UI, until Ctrl-C")

@@ -149,8 +149,6 @@ class SearchService:
         modality = _field(body, "modality", str, "image")
         if modality not in ("image", "text"):
             raise RequestRefused(400, f"modality must be 'image' or 'text', got {modality!r}")
-        if modality == "text":
-            raise RequestRefused(400, "modality 'text': pairlake indexes image embeddings only; search with modality 'image'")
         num_images = _count(body, "num_images", 40, search.max_num_images)
         num_result_ids = _count(body, "num_result_ids", num_images, search.max_result_ids)
         score = body.get("aesthetic_score", "")
@@ -172,7 +170,7 @@ class SearchService:
             duplicate_cosine=self.config.curation.near_duplicate_threshold)
         index = self.indexes.get(self._index_name(body))
         query = self._query_vector(body)
-        results = index.search(query, options)[:num_result_ids]
+        results = index.search(query, options, modality)[:num_result_ids]
         return [{**(r.metadata or {}), "id": r.id, "similarity": r.similarity} if r.metadata is not None
                 else {"id": r.id, "similarity": r.similarity} for r in results]
 

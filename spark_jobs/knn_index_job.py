@@ -1,4 +1,6 @@
-"""The kNN index of a curated variant, built as Spark tasks with no process holding the variant.
+"""The kNN index of a curated variant, built as Spark tasks with no process holding the variant:
+one faiss index over the pairs' image embeddings and, with ``index.text_index``, one over their
+caption embeddings under the same ids, built side by side the same way.
 
 As autofaiss does it: the driver plans the index (``gpu_jobs.knn_index.plan_index``), collects a
 seeded sample of rows and trains the quantizer on it. Rows are numbered in uid order (the faiss
@@ -47,49 +49,61 @@ log = logging.getLogger(__name__)
 
 RECALL_K = 10
 SEED = 0
-_SHARD_SCHEMA = pa.schema([("shard", pa.int64()), ("rows", pa.int64()), ("index_bytes", pa.int64()),
-                           ("top_scores", pa.binary()), ("top_ids", pa.binary())])
+
+
+def _shard_schema(modalities: list[str]) -> pa.Schema:
+    fields = [("shard", pa.int64()), ("rows", pa.int64())]
+    for modality in modalities:
+        fields += [(f"{modality}_index_bytes", pa.int64()), (f"{modality}_top_scores", pa.binary()),
+                   (f"{modality}_top_ids", pa.binary())]
+    return pa.schema(fields)
 
 
 def _shard_file(shard: int, suffix: str) -> str:
     return f"shard-{shard:05d}{suffix}"
 
 
-def _shard_task(trained: object, queries: object, dim: int, top_k: int, lake: Lake, staging_key: str
-                ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """Add each shard's rows (sorted by id) to a copy of the trained index; write it and its rows'
-    metadata into the staging folder (opened in the task: a Folder in a bucket is never pickled)."""
+def _shard_task(trained: dict[str, object], queries: dict[str, object], dim: int, top_k: int, lake: Lake,
+                staging_key: str) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """Add each shard's rows (sorted by id) to a copy of each modality's trained index; write them
+    and the rows' metadata into the staging folder (opened in the task: a Folder in a bucket is
+    never pickled)."""
+    modalities = list(trained)
+    schema = _shard_schema(modalities)
 
-    def finish(shard: int, index: faiss.Index, top: knn.ExactTop, metadata: list[pa.RecordBatch]) -> pa.RecordBatch:
+    def finish(shard: int, indexes: dict[str, faiss.Index], tops: dict[str, knn.ExactTop],
+               metadata: list[pa.RecordBatch]) -> pa.RecordBatch:
         staging = lake.folder(staging_key)
-        # Published whole: a retried or speculative task never leaves half a shard.
-        with staging.publish(_shard_file(shard, ".faiss")) as handle:
-            faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write))
-            index_bytes = handle.tell()
+        row = {"shard": shard, "rows": int(indexes[modalities[0]].ntotal)}
+        for modality in modalities:
+            # Published whole: a retried or speculative task never leaves half a shard.
+            with staging.publish(_shard_file(shard, f".{modality}.faiss")) as handle:
+                faiss.write_index(indexes[modality], faiss.PyCallbackIOWriter(handle.write))
+                row[f"{modality}_index_bytes"] = handle.tell()
+            scores, ids = tops[modality].result()
+            row[f"{modality}_top_scores"] = scores.astype(np.float32).tobytes()
+            row[f"{modality}_top_ids"] = ids.astype(np.int64).tobytes()
         with staging.publish(_shard_file(shard, ".metadata.parquet")) as handle:
             pq.write_table(pa.Table.from_batches(metadata, METADATA_SCHEMA), handle)
-        scores, ids = top.result()
-        return pa.RecordBatch.from_pylist(
-            [{"shard": shard, "rows": int(index.ntotal), "index_bytes": index_bytes,
-              "top_scores": scores.astype(np.float32).tobytes(), "top_ids": ids.astype(np.int64).tobytes()}],
-            schema=_SHARD_SCHEMA)
+        return pa.RecordBatch.from_pylist([row], schema=schema)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        current, index, top, metadata = None, None, None, []
+        current, indexes, tops, metadata = None, {}, {}, []
         for shard, rows in key_runs(batches, "shard"):
             if shard != current:
-                if index is not None:
-                    yield finish(current, index, top, metadata)
-                index = faiss.deserialize_index(trained.value)  # type: ignore[attr-defined]
-                top = knn.ExactTop(queries.value, top_k)  # type: ignore[attr-defined]
+                if indexes:
+                    yield finish(current, indexes, tops, metadata)
+                indexes = {m: faiss.deserialize_index(trained[m].value) for m in modalities}  # type: ignore[attr-defined]
+                tops = {m: knn.ExactTop(queries[m].value, top_k) for m in modalities}  # type: ignore[attr-defined]
                 current, metadata = shard, []
-            vectors = embeddings_from_column(rows.column("image_embedding"), dim)
             ids = rows.column("id").to_numpy()
-            knn.add_rows(index, vectors, ids)
-            top.add_block(vectors, ids)
+            for modality in modalities:
+                vectors = embeddings_from_column(rows.column(f"{modality}_embedding"), dim)
+                knn.add_rows(indexes[modality], vectors, ids)
+                tops[modality].add_block(vectors, ids)
             metadata.append(rows.select(METADATA_SCHEMA.names).cast(METADATA_SCHEMA))
-        if index is not None:
-            yield finish(current, index, top, metadata)
+        if indexes:
+            yield finish(current, indexes, tops, metadata)
 
     return run
 
@@ -97,8 +111,11 @@ def _shard_task(trained: object, queries: object, dim: int, top_k: int, lake: La
 def build_variant_index(
     spark: SparkSession, lake: Lake, config: IndexConfig, model_id: str, lineage: Lineage, progress: bool = False
 ) -> dict:
-    """Build and publish the index of ``config.variant`` at the latest curated version; returns its
-    manifest."""
+    """Build and publish the index of ``config.variant`` at the latest curated version (over the
+    image embeddings and, with ``config.text_index``, over the caption embeddings under the same
+    ids, the two sharing ``config.memory_budget_mb``); returns its manifest."""
+    modalities = ["image", "text"] if config.text_index else ["image"]
+    columns = [f"{modality}_embedding" for modality in modalities]
     version = lake.version(CURATED)
     if version is None:
         raise ValueError("curated has never been materialized: nothing to index")
@@ -108,7 +125,7 @@ def build_variant_index(
     curated = (read_table(spark, lake, CURATED, version=version, columns=[*pairs, "similarity"],
                           where={"variant": [config.variant]})
                .withColumnRenamed("similarity", "caption_similarity"))
-    scores = read_table(spark, lake, CLIP_SCORES, columns=["uid", "embedding_dim", "image_embedding"],
+    scores = read_table(spark, lake, CLIP_SCORES, columns=["uid", "embedding_dim", *columns],
                         where={"model_id": [model_id]})
     rows = curated.join(scores, "uid", "left")
     if lake.version(IMAGE_TAGS) is None:  # never tagged: no violence tag to carry
@@ -133,39 +150,48 @@ def build_variant_index(
         if len(dims) != 1:
             raise ValueError(f"{config.variant} embeddings have several widths {sorted(dims)}: one CLIP model at a time")
         dim = dims[0]
-        plan = knn.plan_index(n, dim, config.memory_budget_mb << 20)
-        log.info("kNN index of %s: %s", config.variant, plan.reason)
+        plan = knn.plan_index(n, dim, (config.memory_budget_mb << 20) // len(modalities))
+        log.info("kNN index of %s (%s): %s", config.variant, " and ".join(modalities), plan.reason)
 
+        # Both modalities share the ids, the plan and the rows sampled to train and to measure recall.
         train_rows, query_rows = knn.sample_rows(n, plan.train_size, knn.RECALL_QUERIES, SEED)
         wanted = spark.createDataFrame(pa.table({"id": np.union1d(train_rows, query_rows)}))
-        sample = collect(numbered.join(F.broadcast(wanted), "id").select("id", "image_embedding")).sort_by("id")
+        sample = collect(numbered.join(F.broadcast(wanted), "id").select("id", *columns)).sort_by("id")
         sample_ids = sample["id"].to_numpy()
-        sample_vectors = embeddings_from_column(sample["image_embedding"], dim)
-        queries = sample_vectors[np.searchsorted(sample_ids, query_rows)]
-        trained = knn.trained_index(plan, sample_vectors[np.searchsorted(sample_ids, train_rows)], progress=progress)
-        del sample, sample_vectors
+        trained, queries = {}, {}
+        for modality in modalities:
+            sample_vectors = embeddings_from_column(sample[f"{modality}_embedding"], dim)
+            queries[modality] = sample_vectors[np.searchsorted(sample_ids, query_rows)]
+            trained[modality] = knn.trained_index(plan, sample_vectors[np.searchsorted(sample_ids, train_rows)],
+                                                  progress=progress)
+            del sample_vectors
+        del sample
 
         top_k = min(RECALL_K + 1, n)
         shards = max(1, math.ceil(n / config.rows_per_shard))
-        task = _shard_task(spark.sparkContext.broadcast(faiss.serialize_index(trained)),
-                           spark.sparkContext.broadcast(queries), dim, top_k, lake, staging_key)
+        broadcast = spark.sparkContext.broadcast
+        task = _shard_task({m: broadcast(faiss.serialize_index(trained[m])) for m in modalities},
+                           {m: broadcast(queries[m]) for m in modalities}, dim, top_k, lake, staging_key)
         built = collect(
             numbered.withColumn("shard", F.floor(F.col("id") / config.rows_per_shard).cast("long"))
-            .select("shard", *METADATA_SCHEMA.names, "image_embedding")
+            .select("shard", *METADATA_SCHEMA.names, *columns)
             .repartition(shards, "shard")
             .sortWithinPartitions("shard", "id")
-            .mapInArrow(task, from_arrow_schema(_SHARD_SCHEMA))
+            .mapInArrow(task, from_arrow_schema(_shard_schema(modalities)))
         ).sort_by("shard").to_pylist()
 
-        top = knn.ExactTop(queries, top_k)
-        for shard in built:
-            top.merge(np.frombuffer(shard["top_scores"], np.float32).reshape(len(queries), -1),
-                      np.frombuffer(shard["top_ids"], np.int64).reshape(len(queries), -1))
-        truth = knn.Truth(top.queries, query_rows, top.result()[1])
-        lists_file = cleanup.enter_context(knn.new_lists_file(out)) if plan.on_disk else None
         staged = cleanup.enter_context(lake.local_copy(staging_key))
-        index = knn.merge_shards(trained, [staged / _shard_file(s["shard"], ".faiss") for s in built], lists_file)
-        recall = knn.tune_nprobe(index, plan, truth, config.recall_target)
+        indexes, recalls = {}, {}
+        for modality in modalities:
+            top = knn.ExactTop(queries[modality], top_k)
+            for shard in built:
+                top.merge(np.frombuffer(shard[f"{modality}_top_scores"], np.float32).reshape(len(query_rows), -1),
+                          np.frombuffer(shard[f"{modality}_top_ids"], np.int64).reshape(len(query_rows), -1))
+            truth = knn.Truth(top.queries, query_rows, top.result()[1])
+            lists_file = cleanup.enter_context(knn.new_lists_file(out)) if plan.on_disk else None
+            indexes[modality] = knn.merge_shards(
+                trained[modality], [staged / _shard_file(s["shard"], f".{modality}.faiss") for s in built], lists_file)
+            recalls[modality] = round(float(knn.tune_nprobe(indexes[modality], plan, truth, config.recall_target)), 4)
         manifest = {
             "variant": config.variant,
             "source_table": CURATED.name,
@@ -176,8 +202,10 @@ def build_variant_index(
             "factory": plan.factory,
             "lists_on_disk": plan.on_disk,
             "plan_reason": plan.reason,
-            "recall_at_10": round(float(recall), 4),
-            "shards": [{"shard": s["shard"], "rows": s["rows"], "index_bytes": s["index_bytes"]} for s in built],
+            "recall_at_10": recalls["image"],
+            **({"text_recall_at_10": recalls["text"]} if "text" in recalls else {}),
+            "shards": [{"shard": s["shard"], "rows": s["rows"],
+                        "index_bytes": {m: s[f"{m}_index_bytes"] for m in modalities}} for s in built],
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "run_id": lineage.run_id,
             knn.METADATA_MANIFEST_KEY: knn.new_metadata_name(),
@@ -185,5 +213,5 @@ def build_variant_index(
         with out.publish(manifest[knn.METADATA_MANIFEST_KEY]) as handle, pq.ParquetWriter(handle, METADATA_SCHEMA) as writer:
             for shard in built:  # shard order is id order
                 writer.write_table(pq.read_table(staged / _shard_file(shard["shard"], ".metadata.parquet")))
-        knn.save_index(out, index, manifest)
+        knn.save_index(out, indexes["image"], manifest, indexes.get("text"))
         return manifest

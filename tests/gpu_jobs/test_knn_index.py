@@ -168,6 +168,31 @@ def test_save_load_round_trip(tmp_path, data_50k, ivf_50k):
         save_index(folder, loaded, {"faiss_index": 1})
 
 
+def test_a_save_holds_the_caption_index_under_the_same_ids_and_drops_it_when_not_given(tmp_path, data_50k):
+    x, ids = data_50k
+    captions = clustered(1000, DIM, seed=5)  # other vectors than the images'
+    plan = plan_index(1000, DIM, GIB)
+    folder = Folder.local(tmp_path / "knn")
+    save_index(folder, build_index(x[:1000], ids[:1000], plan), {"v": 1}, build_index(captions, ids[:1000], plan))
+    assert folder.names() == ["index.faiss", "manifest.json", "text.faiss"]
+    images, manifest = load_index(folder)
+    text, same = load_index(folder, "text")
+    assert manifest == same and manifest["faiss_index"]["save_id"] == manifest["faiss_text_index"]["save_id"]
+    assert search(images, x[[7]], 1)[1][0, 0] == ids[7] and search(text, captions[[7]], 1)[1][0, 0] == ids[7]
+    assert search(text, x[[7]], 1)[1][0, 0] != ids[7]  # the caption index holds the captions' vectors
+
+    (folder.local_path / "text.faiss").write_bytes(b"\x00" * 10)  # another save's file, or a torn one
+    with pytest.raises(IndexLoadError, match="text.faiss is 10 bytes, its manifest says"):
+        load_index(folder, "text")
+
+    save_index(folder, images, {"v": 2})  # a save without captions leaves no caption vector behind
+    assert folder.names() == ["index.faiss", "manifest.json"]
+    with pytest.raises(IndexLoadError, match="holds no text index .* materialize knn_index again"):
+        load_index(folder, "text")
+    with pytest.raises(ValueError, match="reserved"):
+        save_index(folder, images, {"faiss_text_index": 1})
+
+
 def test_load_of_missing_or_corrupt_directory_names_the_path(tmp_path, data_50k):
     x, ids = data_50k
     with pytest.raises(IndexLoadError, match=f"no kNN index at {tmp_path / 'absent'}: index.faiss is missing"):

@@ -19,11 +19,14 @@ def unit(rows: np.ndarray) -> np.ndarray:
     return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
 
 
-def save(lake: Lake, variant: str, vectors: np.ndarray, tags: dict[str, list]) -> list[str]:
-    """An IDMap2,Flat index of ``vectors`` (ids 0..n-1) with its metadata file; returns the uids."""
+def save(lake: Lake, variant: str, vectors: np.ndarray, tags: dict[str, list],
+         captions: np.ndarray | None = None) -> list[str]:
+    """An IDMap2,Flat index of ``vectors`` (ids 0..n-1), and of ``captions`` when given, with its
+    metadata file; returns the uids."""
     n = len(vectors)
     plan = knn.plan_index(n, DIM, 1 << 30)
     index = knn.build_index(vectors, np.arange(n), plan)
+    text_index = knn.build_index(captions, np.arange(n), plan) if captions is not None else None
     folder = knn.index_folder(lake, variant)
     uids = [f"uid{i:03d}" for i in range(n)]
     columns = {"id": list(range(n)), "uid": uids, "url": [f"http://h.example/{i}.jpg" for i in range(n)],
@@ -33,14 +36,15 @@ def save(lake: Lake, variant: str, vectors: np.ndarray, tags: dict[str, list]) -
                 knn.METADATA_MANIFEST_KEY: knn.new_metadata_name()}
     with folder.publish(manifest[knn.METADATA_MANIFEST_KEY]) as handle:
         pq.write_table(table, handle)
-    knn.save_index(folder, index, manifest)
+    knn.save_index(folder, index, manifest, text_index)
     return uids
 
 
 @pytest.fixture
 def planted(tmp_path):
     """40 random vectors; rows 1 and 2 are near copies of row 0 (cosine > 0.99), row 3 is close to
-    the query but unsafe, row 4 close but violent, row 5 close and safe with no violence tag."""
+    the query but unsafe, row 4 close but violent, row 5 close and safe with no violence tag. The
+    caption embeddings are the same vectors in reverse order (row 39 holds row 0's)."""
     rng = np.random.default_rng(0)
     base = unit(rng.normal(size=(40, DIM)))
     query = base[0].copy()
@@ -55,7 +59,7 @@ def planted(tmp_path):
     pviolence[5] = None
     aesthetic = list(np.linspace(0.0, 1.0, 40))
     lake = Lake(str(tmp_path / "lake"))
-    save(lake, "research", base, {"punsafe": punsafe, "pviolence": pviolence, "aesthetic": aesthetic})
+    save(lake, "research", base, {"punsafe": punsafe, "pviolence": pviolence, "aesthetic": aesthetic}, base[::-1])
     return lake, query
 
 
@@ -103,6 +107,17 @@ def test_aesthetic_level_reranks_by_the_stored_tag(planted):
     assert {r.id: r.similarity for r in pretty} == {r.id: r.similarity for r in plain}
 
 
+def test_search_over_text_searches_the_caption_embeddings_with_the_same_filters(planted):
+    lake, query = planted
+    index = LakeIndexes(lake, MODEL).get("research")
+    over_text = index.search(query, SearchOptions(num_result_ids=6, num_images=6), "text")
+    assert ids_of(over_text) == [39, 38, 37, 36, 35, 34]
+    assert [r.metadata["caption"] for r in over_text[:2]] == ["caption 39", "caption 38"]
+    # deduplicate compares the caption embeddings searched: 38 and 37 copy 39's.
+    assert ids_of(index.search(query, SearchOptions(6, 6, deduplicate=True), "text"))[:2] == [39, 36]
+    assert ids_of(index.search(query, SearchOptions(6, 6))) == [0, 1, 2, 3, 4, 5]
+
+
 def test_bad_queries_are_one_line(planted):
     lake, query = planted
     index = LakeIndexes(lake, MODEL).get("research")
@@ -116,6 +131,8 @@ def test_bad_queries_are_one_line(planted):
     save(bare, "research", unit(np.random.default_rng(1).normal(size=(20, DIM))), {})
     with pytest.raises(SearchError, match=r"no punsafe tag to filter by: configure \[tags.punsafe\]"):
         LakeIndexes(bare, MODEL).get("research").search(query, SearchOptions(5, 5, use_safety_model=True))
+    with pytest.raises(SearchError, match="modality 'text': this index holds no caption embeddings"):
+        LakeIndexes(bare, MODEL).get("research").search(query, SearchOptions(5, 5), "text")
 
 
 def test_a_removal_is_never_returned_once_published_and_a_new_save_is_loaded(planted):
@@ -128,8 +145,10 @@ def test_a_removal_is_never_returned_once_published_and_a_new_save_is_loaded(pla
     assert remove_from_indexes(lake, {first, "uid002"}, curated_version=1) == {"research": 2}
     after = indexes.get("research")
     assert after is not before and after.vectors == 38
-    found = after.search(query, SearchOptions(40, 40))
-    assert not {first, "uid002"} & {r.metadata["uid"] for r in found}
+    for modality in ("image", "text"):
+        found = after.search(query, SearchOptions(40, 40), modality)
+        assert len(found) == 38 and not {first, "uid002"} & {r.metadata["uid"] for r in found}
+    assert after.text_index.ntotal == 38
     assert after.rows([0, 2]) == [None, None]
     # The old save's metadata is gone from the lake and from this machine's cache.
     assert not set(folder.names("metadata-*.parquet")) & set(old_metadata)

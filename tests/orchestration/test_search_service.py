@@ -129,6 +129,27 @@ def test_image_file_url_and_embedding_queries_find_the_stored_image(service, cli
     assert image.status_code == 200 and image.content == stored and image.headers["content-type"].startswith("image/")
 
 
+def test_search_over_text_ranks_by_the_stored_caption_embeddings(service, client_module, pipeline):
+    url, _ = service
+    over_text = client(client_module, url, modality=client_module.Modality.TEXT, num_images=10, deduplicate=False,
+                       aesthetic_weight=0.0).query(text="a red circle")
+    assert over_text and "red circle" in over_text[0]["caption"]
+    # A stored caption embedding as the query: every similarity is the cosine to a stored caption
+    # embedding (float16 as stored), not to an image embedding.
+    row = everything(url, text="a green triangle")[0]
+    scores = pipeline.lake.read(CLIP_SCORES, columns=["uid", "embedding_dim", "text_embedding", "image_embedding"])
+    dim = scores["embedding_dim"][0].as_py()
+    text, image = (dict(zip(scores["uid"].to_pylist(), embeddings_from_column(scores[column], dim)))
+                   for column in ("text_embedding", "image_embedding"))
+    query = text[row["uid"]].astype("float64")
+    query /= (query @ query) ** 0.5
+    results = everything(url, embedding_input=[float(x) for x in query], modality="text")
+    assert results[0]["caption"] == row["caption"] and results[0]["similarity"] > 0.99
+    assert [r["similarity"] for r in results] == pytest.approx([float(text[r["uid"]] @ query) for r in results], abs=2e-3)
+    by_image = everything(url, embedding_input=[float(x) for x in query])
+    assert [r["similarity"] for r in by_image] == pytest.approx([float(image[r["uid"]] @ query) for r in by_image], abs=2e-3)
+
+
 def test_bad_requests_are_4xx_with_one_line_and_cors_everywhere(service):
     url, config = service
     base = {"modality": "image", "indice_name": INDEX, "num_images": 5}
@@ -137,7 +158,7 @@ def test_bad_requests_are_4xx_with_one_line_and_cors_everywhere(service):
         ({**base}, 400, "give one of text, image, image_url or embedding_input"),
         ({**base, "text": "a", "image": "aGk="}, 400, "give one query, not text and image"),
         ({**base, "text": "a", "num_images": 10**6}, 400, "at most 1,000"),
-        ({**base, "text": "a", "modality": "text"}, 400, "indexes image embeddings only"),
+        ({**base, "text": "a", "modality": "audio"}, 400, "modality must be 'image' or 'text'"),
         ({**base, "text": "a", "use_mclip": True}, 400, "no multilingual text model is configured"),
         ({**base, "text": "a", "indice_name": "nope"}, 400, "no kNN index named 'nope'"),
         ({**base, "image": "not base64!"}, 400, "base64"),

@@ -228,6 +228,13 @@ def test_safe_mode_hides_unsafe_results(ui, service, index_name):
     shown = ui.search(lambda: ui.page.check("#safe"))  # a changed filter re-runs the search
     assert shown, "safe mode hid every result"
     assert target["id"] not in shown, f"unsafe id {target['id']} (punsafe {target['punsafe']:.3f}) shown in safe mode"
+
+    # "Search over captions": the caption embeddings' index, with the same filters.
+    over_text = ui.search(lambda: ui.page.select_option("#modality", "text"))
+    assert over_text == [r["id"] for r in knn(service, index_name, text=target["caption"], modality="text",
+                                                num_images=200, num_result_ids=200, deduplicate=False,
+                                                use_safety_model=True, use_violence_detector=False)]
+    assert target["id"] not in over_text
     assert ui.script_errors == []
 
 
