@@ -55,8 +55,9 @@ def _cmd_demo(args: argparse.Namespace, config: PairlakeConfig) -> None:
         manifest = _index_manifest(config)
         last = _latest_release(config)
     lake = Lake.of(config.lake)
+    captions = f", captions {manifest['text_recall_at_10']}" if "text_recall_at_10" in manifest else ""
     print(f"\nkNN index ({manifest['variant']}): {manifest['factory']} over {manifest['vectors']} images, "
-          f"recall@10 {manifest['recall_at_10']}; try: .venv/bin/pairlake --profile demo search \"a red circle\"")
+          f"recall@10 {manifest['recall_at_10']}{captions}; try: .venv/bin/pairlake --profile demo search \"a red circle\"")
     if last is not None:
         print(f"release {last['release']} v{last['version']} ({last['kind']}): {last['samples']} samples in "
               f"{last['shards']} shards at {lake.uri_of(last['path'])}")
