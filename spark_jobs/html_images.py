@@ -91,6 +91,8 @@ class _PageResolver:
         return url if len(url) > host_start and url[host_start] not in "/?#:@" else resolve_url(self.base, url)
 
 
+# Where lazy-loading scripts (lazysizes, WordPress plugins, jQuery lazyload) keep the real image.
+_LAZY_SRC = ("data-src", "data-lazy-src", "data-original")
 _HTTP_BASE = re.compile(r"(?P<scheme>https?)://(?P<netloc>[^/?#]+)(?P<path>[^?#]*)", re.IGNORECASE)
 # Characters that URL parsers rewrite (backslash) or strip (tab, newline), and IPv6 hosts.
 _ODD_CHARS = re.compile(r"[\[\\\t\r\n]")
@@ -133,6 +135,11 @@ def page_images(page: bytes, page_url: str, config: ExtractConfig, counts: dict[
             counts["empty_alt"] += 1
             continue
         src = attrs.get("src")
+        if not src or not src.strip() or src.lstrip()[:5].lower() == "data:":
+            # A lazy-loading page puts a placeholder (or nothing) in src and the image in an
+            # attribute that its script copies into src: that attribute is the image shown.
+            lazy = next((v for v in map(attrs.get, _LAZY_SRC) if v and v.strip()), None)
+            src = lazy or src
         if not src or not src.strip():
             counts["no_src"] += 1
             continue

@@ -131,6 +131,28 @@ def test_urls_resolved_against_page_and_relative_base_href(tmp_path):
     assert_funnel(result.counts)
 
 
+def test_lazy_loaded_images_take_the_image_their_script_would_show(tmp_path):
+    page = html(
+        "<img src='data:image/gif;base64,R0lGOD' data-src='/photos/1.jpg' loading='lazy' alt='lazysizes'>"
+        "<img src=' DATA:image/svg+xml,%3Csvg%3E' data-lazy-src='2.jpg' alt='wordpress plugin'>"
+        "<img data-original='//cdn.example.net/3.jpg' alt='jquery lazyload, no src'>"
+        "<img src='' data-src=' ' data-original='4.jpg' alt='first non-blank lazy attribute'>"
+        "<img src='/real.jpg' data-src='/ignored.jpg' alt='a real src wins'>"
+        "<img src='data:image/gif;base64,R0lGOD' alt='a placeholder alone'>"
+        "<img src='data:image/gif;base64,R0lGOD' data-src='javascript:void(0)' alt='a lazy non-http url'>"
+    )
+    result = extract(tmp_path, [response_member(PAGE, page)])
+    assert pairs_of(result) == [
+        ("https://www.example.com/photos/1.jpg", "lazysizes"),
+        ("https://www.example.com/blog/2.jpg", "wordpress plugin"),
+        ("https://cdn.example.net/3.jpg", "jquery lazyload, no src"),
+        ("https://www.example.com/blog/4.jpg", "first non-blank lazy attribute"),
+        ("https://www.example.com/real.jpg", "a real src wins"),
+    ]
+    assert result.counts["non_http_url"] == 2 and result.counts["no_src"] == 0
+    assert_funnel(result.counts)
+
+
 def test_protocol_relative_takes_page_scheme_and_base_href_may_be_absolute(tmp_path):
     page = html("<img src='//cdn.example.net/p.png' alt='protocol relative'><img src='x.jpg' alt='under base'>",
                 head="<base href='https://static.example.org/assets/'>")
