@@ -53,7 +53,8 @@ def resolve_url(base: str, src: str) -> str | None:
         return None
     if parts.scheme not in _HTTP_SCHEMES or not parts.hostname:
         return None
-    return url
+    # urljoin keeps "HTTPS://" as written when the base's scheme differs: one image, one URL (and uid).
+    return url if url.startswith(parts.scheme) else parts.scheme + url[len(parts.scheme):]
 
 
 class _PageResolver:

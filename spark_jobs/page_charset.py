@@ -1,9 +1,12 @@
 """Decode an HTML page to UTF-8 the way a browser would pick its encoding.
 
 Order: byte-order mark, then the charset declared in the HTTP Content-Type header, then a
-``<meta charset>`` / ``http-equiv`` declaration near the top; undeclared pages are taken as UTF-8
-when they are valid UTF-8, else the encoding is sniffed. A declared charset is decoded with
-replacement characters, as browsers do, so only undeclared pages can be undecodable.
+``<meta charset>`` / ``http-equiv`` declaration in the head; undeclared pages are taken as UTF-8
+when they are valid UTF-8 or nearly (a stray byte in a UTF-8 page), else the encoding is sniffed
+from where the page's non-ASCII bytes start. A declared charset is decoded with replacement characters, as
+browsers do, so only undeclared pages can be undecodable. Every encoding, declared or sniffed, is
+read as the WHATWG Encoding Standard reads its label (Latin-1 as windows-1252, Shift_JIS as its
+Windows superset, ...).
 """
 
 from __future__ import annotations
@@ -14,10 +17,26 @@ import re
 from charset_normalizer import from_bytes
 from charset_normalizer.utils import is_multi_byte_encoding
 
-# How far into the page to look for a <meta> declaration (the HTML standard says 1024 bytes;
-# real pages often put it after long <script>/<link> runs).
+# Where a <meta> declaration is looked for first (the HTML standard's prescan reads 1024 bytes;
+# real pages often put it after long <script>/<link> runs). Past that, browsers still honour one
+# met while parsing the head (they decode the page again): the head is searched, scripts left out,
+# up to _HEAD_SCAN_BYTES.
 _META_SCAN_BYTES = 4096
+_HEAD_SCAN_BYTES = 1 << 20
+_HEAD_END = re.compile(rb"<body[\s>/]|</head\s*>", re.IGNORECASE)
+_HEAD_METAS = 256  # <meta> tags read in the head (a browser meets one declaration, not thousands)
+_META_TAG_BYTES = 1024
+# The detector reads _SNIFF_BYTES of the page, from a little before its first non-ASCII byte:
+# real heads can hold more than that of ASCII script, which tells it nothing.
 _SNIFF_BYTES = 65536
+_SNIFF_LEAD_BYTES = 1024
+_NON_ASCII = re.compile(rb"[\x80-\xff]")
+# An undeclared page with at least this many valid multi-byte UTF-8 characters per invalid byte is
+# UTF-8 with a stray byte (a pasted legacy character), not a legacy page that happens to hold valid
+# sequences (those are rare in any legacy text).
+_UTF8_VALID_PER_INVALID = 8
+_UTF8_INVALID = re.compile(r"\ufffd")
+_UTF8_MULTIBYTE = re.compile(r"[^\x00-\x7f\ufffd]")
 _META_CHARSET = re.compile(rb"""<meta[^>]*?charset\s*=\s*["']?\s*([a-z0-9_.:-]+)""", re.IGNORECASE)
 _CHARSET_PARAM = re.compile(r"""charset\s*=\s*["']?\s*([a-z0-9_.:-]+)""", re.IGNORECASE)
 _BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
@@ -131,7 +150,25 @@ def to_utf8(body: bytes, declared: str | None) -> bytes:
         return body
     except UnicodeDecodeError:
         pass
-    return body.decode(_sniff(body), "replace").encode()
+    if _mostly_utf8(body):
+        return body  # the parser reads the stray bytes as U+FFFD
+    return _decode_as(body, _sniff(body))
+
+
+def _mostly_utf8(body: bytes) -> bool:
+    text = body.decode("utf-8", "replace")
+    invalid = len(_UTF8_INVALID.findall(text))
+    return len(_UTF8_MULTIBYTE.findall(text)) >= _UTF8_VALID_PER_INVALID * max(invalid, 1)
+
+
+def _decode_as(body: bytes, codec: str) -> bytes:
+    """``body`` decoded with the sniffer's Python codec, read as the web reads that encoding's label
+    (the detector names strict codecs: latin_1, shift_jis, euc_kr, gb2312...)."""
+    name = codecs.lookup(codec).name
+    encoding = _encoding(name) or _encoding(name.replace("_", "-"))
+    if encoding not in _CODEC_OF_ENCODING:  # not a web encoding (mac_roman...), or UTF-8/16
+        return body.decode(codec, "replace").encode()
+    return _decode(body, encoding)
 
 
 def _encoding(label: str | None) -> str | None:
@@ -148,9 +185,39 @@ def _encoding(label: str | None) -> str | None:
 
 def _meta_encoding(body: bytes) -> str | None:
     match = _META_CHARSET.search(body, 0, _META_SCAN_BYTES)
+    if match is None and len(body) > _META_SCAN_BYTES:
+        match = _head_meta(body)
     encoding = _encoding(match.group(1).decode("ascii")) if match else None
     # HTML's prescan reads x-user-defined in a <meta> as windows-1252; only the header gets the real one.
     return "windows-1252" if encoding == "x-user-defined" else encoding
+
+
+def _head_meta(body: bytes) -> re.Match | None:
+    """The first ``<meta>`` declaring a charset in the page's head, outside ``<script>`` elements;
+    None for a page without a head end. One pass: every search starts where the last one ended."""
+    end = _HEAD_END.search(body, 0, _HEAD_SCAN_BYTES)
+    if end is None:
+        return None
+    head = body[: end.start()].lower()
+    pos, script = 0, head.find(b"<script")
+    for _ in range(_HEAD_METAS):
+        meta = head.find(b"<meta", pos)
+        if meta < 0:
+            return None
+        while 0 <= script < meta:  # skip the scripts before it: a <meta> in one is text
+            close = head.find(b"</script", script)
+            if close < 0:
+                return None
+            pos = close + len(b"</script")
+            script = head.find(b"<script", pos)
+        if meta < pos:
+            continue  # it was inside a script
+        tag_end = head.find(b">", meta, meta + _META_TAG_BYTES)
+        match = _META_CHARSET.match(head, meta, tag_end if tag_end >= 0 else meta + _META_TAG_BYTES)
+        if match:
+            return match
+        pos = meta + len(b"<meta")
+    return None
 
 
 def _decode(body: bytes, encoding: str) -> bytes:
@@ -162,10 +229,12 @@ def _decode(body: bytes, encoding: str) -> bytes:
 
 
 def _sniff(body: bytes) -> str:
-    sample = body[:_SNIFF_BYTES]
-    if b"\x00" in sample[:1024]:  # binary, not text: not worth the detector's time
+    """The Python codec the detector finds for ``body``'s non-ASCII text."""
+    if b"\x00" in body[:1024]:  # binary, not text: not worth the detector's time
         raise UndecodablePage("binary content: NUL bytes and no declared charset")
-    matches = list(from_bytes(sample))
+    first = _NON_ASCII.search(body)
+    start = max(0, first.start() - _SNIFF_LEAD_BYTES) if first else 0
+    matches = list(from_bytes(body[start : start + _SNIFF_BYTES]))
     if not matches:
         raise UndecodablePage("no declared charset, not UTF-8, and detection found none")
     best = matches[0]

@@ -7,6 +7,7 @@ independently of the module, so a label missing from it or filed under the wrong
 from __future__ import annotations
 
 import codecs
+import time
 
 import pytest
 
@@ -326,3 +327,49 @@ def test_bom_wins_over_declarations(no_sniff, bom, codec, label):
 def test_undeclared_binary_page_is_undecodable():
     with pytest.raises(UndecodablePage, match="NUL bytes"):
         to_utf8(b"\x00\x01\xfe\xff" * 300, "base64")
+
+
+def test_a_meta_late_in_the_head_is_honoured_outside_scripts(no_sniff):
+    caption = "紅葉と富士山の写真①"
+    late = ("<html><head><script>" + "var a=1;" * 700 + "</script><meta charset='Shift_JIS'></head>"
+            f"<body><p>{caption}</p></body></html>")
+    assert to_utf8(late.encode("cp932"), None).decode() == late
+    # A <meta> inside a script is text, and one after the head is not a declaration.
+    scripted = ("<html><head><script>" + "var a=1;" * 700 + "document.write('<meta charset=\"koi8-r\">');"
+                "</script><meta charset='windows-1251'></head><body><p>Мир</p></body></html>")
+    assert to_utf8(scripted.encode("cp1251"), None).decode() == scripted
+    in_body = "<html><head>" + "<link>" * 1000 + "</head><body><meta charset='koi8-r'><p>naïve</p></body></html>"
+    assert to_utf8(in_body.encode("utf-8"), None).decode() == in_body  # undeclared, valid UTF-8
+
+
+def test_sniffing_starts_where_the_non_ascii_text_starts(sniffed):
+    caption = "Маленькая собака играет в парке, пока светит солнце"
+    page = ("<html><head><script>" + "var a=1;" * 9000 + "</script></head><body>"
+            f"<p>Большой дом и сад у реки утром</p><img src='/a.jpg' alt='{caption}'></body></html>")
+    assert to_utf8(page.encode("cp1251"), None).decode() == page
+
+
+def test_a_sniffed_latin1_reads_as_windows_1252(monkeypatch):
+    monkeypatch.setattr(page_charset, "_sniff", lambda body: "latin_1")  # what the detector may answer
+    text = "<p>“quoted” – €</p>"
+    assert to_utf8(text.encode("cp1252"), None).decode() == text
+    monkeypatch.setattr(page_charset, "_sniff", lambda body: "shift_jis")  # the strict codec: no ①
+    assert to_utf8("<p>東京①</p>".encode("cp932"), None).decode() == "<p>東京①</p>"
+
+
+def test_utf8_with_a_stray_legacy_byte_stays_utf8(no_sniff):
+    page = "<p>" + "Équipe été à Zürich, naïve façade. " * 20 + "</p>"
+    body = page.encode("utf-8") + "<p>prix: 5 €</p>".encode("cp1252")  # one pasted cp1252 byte
+    assert to_utf8(body, None) == body  # as it is: the parser reads the stray byte as U+FFFD
+
+
+@pytest.mark.parametrize("hostile", [
+    b"<html><head>" + b"<meta" * 200_000 + b"</head>",
+    b"<html><head>" + b"<script" * 200_000 + b"</head>",
+    b"<html><head>" + b"<meta charset=x" * 100_000 + b"</head>",
+    b"<html><head>" + b"<script></script" * 100_000 + b"<meta charset=koi8-r></head>",
+], ids=["metas", "unclosed-scripts", "unknown-labels", "many-scripts"])
+def test_a_hostile_head_is_read_in_linear_time(hostile):
+    started = time.process_time()
+    page_charset._meta_encoding(hostile)
+    assert time.process_time() - started < 0.5

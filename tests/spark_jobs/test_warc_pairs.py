@@ -153,6 +153,14 @@ def test_lazy_loaded_images_take_the_image_their_script_would_show(tmp_path):
     assert_funnel(result.counts)
 
 
+def test_an_upper_case_scheme_is_lowered_whatever_the_page_scheme(tmp_path):
+    page = html("<img src='HTTPS://Cdn.example.net/A.jpg' alt='upper https'>"
+                "<img src='Http://cdn.example.net/b.jpg' alt='mixed http'>")
+    result = extract(tmp_path, [response_member("http://www.example.com/", page)])
+    assert pairs_of(result) == [("https://Cdn.example.net/A.jpg", "upper https"),
+                                ("http://cdn.example.net/b.jpg", "mixed http")]
+
+
 def test_protocol_relative_takes_page_scheme_and_base_href_may_be_absolute(tmp_path):
     page = html("<img src='//cdn.example.net/p.png' alt='protocol relative'><img src='x.jpg' alt='under base'>",
                 head="<base href='https://static.example.org/assets/'>")
