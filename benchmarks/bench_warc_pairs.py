@@ -1,246 +1,280 @@
-"""Benchmark WARC → candidate pairs extraction on one process (= one core).
+"""Benchmark WARC → candidate pairs: pairlake's extract_pairs against a FastWARC + Resiliparse extractor.
 
-Generates (once, cached) a Common-Crawl-like .warc.gz with warcio: request, response and metadata
-records per capture, HTML pages of a few KB in several languages and charsets with several <img>
-each (relative, protocol-relative, data: URLs, some without alt), plus non-HTML responses. Then it
-times ``extract_pairs`` and a gunzip-only pass over the same file, prints a table and writes
-``benchmarks/results/warc_pairs.json``.
+Both sides read the same generated Common-Crawl-like .warc.gz (benchmarks/cc_like_crawl.py: ~75 KB
+pages with ~37 <img> each, 7% of them in legacy charsets, non-HTML, error and redirect captures) and
+write their pairs to a file, each as a whole separate process, so that both pay interpreter start and
+imports: pairlake = benchmarks/peer_scripts/warc_pairlake.py (what ``pairlake parse-warc`` does:
+extract_pairs with its language ID, then Parquet), baseline = benchmarks/peer_scripts/warc_baseline.py
+under fastwarc/resiliparse 2.0.1 and 1.1.0 (own virtualenvs, benchmarks/peers.py). Runs alternate
+(pairlake, 2.0.1, 1.1.0, pairlake, ...) for --repeat rounds; CPU seconds are the kernel's (wait4: user +
+system of the whole process). Reported: median CPU and wall per side, pages per CPU-second, the
+pairlake/baseline CPU ratio per pin, each side's start cost (the same run on a 1-page file), pairlake's
+language-ID share (timed again in-process), and precision/recall of each side's pairs against the
+generator's ground truth. Prints a table and writes ``benchmarks/results/warc_pairs.json``.
 
-    .venv/bin/python -m benchmarks.bench_warc_pairs [--pages 20000] [--repeat 3]
+    .venv/bin/python -m benchmarks.bench_warc_pairs [--pages 3000] [--repeat 3] [--seed 0]
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
-import io
 import json
 import os
 import platform
-import random
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from warcio.statusandheaders import StatusAndHeaders
-from warcio.warcwriter import WARCWriter
+import pyarrow.parquet as pq
 
+from benchmarks.cc_like_crawl import GENERATOR_VERSION, CrawlFiles, cached_crawl, load_truth, score
+from benchmarks.peers import peer_env, peer_python, run_measured
 from infra.config import ExtractConfig
 from spark_jobs.caption_language import detect_languages
-from spark_jobs.warc_pairs import extract_pairs
 
 ROOT = Path(__file__).resolve().parent.parent
-CACHE_DIR = ROOT / ".cache" / "bench_warc_pairs"
 RESULTS = ROOT / "benchmarks" / "results" / "warc_pairs.json"
-GENERATOR_VERSION = 1  # bump when the generated crawl changes, to invalidate the cache
-
-_TEXT = {
-    "en": "The quick brown fox jumps over the lazy dog near the river bank on a sunny afternoon",
-    "fr": "Le petit chat noir dort tranquillement sur le canapé du salon pendant que la pluie tombe",
-    "de": "Der große Hund läuft schnell über die grüne Wiese und spielt mit den Kindern im Garten",
-    "es": "El perro marrón corre por el parque mientras los niños juegan con la pelota roja",
-    "it": "Il gatto bianco dorme sul divano mentre fuori piove e la città è silenziosa stasera",
-    "pt": "O menino brinca com o cachorro no jardim enquanto a mãe prepara o almoço de domingo",
-    "nl": "De kleine hond speelt in de tuin terwijl de zon schijnt en de vogels zingen vandaag",
-    "ru": "Маленькая собака играет в саду пока светит солнце и поют птицы на деревьях",
-    "ja": "東京の桜は春になるととても美しく咲き多くの人々が公園で花見を楽しみます",
-    "zh": "春天来了公园里的花都开了很多人在湖边散步拍照享受美好的时光",
-}
-_LATIN1_SAFE = ("en", "fr", "de", "es", "it", "pt", "nl")
+SCRIPTS = ROOT / "benchmarks" / "peer_scripts"
+PEERS = ("fastwarc-2.0.1", "fastwarc-1.1.0")
+SCORING_NOTE = ("Scored as (url, caption) pairs over the whole file against the truth pairs whose caption has "
+                "{min}..{max} characters (ExtractConfig defaults). The baseline's raw output gets the same caption "
+                "limits and a (url, caption) dedup before scoring (pairlake applies both itself). 'no lazy': pairs "
+                "only reachable through data-src/data-lazy-src are left out of recall and precision; 'legacy' / "
+                "'utf8': the same on pages in a legacy charset / in UTF-8.")
 
 
-def _words(rng: random.Random, lang: str, n: int) -> str:
-    text = _TEXT[lang]
-    if lang in ("ja", "zh"):
-        start = rng.randrange(0, len(text) - 8)
-        return text[start : start + min(n * 2, len(text) - start)]
-    words = text.split()
-    return " ".join(rng.choice(words) for _ in range(n))
+@dataclass(frozen=True)
+class Side:
+    name: str
+    python: Path
+    script: Path
+    output_suffix: str
+
+    def command(self, warc: Path, out: Path) -> list[str]:
+        return [str(self.python), str(self.script), str(warc), str(out)]
 
 
-def _page(rng: random.Random, host: str, i: int, lang: str) -> str:
-    """One article page: boilerplate head, nav, paragraphs and 3–10 images of every URL kind."""
-    parts = [
-        "<!DOCTYPE html>\n<html><head>",
-        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-        f"<title>{_words(rng, lang, 6)}</title>",
-        "<link rel='stylesheet' href='/static/site.css'>",
-        "<script>window.dataLayer=window.dataLayer||[];function gtag(){dataLayer.push(arguments);}"
-        "gtag('js',new Date());gtag('config','UA-000000-1');</script>",
-        "</head><body><header><nav><ul>",
-    ]
-    parts += [f"<li><a href='/section/{k}'>{_words(rng, lang, 2)}</a></li>" for k in range(rng.randint(5, 12))]
-    parts.append("</ul></nav></header><main><article>")
-    parts.append(f"<h1>{_words(rng, lang, 8)}</h1>")
-    for k in range(rng.randint(3, 10)):
-        parts.append(f"<p>{_words(rng, lang, rng.randint(20, 60))}</p>")
-        kind = rng.random()
-        if kind < 0.35:
-            src = f"/images/{i}/{k}.jpg"
-        elif kind < 0.55:
-            src = f"https://cdn.{host}/img/{i}-{k}.png"
-        elif kind < 0.65:
-            src = f"//static.{host}/thumbs/{i}_{k}.webp"
-        elif kind < 0.75:
-            src = f"../media/{k}.jpeg?w=640&amp;h=480"
-        elif kind < 0.8:
-            src = "data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7"
-        else:
-            src = f"photo-{k}.jpg"
-        alt_kind = rng.random()
-        if alt_kind < 0.2:
-            alt = ""  # no alt attribute
-        elif alt_kind < 0.3:
-            alt = " alt=''"
-        elif alt_kind < 0.35:
-            alt = " alt='logo'"
-        else:
-            caption = _words(rng, lang, rng.randint(3, 12)).replace("&", "&amp;")
-            alt = f' alt="{caption} &amp; more"' if alt_kind < 0.4 else f' alt="  {caption}\n "'
-        parts.append(f"<figure><img src='{src}'{alt} width='640' height='480' loading='lazy'></figure>")
-    parts.append("</article></main><footer>")
-    parts += [f"<a href='/about/{k}'>{_words(rng, lang, 3)}</a> " for k in range(rng.randint(4, 10))]
-    parts.append("<img src='/static/tracker.gif' width='1' height='1'></footer></body></html>\n")
-    return "".join(parts)
+def _sides(peers: tuple[str, ...]) -> list[Side]:
+    sides = [Side("pairlake", Path(sys.executable), SCRIPTS / "warc_pairlake.py", ".parquet")]
+    sides += [Side(name, peer_python(name), SCRIPTS / "warc_baseline.py", ".jsonl") for name in peers]
+    return sides
 
 
-def _encode(rng: random.Random, html: str, lang: str) -> tuple[bytes, str]:
-    """Body bytes and Content-Type, with the charset declared in the header, a meta tag, or nowhere."""
-    roll = rng.random()
-    if lang in _LATIN1_SAFE and roll < 0.1:
-        body = html.replace("<head>", "<head><meta charset='windows-1252'>", 1).encode("cp1252")
-        return body, "text/html"
-    if roll < 0.7:
-        return html.replace("<head>", "<head><meta charset='utf-8'>", 1).encode(), "text/html"
-    if roll < 0.9:
-        return html.encode(), "text/html; charset=UTF-8"
-    return html.encode(), "text/html"  # undeclared: sniffed
+def _run(side: Side, warc: Path, out: Path) -> dict:
+    out.unlink(missing_ok=True)
+    measured = run_measured(side.command(warc, out), env=peer_env())
+    summary = json.loads(measured.stdout.strip().splitlines()[-1])
+    return {"cpu_s": round(measured.cpu_s, 3), "wall_s": round(measured.wall_s, 3), **summary}
 
 
-def generate_crawl(path: Path, pages: int, seed: int = 0) -> None:
-    """Write a multi-member .warc.gz with ``pages`` HTML responses and CC-like surrounding records."""
-    rng = random.Random(seed)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("wb") as fh:
-        writer = WARCWriter(fh, gzip=True)
-        writer.write_record(writer.create_warcinfo_record(path.name, {"software": "pairlake-bench"}))
-        html_done = 0
-        while html_done < pages:
-            host = f"site{rng.randrange(5000)}.example.com"
-            url = f"https://www.{host}/articles/{html_done}/page.html"
-            lang = rng.choice(list(_TEXT))
-            if rng.random() < 0.08:  # non-HTML capture: ignored by the extractor
-                body, ctype = b"\xff\xd8\xff\xe0" + rng.randbytes(rng.randint(2000, 20000)), "image/jpeg"
-            else:
-                body, ctype = _encode(rng, _page(rng, host, html_done, lang), lang)
-                html_done += 1
-            request = StatusAndHeaders("GET /articles HTTP/1.1", [("Host", f"www.{host}")], is_http_request=True)
-            writer.write_record(writer.create_warc_record(url, "request", payload=io.BytesIO(b""), http_headers=request))
-            headers = StatusAndHeaders(
-                "200 OK",
-                [("Content-Type", ctype), ("Content-Length", str(len(body))), ("Server", "nginx")],
-                protocol="HTTP/1.1",
-            )
-            writer.write_record(
-                writer.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=headers)
-            )
-            meta = f"fetchTimeMs: {rng.randint(50, 900)}\n".encode()
-            writer.write_record(
-                writer.create_warc_record(
-                    url, "metadata", payload=io.BytesIO(meta), warc_content_type="application/warc-fields"
-                )
-            )
-    tmp.replace(path)
+def _rounds(sides: list[Side], warc: Path, repeat: int, workdir: Path) -> dict[str, list[dict]]:
+    """``repeat`` rounds of one run per side, in turn, so that drifts in machine load hit all sides alike."""
+    runs: dict[str, list[dict]] = {side.name: [] for side in sides}
+    for round_ in range(repeat):
+        for side in sides:
+            run = _run(side, warc, workdir / f"{side.name}{side.output_suffix}")
+            runs[side.name].append(run)
+            print(f"  round {round_ + 1}/{repeat} {side.name:15} {run['cpu_s']:8.2f} CPU s {run['wall_s']:8.2f} s",
+                  flush=True)
+    return runs
 
 
-def cached_crawl(pages: int, seed: int = 0) -> Path:
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    path = CACHE_DIR / f"crawl-v{GENERATOR_VERSION}-{pages}-{seed}.warc.gz"
-    if not path.exists():
-        generate_crawl(path, pages, seed)
-    return path
+def _read_pairs(path: Path) -> list[tuple[str, str, str]]:
+    if path.suffix == ".parquet":
+        table = pq.read_table(path, columns=["url", "caption", "page_url"])
+        return list(zip(*(table.column(name).to_pylist() for name in ("url", "caption", "page_url"))))
+    with path.open(encoding="utf-8") as fh:
+        return [tuple(json.loads(line)) for line in fh]
 
 
-def gunzip_only(path: Path) -> None:
-    """Decompress every member and discard the output: the floor any reader of the file pays."""
-    with gzip.open(path, "rb") as fh:
-        while fh.read(1 << 20):
-            pass
+def _limit_and_dedup(pairs: list[tuple[str, str, str]], config: ExtractConfig) -> list[tuple[str, str, str]]:
+    """pairlake's caption length limits and its dedup on (url, caption), first page kept."""
+    kept: dict[tuple[str, str], str] = {}
+    for url, caption, page in pairs:
+        if config.min_caption_chars <= len(caption) <= config.max_caption_chars:
+            kept.setdefault((url, caption), page)
+    return [(url, caption, page) for (url, caption), page in kept.items()]
 
 
-def _best_of(repeat: int, fn) -> tuple[float, float, object]:
-    """Best wall and CPU seconds of ``repeat`` runs (CPU time: the machine's cores are shared)."""
-    best_wall = best_cpu = float("inf")
-    value = None
-    for _ in range(repeat):
-        wall, cpu = time.perf_counter(), time.process_time()
-        value = fn()
-        best_wall = min(best_wall, time.perf_counter() - wall)
-        best_cpu = min(best_cpu, time.process_time() - cpu)
-    return best_wall, best_cpu, value
+def _language_id_cost(captions: list[str]) -> dict:
+    """pairlake's language ID over the distinct captions, timed in this process (its runs include it)."""
+    started = time.process_time()
+    detect_languages(["warm up the language model"])
+    load_s = time.process_time() - started
+    distinct = list(dict.fromkeys(captions))
+    started = time.process_time()
+    detect_languages(distinct)
+    return {"load_cpu_s": round(load_s, 3), "cpu_s": round(time.process_time() - started, 3), "captions": len(distinct)}
+
+
+def _peer_versions(side: Side) -> dict[str, str]:
+    packages = ("pairlake", "selectolax", "charset-normalizer", "pyarrow", "fasttext-predict") \
+        if side.name == "pairlake" else ("fastwarc", "resiliparse")
+    code = ("import importlib.metadata as m, json, platform; "
+            f"print(json.dumps({{'python': platform.python_version(), **{{p: m.version(p) for p in {packages!r}}}}}))")
+    return json.loads(subprocess.run([str(side.python), "-c", code], check=True, capture_output=True,
+                                     text=True, env=peer_env()).stdout)
+
+
+def _machine() -> dict:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)),
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def _median(runs: list[dict], key: str) -> float:
+    return round(statistics.median(run[key] for run in runs), 3)
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pages", type=int, default=20_000)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--pages", type=int, default=3_000, help="HTML pages (status 200) in the crawl")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of alternating runs")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated, of {', '.join(PEERS)}")
     args = parser.parse_args(argv)
+    peers = tuple(name for name in args.peers.split(",") if name)
+    config = ExtractConfig()
 
     started = time.perf_counter()
-    path = cached_crawl(args.pages, args.seed)
+    crawl = cached_crawl(args.pages, args.seed)
     generated_s = time.perf_counter() - started
-    size_mb = path.stat().st_size / 1e6
-    detect_languages(["warm up the language model"])  # its one-off load is not per-file work
+    tiny = cached_crawl(1, args.seed)
+    truth = load_truth(crawl.truth)
+    sides = _sides(peers)
+    versions = {side.name: _peer_versions(side) for side in sides}
+    load_before = os.getloadavg()
 
-    gz_wall, gz_cpu, _ = _best_of(args.repeat, lambda: gunzip_only(path))
-    config = ExtractConfig()
-    ex_wall, ex_cpu, result = _best_of(args.repeat, lambda: extract_pairs(str(path), path.name, "bench", config))
-    counts = result.counts
-    pages = counts["html_pages"]
-    results = {
-        "file": str(path.relative_to(ROOT)),
-        "compressed_mb": round(size_mb, 2),
-        "records": counts["records"],
-        "html_pages": pages,
-        "pairs": counts["pairs"],
-        "repeat": args.repeat,
-        "extract": {
-            "wall_s": round(ex_wall, 3),
-            "cpu_s": round(ex_cpu, 3),
-            "pages_per_s_wall": round(pages / ex_wall),
-            "pages_per_cpu_s": round(pages / ex_cpu),
-            "mb_per_s_wall": round(size_mb / ex_wall, 1),
-            "mb_per_cpu_s": round(size_mb / ex_cpu, 1),
-        },
-        "gunzip_only": {
-            "wall_s": round(gz_wall, 3),
-            "cpu_s": round(gz_cpu, 3),
-            "mb_per_s_wall": round(size_mb / gz_wall, 1),
-            "mb_per_cpu_s": round(size_mb / gz_cpu, 1),
-        },
-        "extract_over_gunzip_cpu": round(ex_cpu / gz_cpu, 2),
-        "counts": counts,
-        "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
-                    "cores": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)},
-        "generated_in_s": round(generated_s, 1),
-    }
+    with tempfile.TemporaryDirectory(prefix="bench_warc_pairs-") as tmp:
+        workdir = Path(tmp)
+        print(f"warm-up and start cost: {args.repeat} round(s) on a 1-page file", flush=True)
+        for side in sides:
+            _run(side, tiny.warc, workdir / f"{side.name}{side.output_suffix}")  # pyc, page cache
+        start_runs = _rounds(sides, tiny.warc, args.repeat, workdir)
+        print(f"{crawl.warc.name}: {args.repeat} round(s)", flush=True)
+        runs = _rounds(sides, crawl.warc, args.repeat, workdir)
+        load_after = os.getloadavg()
+        outputs = {side.name: _read_pairs(workdir / f"{side.name}{side.output_suffix}") for side in sides}
+
+    results = _results(args, crawl, truth, sides, runs, start_runs, outputs, versions, config)
+    results["language_id"] = _language_id_cost([caption for _, caption, _ in outputs["pairlake"]])
+    results["language_id"]["share_of_pairlake_cpu"] = round(
+        (results["language_id"]["cpu_s"] + results["language_id"]["load_cpu_s"])
+        / results["sides"]["pairlake"]["cpu_s"], 3)
+    results["machine"] = {**_machine(), "load_avg_before": [round(x, 2) for x in load_before],
+                          "load_avg_after": [round(x, 2) for x in load_after]}
+    results["generated_in_s"] = round(generated_s, 1)
     _print_table(results)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    RESULTS.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     print(f"wrote {RESULTS.relative_to(ROOT)}")
     return results
 
 
+def _results(args: argparse.Namespace, crawl: CrawlFiles, truth: list, sides: list[Side], runs: dict,
+             start_runs: dict, outputs: dict, versions: dict, config: ExtractConfig) -> dict:
+    data = json.loads(crawl.truth.read_text())
+    pages = len(truth)
+    per_side = {}
+    for side in sides:
+        raw = outputs[side.name]
+        scored = _limit_and_dedup(raw, config)
+        cpu, wall = _median(runs[side.name], "cpu_s"), _median(runs[side.name], "wall_s")
+        start_cpu = _median(start_runs[side.name], "cpu_s")
+        per_side[side.name] = {
+            "versions": versions[side.name],
+            "cpu_s": cpu,
+            "wall_s": wall,
+            "pages_per_cpu_s": round(pages / cpu),
+            "pages_per_s_wall": round(pages / wall),
+            "start": {"cpu_s": start_cpu, "wall_s": _median(start_runs[side.name], "wall_s")},
+            "cpu_s_without_start": round(cpu - start_cpu, 3),
+            "pages_seen": runs[side.name][-1]["pages"],
+            "pairs_raw": len(raw),
+            "pairs_scored": len(scored),
+            "accuracy": score(scored, truth, config.min_caption_chars, config.max_caption_chars),
+            "runs": runs[side.name],
+            "start_runs": start_runs[side.name],
+        }
+    mine = per_side["pairlake"]
+    ratios = {
+        f"pairlake/{name}": {
+            "cpu": round(mine["cpu_s"] / other["cpu_s"], 3),
+            "cpu_without_start": round(mine["cpu_s_without_start"] / other["cpu_s_without_start"], 3),
+            "wall": round(mine["wall_s"] / other["wall_s"], 3),
+        }
+        for name, other in per_side.items() if name != "pairlake"
+    }
+    return {
+        "crawl": {
+            "file": str(crawl.warc.relative_to(ROOT)) if crawl.warc.is_relative_to(ROOT) else str(crawl.warc),
+            "truth": crawl.truth.name,
+            "generator_version": GENERATOR_VERSION,
+            "seed": args.seed,
+            "compressed_mb": round(crawl.warc.stat().st_size / 1e6, 1),
+            "html_mb": round(sum(page["bytes"] for page in data["page_truth"]) / 1e6, 1),
+            "records": 1 + 3 * data["captures"],
+            "captures": data["captures"],
+            "html_pages": pages,
+            "legacy_pages": sum(page.legacy for page in truth),
+            "truth_pairs": sum(len(page.pairs) for page in truth),
+        },
+        "repeat": args.repeat,
+        "method": ("whole processes, run in turn (pairlake, then each baseline pin) per round; CPU = user + system "
+                   "from wait4; medians over rounds; start = the same command on a 1-page crawl"),
+        "scoring": SCORING_NOTE.format(min=config.min_caption_chars, max=config.max_caption_chars),
+        "sides": per_side,
+        "ratios": ratios,
+    }
+
+
+def _pct(value: float | None) -> str:
+    return "   -" if value is None else f"{100 * value:5.1f}"
+
+
 def _print_table(r: dict) -> None:
-    ex, gz = r["extract"], r["gunzip_only"]
-    print(f"{r['file']}: {r['compressed_mb']} MB, {r['records']} records, {r['html_pages']} HTML pages, "
-          f"{r['pairs']} pairs (best of {r['repeat']}, one process)")
-    print(f"{'':14}{'seconds':>9}{'pages/s':>10}{'MB/s':>8}   {'CPU s':>7}{'pages/CPU-s':>13}{'MB/CPU-s':>10}")
-    print(f"{'extract_pairs':14}{ex['wall_s']:>9}{ex['pages_per_s_wall']:>10}{ex['mb_per_s_wall']:>8}   "
-          f"{ex['cpu_s']:>7}{ex['pages_per_cpu_s']:>13}{ex['mb_per_cpu_s']:>10}")
-    print(f"{'gunzip only':14}{gz['wall_s']:>9}{'':>10}{gz['mb_per_s_wall']:>8}   {gz['cpu_s']:>7}{'':>13}{gz['mb_per_cpu_s']:>10}")
-    print(f"extract costs {r['extract_over_gunzip_cpu']}x the CPU of gunzip alone; "
-          f"load average {r['machine']['load_avg_1m']} on {r['machine']['cores']} cores")
+    c = r["crawl"]
+    print(f"\n{c['file']}: {c['html_pages']} HTML pages ({c['legacy_pages']} legacy-charset), {c['html_mb']} MB of "
+          f"HTML, {c['compressed_mb']} MB gzipped, {c['records']} records, {c['truth_pairs']} truth pairs")
+    print(f"median of {r['repeat']} alternating whole-process runs; CPU = user+sys of the process (wait4)")
+    print(f"{'side':16}{'CPU s':>8}{'wall s':>8}{'pages/CPU-s':>13}{'start CPU s':>13}"
+          f"{'CPU w/o start':>15}{'pairlake/it CPU':>17}{'(w/o start)':>13}")
+    for name, s in r["sides"].items():
+        ratio = r["ratios"].get(f"pairlake/{name}")
+        ratio_text = f"{ratio['cpu']:>17.2f}{ratio['cpu_without_start']:>13.2f}" if ratio else f"{'-':>17}{'-':>13}"
+        print(f"{name:16}{s['cpu_s']:>8.2f}{s['wall_s']:>8.2f}{s['pages_per_cpu_s']:>13}{s['start']['cpu_s']:>13.2f}"
+              f"{s['cpu_s_without_start']:>15.2f}{ratio_text}")
+    print(f"\naccuracy, % ({r['scoring']})")
+    print(f"{'side':16}{'pairs raw':>10}{'scored':>8}   {'P':>5} {'R':>5} | {'no lazy P':>9} {'R':>5} | "
+          f"{'legacy P':>8} {'R':>5} | {'utf8 P':>6} {'R':>5}")
+    for name, s in r["sides"].items():
+        a = s["accuracy"]
+        print(f"{name:16}{s['pairs_raw']:>10}{s['pairs_scored']:>8}   {_pct(a['all']['precision'])} "
+              f"{_pct(a['all']['recall'])} | {_pct(a['no_lazy']['precision']):>9} {_pct(a['no_lazy']['recall'])} | "
+              f"{_pct(a['legacy']['precision']):>8} {_pct(a['legacy']['recall'])} | "
+              f"{_pct(a['utf8']['precision']):>6} {_pct(a['utf8']['recall'])}")
+    for name, s in r["sides"].items():
+        weak = [f"{kind} {_pct(m['recall']).strip()}%" for kind, m in s["accuracy"]["by_kind"].items()
+                if m["recall"] is not None and m["recall"] < 0.98]
+        if weak:
+            print(f"  {name}: no-lazy recall under 98% on {', '.join(weak)}")
+    lang = r["language_id"]
+    print(f"\npairlake's language ID (in its runs; timed again in-process): load {lang['load_cpu_s']:.2f} s + "
+          f"{lang['cpu_s']:.2f} s for {lang['captions']} distinct captions = {100 * lang['share_of_pairlake_cpu']:.1f}% "
+          f"of its median CPU")
+    m = r["machine"]
+    print(f"{m['cpu']}, {m['cores']} cores; load average {m['load_avg_before'][0]} before, {m['load_avg_after'][0]} after")
 
 
 if __name__ == "__main__":

@@ -77,10 +77,14 @@ class ImageServer:
     bytes written per path) and ``max_in_flight`` (most requests handled at once).
     """
 
-    def __init__(self, resources: dict[str, Resource] | None = None, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, resources: dict[str, Resource] | None = None, host: str = "127.0.0.1", port: int = 0,
+                 backlog: int = 128):
         self.resources: dict[str, Resource] = dict(resources or {})
         self.host = host
         self.port = port
+        # Pending connections the socket queues: a client that opens one per image (img2dataset)
+        # overruns the default 128 and waits out SYN retransmits.
+        self.backlog = backlog
         self.access_log: list[tuple[str, str]] = []
         self.bytes_sent: dict[str, int] = {}
         self.max_in_flight = 0
@@ -128,7 +132,7 @@ class ImageServer:
         # handler_cancellation: a slow handler whose client gave up (timeout tests) ends at once.
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, backlog=self.backlog)
         await site.start()
         self.port = self._runner.addresses[0][1]
 
