@@ -18,9 +18,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import faiss
@@ -284,14 +287,59 @@ def _load(folder: Folder) -> LoadedIndex:
         return LoadedIndex(folder)
 
 
+class _Batches:
+    """Calls ``forward`` on batches of the inputs that many threads submit: one thread runs the
+    model, and whatever arrived while it ran is the next batch (no waiting to fill one, so a
+    lone query pays nothing). Concurrent queries share forwards instead of each running its own
+    on every core at once; the rows of a batch are computed independently, as one query's."""
+
+    def __init__(self, forward: Callable[[list[torch.Tensor]], torch.Tensor], max_batch: int) -> None:
+        self._forward, self._max_batch = forward, max_batch
+        self._queue: queue.SimpleQueue[tuple[torch.Tensor, Future]] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, item: torch.Tensor) -> np.ndarray:
+        future: Future = Future()
+        self._queue.put((item, future))
+        with self._lock:
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._run, name="query-batches", daemon=True)
+                self._worker.start()
+        return future.result()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < self._max_batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                with torch.no_grad():
+                    rows = F.normalize(self._forward([item for item, _ in batch]).float(), dim=-1).cpu().numpy()
+            except Exception as exc:  # noqa: BLE001 - every waiting query gets the error
+                for _, future in batch:
+                    future.set_exception(exc)
+            else:
+                for (_, future), row in zip(batch, rows):
+                    future.set_result(row)
+
+
 class QueryEncoder:
     """Text and image queries as L2-normalised CLIP embeddings, like the stored ones. The model
-    (and the optional multilingual text tower) load on first use."""
+    (and the optional multilingual text tower) load on first use. Concurrent queries are encoded
+    in shared batches (``_Batches``), up to ``max_batch`` at a time; tokenizing and decoding run
+    in the calling threads."""
 
-    def __init__(self, clip: ClipConfig, download: DownloadConfig, multilingual: ClipConfig | None = None) -> None:
+    def __init__(self, clip: ClipConfig, download: DownloadConfig, multilingual: ClipConfig | None = None,
+                 max_batch: int = 16) -> None:
         self._configs = {"clip": clip, "multilingual": multilingual}
         self._models: dict[str, LoadedClip] = {}
+        self._batches: dict[str, _Batches] = {}
         self._download = download
+        self._max_batch = max_batch
         self._lock = threading.Lock()
 
     def _model(self, which: str) -> LoadedClip:
@@ -300,22 +348,35 @@ class QueryEncoder:
                 self._models[which] = load_clip(self._configs[which])
             return self._models[which]
 
+    def _batched(self, which: str, clip: LoadedClip) -> _Batches:
+        with self._lock:
+            if which not in self._batches:
+                if which == "image":
+                    forward = lambda items: clip.model.encode_image(torch.cat(items).to(clip.device))  # noqa: E731
+                else:  # padded to the context length: encode_text trims to the batch's longest query
+                    forward = lambda items: encode_text(clip.model, torch.cat(items).to(clip.device))  # noqa: E731
+                self._batches[which] = _Batches(forward, self._max_batch)
+            return self._batches[which]
+
     @property
     def has_multilingual(self) -> bool:
         return self._configs["multilingual"] is not None
 
-    @torch.no_grad()
     def text(self, text: str, multilingual: bool = False) -> np.ndarray:
         if multilingual and not self.has_multilingual:
             raise SearchError("use_mclip: no multilingual text model is configured (search.multilingual_model)")
-        clip = self._model("multilingual" if multilingual else "clip")
-        tokens = clip.tokenizer([text]).to(clip.device)
-        return F.normalize(encode_text(clip.model, tokens).float(), dim=-1).cpu().numpy()[0]
+        which = "multilingual" if multilingual else "clip"
+        clip = self._model(which)
+        return self._batched(which, clip)(clip.tokenizer([text]))
 
     def image(self, data: bytes) -> np.ndarray:
         """Encoded image bytes (a file's content); raises ``ImageRejected`` for what the
         downloader would refuse."""
-        return embed_as_stored(self._model("clip"), data, self._download)
+        return self._stored_image(resize_image(data, self._download).data)
+
+    def _stored_image(self, stored: bytes) -> np.ndarray:
+        clip = self._model("clip")
+        return self._batched("image", clip)(_pixels(clip, stored))
 
     def image_url(self, url: str) -> np.ndarray:
         """The image at ``url``, fetched by pairlake's downloader (its address guard, size caps and
@@ -327,7 +388,7 @@ class QueryEncoder:
         if fetched["status"] != "ok":
             detail = f" ({' '.join(fetched['error_detail'].split())})" if fetched.get("error_detail") else ""
             raise SearchError(f"image_url {url}: {fetched['error']}{detail}")
-        return _embed_stored(self._model("clip"), fetched["image"])
+        return self._stored_image(fetched["image"])
 
 
 def encode_text(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -357,14 +418,15 @@ def embed_as_stored(clip: LoadedClip, data: bytes, download: DownloadConfig) -> 
     first exactly as the downloader stores images: stored embeddings were taken from those bytes,
     and a raw image (other size, no border) would not compare like for like.
     Raises ``ImageRejected`` for what the downloader would refuse."""
-    return _embed_stored(clip, resize_image(data, download).data)
-
-
-@torch.no_grad()
-def _embed_stored(clip: LoadedClip, stored: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(stored)) as image:
-        pixels = clip.preprocess(image.convert("RGB")).unsqueeze(0).to(clip.device)
+    pixels = _pixels(clip, resize_image(data, download).data).to(clip.device)
     return F.normalize(clip.model.encode_image(pixels).float(), dim=-1).cpu().numpy()[0]
+
+
+def _pixels(clip: LoadedClip, stored: bytes) -> torch.Tensor:
+    """A stored image's bytes as the model's input batch of one."""
+    with Image.open(io.BytesIO(stored)) as image:
+        return clip.preprocess(image.convert("RGB")).unsqueeze(0)
+
 
 
 def similar_stored_images(lake: Lake, vector: np.ndarray, model_id: str, min_similarity: float) -> dict[str, float]:

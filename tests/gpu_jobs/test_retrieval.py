@@ -202,3 +202,58 @@ def test_text_queries_encode_only_up_to_the_end_of_text_and_match_the_full_conte
         for row in range(len(texts)):  # each alone, as a query is encoded, and all together
             torch.testing.assert_close(encode_text(clip.model, tokens[row:row + 1])[0], full[row], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(encode_text(clip.model, tokens), full, atol=1e-5, rtol=1e-4)
+
+
+def test_concurrent_queries_share_forwards_and_get_what_each_alone_gets(demo_checkpoint):
+    import threading
+    import time
+
+    import torch
+
+    from gpu_jobs.retrieval import QueryEncoder, _Batches
+    from infra.config import DownloadConfig
+
+    # The batcher: queries that arrive while a forward runs make the next batch, in their order.
+    calls: list[int] = []
+    started, release = threading.Event(), threading.Event()
+
+    def forward(items: list) -> torch.Tensor:
+        calls.append(len(items))
+        started.set()
+        release.wait(5)
+        return torch.cat(items)
+
+    batches = _Batches(forward, max_batch=4)
+    out: dict[int, np.ndarray] = {}
+    first = threading.Thread(target=lambda: out.__setitem__(0, batches(torch.tensor([[1.0, 0.0]]))))
+    first.start()
+    started.wait(5)
+    rest = [threading.Thread(target=lambda i=i: out.__setitem__(i, batches(torch.tensor([[0.0, float(i)]]))))
+            for i in range(1, 7)]
+    for thread in rest:
+        thread.start()
+    deadline = time.monotonic() + 5
+    while batches._queue.qsize() < 6 and time.monotonic() < deadline:  # all six waiting
+        time.sleep(0.01)
+    release.set()
+    for thread in [first, *rest]:
+        thread.join(10)
+    assert calls == [1, 4, 2]  # one alone, then the six waiting in batches of at most 4
+    assert out[0].tolist() == [1.0, 0.0] and all(out[i].tolist() == [0.0, 1.0] for i in range(1, 7))  # normalised
+
+    # The encoder: eight threads at once get what each query gets alone.
+    demo = ClipConfig(model="pairlake-demo-tiny", pretrained="", checkpoint=str(demo_checkpoint), device="cpu")
+    encoder = QueryEncoder(demo, DownloadConfig())
+    texts = ["a red circle", "a blue square on a white background", "x", "a green triangle"] * 2
+    alone = [encoder.text(text) for text in texts]
+    together: dict[int, np.ndarray] = {}
+    threads = [threading.Thread(target=lambda i=i: together.__setitem__(i, encoder.text(texts[i])))
+               for i in range(len(texts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for i, vector in enumerate(alone):
+        np.testing.assert_allclose(together[i], vector, atol=1e-5)
+    with pytest.raises(SearchError, match="no multilingual"):  # refused before any batch
+        encoder.text("a", multilingual=True)
