@@ -38,7 +38,7 @@ from PIL import Image
 from benchmarks.bench_knn_index import clustered_embeddings, machine
 from gpu_jobs import knn_index as knn
 from gpu_jobs.clip_model import load_clip, model_identity
-from infra.config import ClipConfig
+from infra.config import ClipConfig, SearchConfig
 from infra.delta_store import Lake
 
 RESULTS = Path(__file__).parent / "results" / "search_service.json"
@@ -87,10 +87,11 @@ def build_lake(cache: Path, n: int, clip: ClipConfig, memory_gb: int) -> Lake:
     return lake
 
 
-def start_service(lake: Lake, clip: ClipConfig, port: int, workdir: Path) -> subprocess.Popen:
+def start_service(lake: Lake, clip: ClipConfig, port: int, workdir: Path, max_query_batch: int) -> subprocess.Popen:
     config = workdir / "pairlake.toml"
     config.write_text(f'[lake]\nroot = "{lake.root}"\n[clip]\nmodel = "{clip.model}"\npretrained = ""\n'
-                      f'checkpoint = "{clip.checkpoint}"\ndevice = "cpu"\n[clip.thresholds]\n"{clip.model}" = 0.28\n')
+                      f'checkpoint = "{clip.checkpoint}"\ndevice = "cpu"\n[clip.thresholds]\n"{clip.model}" = 0.28\n'
+                      f'[search]\nmax_query_batch = {max_query_batch}\n')
     env = {**os.environ, "PAIRLAKE_CONFIG": str(config)}
     env.pop("PAIRLAKE_PROFILE", None)
     process = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "serve", "--port", str(port)], env=env,
@@ -157,16 +158,19 @@ def main() -> None:
     parser.add_argument("--memory-gb", type=int, default=4)
     parser.add_argument("--port", type=int, default=18434)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "pairlake-bench-search")
+    parser.add_argument("--max-query-batch", type=int, default=SearchConfig.max_query_batch,
+                        help="search.max_query_batch of the service (1: no shared forwards)")
+    parser.add_argument("--modes", default="embedding,clip-front,text,image")
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     clip = random_checkpoint(args.cache)
     lake = build_lake(args.cache, args.n, clip, args.memory_gb)
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
-        process = start_service(lake, clip, args.port, Path(workdir))
+        process = start_service(lake, clip, args.port, Path(workdir), args.max_query_batch)
         try:
             url = f"http://127.0.0.1:{args.port}"
-            for mode in ("embedding", "clip-front", "text", "image"):
+            for mode in args.modes.split(","):
                 bodies = query_bodies(mode, args.queries, seed=len(rows))
                 for clients in (1, 8):
                     rows.append({"mode": mode, **measure(url, bodies, clients)})
@@ -182,7 +186,7 @@ def main() -> None:
     RESULTS.write_text(json.dumps({
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
         "index": {"vectors": args.n, "dim": DIM, "factory": manifest.get("factory")}, "model": MODEL,
-        "goal": {"p50_ms": GOAL_P50_MS, "p95_ms": GOAL_P95_MS}, "results": rows,
+        "goal": {"p50_ms": GOAL_P50_MS, "p95_ms": GOAL_P95_MS}, "max_query_batch": args.max_query_batch, "results": rows,
         "load_average_after": os.getloadavg()[0]}, indent=1))
     print(f"wrote {RESULTS}")
 

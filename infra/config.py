@@ -246,6 +246,8 @@ class SearchConfig:
     max_result_ids: int = 10_000  # results per query
     max_body_bytes: int = 30_000_000  # a query's JSON (an image in base64 is 4/3 of its bytes)
     max_text_chars: int = 1000
+    # Concurrent text (or image) queries encoded in one model forward at most; 1: one at a time.
+    max_query_batch: int = 16
     # Removal requests from the UI, per client address per hour (they land in the opt-out inbox).
     removal_requests_per_hour: int = 10
     # A multilingual text tower in the index's embedding space (open_clip, e.g.

@@ -137,7 +137,7 @@ class SearchService:
         if search.multilingual_model:
             multilingual = ClipConfig(model=search.multilingual_model, pretrained=search.multilingual_pretrained,
                                       checkpoint=search.multilingual_checkpoint, device=config.clip.device)
-        self.encoder = QueryEncoder(config.clip, config.download, multilingual)
+        self.encoder = QueryEncoder(config.clip, config.download, multilingual, search.max_query_batch)
         self.removals = _RateLimit(search.removal_requests_per_hour)
 
     # -- clip-retrieval's API -------------------------------------------------------------------
