@@ -348,15 +348,18 @@ class QueryEncoder:
                 self._models[which] = load_clip(self._configs[which])
             return self._models[which]
 
-    def _batched(self, which: str, clip: LoadedClip) -> _Batches:
+    def _batched(self, which: str, tower: str) -> _Batches:
+        """The batches of model ``which`` ("clip", "multilingual") through its ``tower`` ("image", "text")."""
+        key = f"{which} {tower}"
+        clip = self._model(which)
         with self._lock:
-            if which not in self._batches:
-                if which == "image":
+            if key not in self._batches:
+                if tower == "image":
                     forward = lambda items: clip.model.encode_image(torch.cat(items).to(clip.device))  # noqa: E731
                 else:  # padded to the context length: encode_text trims to the batch's longest query
                     forward = lambda items: encode_text(clip.model, torch.cat(items).to(clip.device))  # noqa: E731
-                self._batches[which] = _Batches(forward, self._max_batch)
-            return self._batches[which]
+                self._batches[key] = _Batches(forward, self._max_batch)
+            return self._batches[key]
 
     @property
     def has_multilingual(self) -> bool:
@@ -366,8 +369,7 @@ class QueryEncoder:
         if multilingual and not self.has_multilingual:
             raise SearchError("use_mclip: no multilingual text model is configured (search.multilingual_model)")
         which = "multilingual" if multilingual else "clip"
-        clip = self._model(which)
-        return self._batched(which, clip)(clip.tokenizer([text]))
+        return self._batched(which, "text")(self._model(which).tokenizer([text]))
 
     def image(self, data: bytes) -> np.ndarray:
         """Encoded image bytes (a file's content); raises ``ImageRejected`` for what the
@@ -375,8 +377,7 @@ class QueryEncoder:
         return self._stored_image(resize_image(data, self._download).data)
 
     def _stored_image(self, stored: bytes) -> np.ndarray:
-        clip = self._model("clip")
-        return self._batched("image", clip)(_pixels(clip, stored))
+        return self._batched("clip", "image")(_pixels(self._model("clip"), stored))
 
     def image_url(self, url: str) -> np.ndarray:
         """The image at ``url``, fetched by pairlake's downloader (its address guard, size caps and
