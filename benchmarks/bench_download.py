@@ -42,6 +42,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.machine import describe
+
 ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = ROOT / ".cache" / "bench_download"
 RESULTS = ROOT / "benchmarks" / "results" / "download.json"
@@ -394,16 +396,6 @@ def resize_breakdown(folder: Path, settings: Settings, rounds: int) -> dict:
 # --- report -------------------------------------------------------------------------------------
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def _versions() -> dict:
     from importlib.metadata import version
 
@@ -601,9 +593,7 @@ def _report(args, sides, settings, config, paths, bodies, startup, runs, breakdo
                          "policy_files": "robots.txt, tdmrep.json, ai.txt fetched once (404 here)",
                          "downscale": "PIL draft (JPEG DCT scaling) + BOX", "config": cfg},
         },
-        "machine": {"cpu": _cpu_model(), "cpus": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
-                    "load_before": [round(x, 2) for x in load_before],
-                    "load_after": [round(x, 2) for x in load_after]},
+        "machine": describe(load_before, load_after),
         "versions": _versions(),
         "summary": summary,
         "ratios": ratios,
@@ -653,7 +643,7 @@ def _print(report: dict) -> None:
     print(f"img2dataset: {s['img2dataset']}; pairlake: concurrency {s['pairlake']['concurrency']}, decode threads "
           f"{s['pairlake']['decode_threads']}; cpus: {s['cpus']}")
     m = report["machine"]
-    print(f"machine: {m['cpu']}, {m['cpus']} CPUs; load {m['load_before']} before, {m['load_after']} after")
+    print(f"machine: {m['cpu']}, {m['cores']} CPUs; load {m['load_before']} before, {m['load_after']} after")
 
 
 if __name__ == "__main__":

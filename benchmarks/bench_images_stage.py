@@ -24,7 +24,6 @@ import dataclasses
 import datetime as dt
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from urllib.parse import unquote
 import pyarrow as pa
 
 from benchmarks.bench_download import STARTUP_URLS, Server, Settings, cached_images, run_pairlake
+from benchmarks.machine import describe
 from benchmarks.process_tree import tree_pids
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -193,9 +193,7 @@ def main() -> None:
                       "bare_download_batch_wall_ms": round(bare["inner"]["batch_wall_s"] / bare["ok"] * 1e3, 2),
                       "bare_download_batch_cpu_ms": round(bare["inner"]["batch_cpu_s"] / bare["ok"] * 1e3, 2)},
         "bare_download_batch": bare,
-        "machine": {"cpu": _cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "load_before": [round(x, 2) for x in load_before],
-                    "load_after": [round(x, 2) for x in os.getloadavg()]},
+        "machine": describe(load_before, os.getloadavg()),
     }
     print(f"\n{'run':<26} {'urls':>6} {'ok':>6} {'wall_s':>7} {'job_s':>6} {'commit_s':>8} {'count_s':>7} "
           f"{'cpu_s':>7} {'img/s':>7} {'img/cpu-s':>9}")
@@ -209,17 +207,11 @@ def main() -> None:
           f"{'':>7} {bare['cpu_s']:>7.1f} {bare['images_per_s']:>7.1f} {bare['images_per_cpu_s']:>9}")
     print("per image:", json.dumps(report["per_image"]))
     m = report["machine"]
-    print(f"machine: {m['cpu']}, {m['cpus']} CPUs, {args.master}; load {m['load_before']} before, "
+    print(f"machine: {m['cpu']}, {m['cores']} CPUs, {args.master}; load {m['load_before']} before, "
           f"{m['load_after']} after")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {RESULTS.relative_to(ROOT)}")
-
-
-def _cpu_model() -> str:
-    from benchmarks.bench_download import _cpu_model as model
-
-    return model()
 
 
 if __name__ == "__main__":

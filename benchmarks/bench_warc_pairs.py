@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from benchmarks.cc_like_crawl import GENERATOR_VERSION, CrawlFiles, cached_crawl, load_truth, score
+from benchmarks.machine import describe
 from benchmarks.peers import peer_env, peer_python, run_measured
 from infra.config import ExtractConfig
 from spark_jobs.caption_language import detect_languages
@@ -120,19 +120,6 @@ def _peer_versions(side: Side) -> dict[str, str]:
                                      text=True, env=peer_env()).stdout)
 
 
-def _machine() -> dict:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": model, "cores": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)),
-            "python": platform.python_version(), "platform": platform.platform()}
-
-
 def _median(runs: list[dict], key: str) -> float:
     return round(statistics.median(run[key] for run in runs), 3)
 
@@ -172,8 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["language_id"]["share_of_pairlake_cpu"] = round(
         (results["language_id"]["cpu_s"] + results["language_id"]["load_cpu_s"])
         / results["sides"]["pairlake"]["cpu_s"], 3)
-    results["machine"] = {**_machine(), "load_avg_before": [round(x, 2) for x in load_before],
-                          "load_avg_after": [round(x, 2) for x in load_after]}
+    results["machine"] = describe(load_before, load_after)
     results["generated_in_s"] = round(generated_s, 1)
     _print_table(results)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -274,7 +260,7 @@ def _print_table(r: dict) -> None:
           f"{lang['cpu_s']:.2f} s for {lang['captions']} distinct captions = {100 * lang['share_of_pairlake_cpu']:.1f}% "
           f"of its median CPU")
     m = r["machine"]
-    print(f"{m['cpu']}, {m['cores']} cores; load average {m['load_avg_before'][0]} before, {m['load_avg_after'][0]} after")
+    print(f"{m['cpu']}, {m['cores']} cores; load average {m['load_before'][0]} before, {m['load_after'][0]} after")
 
 
 if __name__ == "__main__":
