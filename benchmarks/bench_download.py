@@ -244,7 +244,7 @@ def _taskset(settings: Settings, command: list[str]) -> list[str]:
 
 
 def run_pairlake(settings: Settings, url_file: Path, *, fetch_only: bool = False, profile: Path | None = None) -> dict:
-    from benchmarks.peers import peer_env, run_measured
+    from benchmarks.peers import run_measured
 
     command = [sys.executable, "-m", "benchmarks.bench_download", "--worker", "pairlake", "--url-file", str(url_file),
                "--config", json.dumps(settings.pairlake_config)]
@@ -254,7 +254,7 @@ def run_pairlake(settings: Settings, url_file: Path, *, fetch_only: bool = False
         command.append("--fetch-only")
     if profile:
         command += ["--profile-to", str(profile)]
-    run = run_measured(_taskset(settings, command), timeout_s=3600, env=peer_env(), cwd=ROOT)
+    run = run_measured(_taskset(settings, command), cwd=ROOT)
     inner = json.loads(run.stdout.strip().splitlines()[-1])
     return {"cpu_s": run.cpu_s, "wall_s": run.wall_s, "ok": inner.pop("ok"), "failed": inner.pop("failed"),
             "errors": inner.pop("errors"), "inner": inner}
@@ -282,12 +282,12 @@ def img2dataset_command(settings: Settings, url_file: Path, out: Path, output_fo
 
 
 def run_img2dataset(settings: Settings, url_file: Path, output_format: str, *, no_reencode: bool = False) -> dict:
-    from benchmarks.peers import peer_env, run_measured
+    from benchmarks.peers import run_measured
 
     out = Path(tempfile.mkdtemp(prefix="i2d-", dir=settings.workdir)) / "out"  # fresh: a repeat would skip shards
     try:
         command = img2dataset_command(settings, url_file, out, output_format, no_reencode=no_reencode)
-        run = run_measured(_taskset(settings, command), timeout_s=3600, env=peer_env())
+        run = run_measured(_taskset(settings, command))
         stats = [json.loads(p.read_text()) for p in out.glob("*_stats.json")]
         written = sum(p.stat().st_size for p in out.rglob("*") if p.is_file() and not p.name.endswith(".json"))
     finally:

@@ -66,7 +66,7 @@ def _sides(peers: tuple[str, ...]) -> list[Side]:
 
 def _run(side: Side, warc: Path, out: Path) -> dict:
     out.unlink(missing_ok=True)
-    measured = run_measured(side.command(warc, out), env=peer_env())
+    measured = run_measured(side.command(warc, out))
     summary = json.loads(measured.stdout.strip().splitlines()[-1])
     return {"cpu_s": round(measured.cpu_s, 3), "wall_s": round(measured.wall_s, 3), **summary}
 

@@ -229,7 +229,7 @@ def _decode(body: bytes, encoding: str) -> bytes:
 
 
 def _sniff(body: bytes) -> str:
-    """The Python codec the detector finds for ``body``'s non-ASCII text."""
+    """The Python codec the detector finds for ``body``, read from just before its first non-ASCII byte."""
     if b"\x00" in body[:1024]:  # binary, not text: not worth the detector's time
         raise UndecodablePage("binary content: NUL bytes and no declared charset")
     first = _NON_ASCII.search(body)
