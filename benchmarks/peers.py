@@ -30,6 +30,9 @@ PEERS = {
 # A peer's process environment: no proxies for loopback servers, no update checks calling out.
 PEER_ENV = {"no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost", "NO_ALBUMENTATIONS_UPDATE": "1",
             "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+# Wheels only; compiled to bytecode at install as the project's own venv is (the Makefile says why),
+# so that neither side's start-up compiles its imports.
+_INSTALL_OPTIONS = ("--only-binary", ":all:", "--compile-bytecode")
 _PROXIES = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 
 
@@ -38,15 +41,15 @@ def peer_python(name: str) -> Path:
     pins = PEERS[name]
     venv = PEERS_DIR / name
     python, stamp = venv / "bin" / "python", venv / ".installed"
-    if stamp.is_file() and stamp.read_text() == "\n".join(pins) and python.exists():
+    wanted = "\n".join((*_INSTALL_OPTIONS, *pins))
+    if stamp.is_file() and stamp.read_text() == wanted and python.exists():
         return python
     shutil.rmtree(venv, ignore_errors=True)
     uv = Path(sys.executable).with_name("uv")
     print(f"installing {' '.join(pins)} into {venv} ...", flush=True)
     subprocess.run([str(uv), "venv", "-q", "--python", sys.executable, str(venv)], check=True)
-    subprocess.run([str(uv), "pip", "install", "-q", "--python", str(python), "--only-binary", ":all:", *pins],
-                   check=True)
-    stamp.write_text("\n".join(pins))
+    subprocess.run([str(uv), "pip", "install", "-q", "--python", str(python), *_INSTALL_OPTIONS, *pins], check=True)
+    stamp.write_text(wanted)
     return python
 
 
