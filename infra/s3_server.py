@@ -129,7 +129,9 @@ class LocalS3Server:
              # Its Iceberg and Lance catalogs listen on fixed ports: off, so that servers can run side by side.
              "-s3.port.iceberg=0", "-s3.port.lance=0",
              # Small volumes: the default 30 GB each would reserve far more disk than tests write.
-             "-master.volumeSizeLimitMB=256", "-volume.max=0"],
+             # A fixed number of them (not preallocated): derived from the free disk (0), 24 GB free
+             # allowed 93, and each bucket takes 7 at its first write, so the 14th bucket got 500s.
+             "-master.volumeSizeLimitMB=256", "-volume.max=1000"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
