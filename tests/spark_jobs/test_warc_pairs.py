@@ -21,6 +21,7 @@ from warcio.warcwriter import WARCWriter
 
 from infra.config import ExtractConfig
 from infra.tables import CANDIDATES, WARC_REJECTS
+from spark_jobs.caption_language import LID_CHARS, detect_languages
 from spark_jobs.html_images import _PageResolver, resolve_url
 from spark_jobs.warc_pairs import COUNTERS, extract_pairs, pair_uid, warc_file_name, write_pairs_parquet
 
@@ -182,6 +183,7 @@ def test_fast_url_resolution_matches_urljoin(base):
         "http:///x.jpg", "http://:80/x", "a b.jpg", "a\\b.jpg", "x\n.jpg", "C:/x.jpg", "photo:1.jpg", "foo_bar:x",
         "images/a:b.jpg", "//", "///x", "http:x.jpg", "/.well-known/x.png", "x.jpg?a=1&b=2#c", "http://[::1/x",
         ".hidden.jpg", "a..b.jpg", " /x.jpg ", "http://o.com/a/../b.jpg", "//o.com:80/x", "/a//b.jpg",
+        "Https:x.jpg", "mailto:a@h.com", "a+b.c-d:x", "1a:x.jpg",
     ]
     resolve = _PageResolver(base)
     for src in srcs:
@@ -271,6 +273,15 @@ def test_caption_languages(tmp_path):
     result = extract(tmp_path, [response_member(PAGE, page)])
     assert result.pairs["language"].to_pylist() == list(captions)
     assert all(0.5 < s <= 1.0 for s in result.pairs["language_score"].to_pylist())
+
+
+def test_language_id_reads_a_captions_start_only():
+    start = "Un petit chat noir dort tranquillement sur le canapé du salon, près de la fenêtre ouverte. "
+    caption = (start * 3)[:LID_CHARS] + "The rest of this very long caption is in English. " * 40
+    rest = caption[LID_CHARS:]
+    found = detect_languages([caption, caption[:LID_CHARS], rest])
+    assert found[caption] == found[caption[:LID_CHARS]]
+    assert (found[caption][0], found[rest][0]) == ("fr", "en")
 
 
 def test_provenance_offsets_match_warcio_and_schemas_are_exact(tmp_path):
