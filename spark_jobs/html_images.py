@@ -46,8 +46,14 @@ def normalize_caption(alt: str) -> str:
 
 def resolve_url(base: str, src: str) -> str | None:
     """``src`` made absolute against ``base``, without fragment; None unless it is http(s) with a host."""
+    src = src.strip()
     try:
-        url = urljoin(base, src.strip()).partition("#")[0]
+        if src and src[0] not in "/?#" and not _SCHEME_LIKE.match(src):
+            # A relative path is merged with the base's directory here (RFC 3986 5.2.3): urljoin's
+            # own merge drops empty segments ("a//b.jpg" -> "a/b.jpg"), which a browser keeps.
+            base_path = urlsplit(base).path
+            src = (base_path[: base_path.rfind("/") + 1] or "/") + src
+        url = urljoin(base, src).partition("#")[0]
         parts = urlsplit(url)
     except ValueError:  # e.g. a malformed IPv6 host
         return None

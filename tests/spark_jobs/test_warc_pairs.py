@@ -183,11 +183,21 @@ def test_fast_url_resolution_matches_urljoin(base):
         "http:///x.jpg", "http://:80/x", "a b.jpg", "a\\b.jpg", "x\n.jpg", "C:/x.jpg", "photo:1.jpg", "foo_bar:x",
         "images/a:b.jpg", "//", "///x", "http:x.jpg", "/.well-known/x.png", "x.jpg?a=1&b=2#c", "http://[::1/x",
         ".hidden.jpg", "a..b.jpg", " /x.jpg ", "http://o.com/a/../b.jpg", "//o.com:80/x", "/a//b.jpg",
-        "Https:x.jpg", "mailto:a@h.com", "a+b.c-d:x", "1a:x.jpg",
+        "Https:x.jpg", "mailto:a@h.com", "a+b.c-d:x", "1a:x.jpg", "a//b.jpg", "../a//b.jpg", "a/..//b.jpg",
+        "a//../b.jpg", "x.jpg//", "./a//b",
     ]
     resolve = _PageResolver(base)
     for src in srcs:
         assert resolve(src) == resolve_url(base, src), src
+
+
+def test_a_relative_src_keeps_its_empty_segments_as_a_browser_does():
+    # One image, one URL: the same as the fast path's, whatever the base.
+    for base in ("https://h.com/d/p.html", "https://h.com/d/../d/p.html", "https://[::1]/d/p.html"):
+        origin = base[: base.index("/", 8)]
+        assert resolve_url(base, "a//b.jpg") == origin + "/d/a//b.jpg", base
+        assert resolve_url(base, "../e//f.jpg") == origin + "/e//f.jpg", base
+    assert resolve_url("https://h.com", "a//b.jpg") == "https://h.com/a//b.jpg"
 
 
 def test_alt_entities_and_whitespace_normalised(tmp_path):
