@@ -19,7 +19,7 @@ _LABEL_PREFIX_LEN = len("__label__")
 # Characters of a caption that language ID reads. fastText's cost grows with the text (its
 # character n-grams) and the label is settled long before: on the benchmark crawl's 49k captions
 # (mean 66 characters, a tail past 2,000) the first 200 give the full text's label for every one,
-# at 60% of the CPU.
+# at ~80% of the CPU (1.33 -> 1.07 s there).
 LID_CHARS = 200
 
 
