@@ -22,10 +22,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PEERS_DIR = ROOT / ".cache" / "peers"
 # name -> exact pins. resiliparse pins its fastwarc; 2.0 is the current release, 1.1 the last
 # before its Rust rewrite (measured faster per element here), so both are benchmarked.
+# clip_back imports pkg_resources at start (its front's static files), which setuptools 81 dropped.
 PEERS = {
     "fastwarc-2.0.1": ("fastwarc==2.0.1", "resiliparse==2.0.1"),
     "fastwarc-1.1.0": ("fastwarc==1.1.0", "resiliparse==1.1.0"),
     "img2dataset-1.47.0": ("img2dataset==1.47.0",),
+    "clip-retrieval-2.45.0": ("clip-retrieval==2.45.0", "setuptools==80.10.2"),
 }
 # A peer's process environment: no proxies for loopback servers, no update checks calling out.
 PEER_ENV = {"no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost", "NO_ALBUMENTATIONS_UPDATE": "1",
@@ -33,22 +35,27 @@ PEER_ENV = {"no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost"
 # Wheels only; compiled to bytecode at install as the project's own venv is (the Makefile says why),
 # so that neither side's start-up compiles its imports.
 _INSTALL_OPTIONS = ("--only-binary", ":all:", "--compile-bytecode")
+# Exceptions to wheels-only, per peer: clip-retrieval pins fire<0.6, whose releases are sdists only
+# (a pure-Python build).
+_PEER_INSTALL_OPTIONS = {"clip-retrieval-2.45.0": ("--no-binary", "fire")}
 _PROXIES = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 
 
 def peer_python(name: str) -> Path:
-    """The Python of peer ``name``'s virtualenv, created and installed on first use (PyPI wheels)."""
+    """The Python of peer ``name``'s virtualenv, created and installed on first use (PyPI wheels,
+    but for the sdists ``_PEER_INSTALL_OPTIONS`` allows)."""
     pins = PEERS[name]
     venv = PEERS_DIR / name
     python, stamp = venv / "bin" / "python", venv / ".installed"
-    wanted = "\n".join((*_INSTALL_OPTIONS, *pins))
+    options = (*_INSTALL_OPTIONS, *_PEER_INSTALL_OPTIONS.get(name, ()))
+    wanted = "\n".join((*options, *pins))
     if stamp.is_file() and stamp.read_text() == wanted and python.exists():
         return python
     shutil.rmtree(venv, ignore_errors=True)
     uv = Path(sys.executable).with_name("uv")
     print(f"installing {' '.join(pins)} into {venv} ...", flush=True)
     subprocess.run([str(uv), "venv", "-q", "--python", sys.executable, str(venv)], check=True)
-    subprocess.run([str(uv), "pip", "install", "-q", "--python", str(python), *_INSTALL_OPTIONS, *pins], check=True)
+    subprocess.run([str(uv), "pip", "install", "-q", "--python", str(python), *options, *pins], check=True)
     stamp.write_text(wanted)
     return python
 
