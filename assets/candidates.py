@@ -11,7 +11,7 @@ from spark_jobs import candidates_job
 
 CODE_VERSION = code_version(
     "spark_jobs.warc_input", "spark_jobs.warc_reader", "spark_jobs.http_response", "spark_jobs.page_charset",
-    "spark_jobs.html_nesting", "spark_jobs.html_images", "spark_jobs.caption_language", "spark_jobs.warc_pairs",
+    "spark_jobs.html_nesting", "spark_jobs.html_images", "spark_jobs.warc_pairs",
     "spark_jobs.candidates_job",
 )
 

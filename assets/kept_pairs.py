@@ -7,14 +7,14 @@ from orchestration.partitions import per_warc_file_asset
 from orchestration.resources import PairlakeResource, code_version
 from spark_jobs import kept_set
 
-CODE_VERSION = code_version("spark_jobs.kept_set")
+CODE_VERSION = code_version("spark_jobs.kept_set", "spark_jobs.caption_language")
 
 
 @per_warc_file_asset(
     deps=["clip_scores"],
     kinds={"spark", "delta"},
     code_version=CODE_VERSION,
-    description="Pairs whose CLIP similarity clears the model's threshold (table kept_pairs).",
+    description="Pairs whose CLIP similarity clears the model's threshold, with their caption's language (table kept_pairs).",
 )
 def kept_pairs(context: dg.AssetExecutionContext, pairlake: PairlakeResource) -> dg.MaterializeResult:
     keys = list(context.partition_keys)

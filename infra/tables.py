@@ -50,8 +50,6 @@ CANDIDATES = TableSpec(
             pa.field("uid", pa.string(), nullable=False),
             pa.field("url", pa.string(), nullable=False),
             pa.field("caption", pa.string(), nullable=False),
-            pa.field("language", pa.string()),
-            pa.field("language_score", pa.float32()),
             pa.field("page_url", pa.string(), nullable=False),
             pa.field("crawl_id", pa.string(), nullable=False),
             pa.field("warc_file", pa.string(), nullable=False),

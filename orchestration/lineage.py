@@ -24,7 +24,7 @@ from infra.tables import (
 )
 from spark_jobs.release import MEMBERS
 
-_SOURCE = ("crawl_id", "warc_file", "record_offset", "page_url", "url", "caption", "language", "fetch_date")
+_SOURCE = ("crawl_id", "warc_file", "record_offset", "page_url", "url", "caption", "fetch_date")
 _DOWNLOAD = ("status", "error", "http_status", "attempts", "final_url", "fetched_at", "sha256",
              "width", "height", "original_width", "original_height", "original_bytes")
 _URL_FIELDS = ("url", "page_url", "final_url")
@@ -103,7 +103,7 @@ def describe(lake: Lake, uid: str) -> dict:
         {**row, "extra": dict(row["extra"] or [])}  # a map column reads as (key, value) pairs
         for row in tables.rows(IMAGE_TAGS, ["model_id", "punsafe", "pwatermark", "aesthetic", "extra"])
     ]
-    kept = bool(tables.rows(KEPT_PAIRS, ["uid"]))
+    kept = _first(tables.rows(KEPT_PAIRS, ["language"]))
     blocklist = tables.rows(BLOCKLIST_MATCHES, ["source", "kind"])
     dedup = _first(tables.rows(DEDUP, ["reason", "exact_representative", "cluster", "cluster_size"]))
     curated = sorted(row["variant"] for row in tables.rows(CURATED, ["variant"]))
@@ -118,7 +118,8 @@ def describe(lake: Lake, uid: str) -> dict:
     if not any((source, download, clip, tags, kept, blocklist, dedup, curated, removed, releases)):
         raise InputError(f"uid {uid!r} is unknown: no table, removal or release of the lake at {lake.root} holds it")
     return {
-        "uid": uid, "source": source, "download": download, "clip": clip, "tags": tags, "kept": kept,
+        "uid": uid, "source": source, "download": download, "clip": clip, "tags": tags, "kept": kept is not None,
+        "language": None if kept is None else kept["language"],
         "blocklist_matches": blocklist, "dedup": dedup, "curated": curated, "releases": releases,
         "removed": removed, "table_versions": tables.versions,
     }
@@ -158,7 +159,8 @@ def format_lineage(info: dict) -> str:
     sections.append(("clip", [f"  {row['model_id']}  similarity {_show(row['similarity'])}" for row in info["clip"]]))
     sections.append(("tags", [_tag_line(row) for row in info["tags"]]))
     if info["source"] or info["download"] or info["clip"]:  # "kept: no" only says something about a known pair
-        sections.append(("kept", [f"  {'yes' if info['kept'] else 'no'}"]))
+        language = f"  (caption language {info['language']})" if info["language"] else ""
+        sections.append(("kept", [f"  {'yes' if info['kept'] else 'no'}{language}"]))
     sections.append(("blocklist matches",
                      [f"  {row['source']} ({row['kind']})" for row in info["blocklist_matches"]]))
     if info["dedup"]:

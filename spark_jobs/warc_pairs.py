@@ -7,8 +7,9 @@ record-gzipped WARC) raises: that is the caller's error, not a skip.
 
 Per file: gzip members → WARC records (warc_reader) → HTTP head and body (http_response) → UTF-8
 page (page_charset) → <img> candidates and the page's own opt-out signal (html_images; a page over
-the parse budget is a reject) → uid dedup → one language-ID pass over the distinct captions
-(caption_language) → Arrow tables built once from column lists.
+the parse budget is a reject) → uid dedup → Arrow tables built once from column lists. Captions'
+languages are identified later, for the kept pairs only (``kept_set``): most candidates never get
+that far.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import pyarrow.parquet as pq
 from infra.config import ExtractConfig, InputError, StorageOptions
 from infra.lake_storage import atomic_output
 from infra.tables import CANDIDATES, WARC_REJECTS
-from spark_jobs.caption_language import detect_languages
 from spark_jobs.html_images import META_ROBOTS, TDM_META, PageImages, PageTooComplex, page_images
 from spark_jobs.http_response import BadHttpHeaders, BodyTooLarge, UndecodableBody, decode_body, parse_head
 from spark_jobs.page_charset import UndecodablePage, charset_from_content_type, to_utf8
@@ -173,15 +173,11 @@ class _Extraction:
         cols = self.pairs
         n = len(cols["uid"])
         self.counts["pairs"] = n
-        languages = detect_languages(cols["caption"])
-        lang = [languages.get(c, (None, None)) for c in cols["caption"]]
         pairs = pa.Table.from_arrays(
             [
                 pa.array(cols["uid"], pa.string()),
                 pa.array(cols["url"], pa.string()),
                 pa.array(cols["caption"], pa.string()),
-                pa.array([code for code, _ in lang], pa.string()),
-                pa.array([score for _, score in lang], pa.float32()),
                 pa.array(cols["page_url"], pa.string()),
                 pa.repeat(pa.scalar(crawl_id, pa.string()), n),
                 pa.repeat(pa.scalar(self.warc_file, pa.string()), n),

@@ -1,5 +1,5 @@
 """pairlake's side of bench_warc_pairs, as a whole process like the baseline: what ``pairlake
-parse-warc`` does for one file (extract_pairs, language ID included, then a Parquet file of candidates).
+parse-warc`` does for one file (extract_pairs, then a Parquet file of candidates).
 
     python warc_pairlake.py CRAWL.warc.gz PAIRS.parquet   # prints {"pages": ..., "pairs": ...}
 """

@@ -30,7 +30,7 @@ def table(spec, rows):
 
 
 def candidate(uid, n):
-    return {"uid": uid, "url": f"http://img.example/{n}.jpg", "caption": f"a red circle {n}", "language": "en",
+    return {"uid": uid, "url": f"http://img.example/{n}.jpg", "caption": f"a red circle {n}",
             "page_url": f"http://page.example/{n}.html", "crawl_id": "demo-crawl", "warc_file": WARC,
             "record_offset": 1000 * n, "fetch_date": AT}
 
@@ -109,7 +109,7 @@ def test_kept_curated_released_uid(lake):
     assert [c["model_id"] for c in info["clip"]] == [MODEL]
     assert "image_embedding" not in info["clip"][0]
     assert info["tags"][0]["extra"] == {"nsfw_text": pytest.approx(0.01)}
-    assert info["kept"] is True
+    assert info["kept"] is True and info["language"] == "en"
     assert info["dedup"]["reason"] == "unique"
     assert info["curated"] == ["research", "research-safe"]
     assert info["removed"] is None
@@ -122,7 +122,8 @@ def test_kept_curated_released_uid(lake):
     assert info["table_versions"]["candidates"] == {"version": 0, "run_id": "run-candidates"}
     assert "removals" in info["table_versions"]
     text = format_lineage(info)
-    for expected in (WARC, "http://page.example/1.html", MODEL, "research, research-safe", "demo v2", "on disk"):
+    for expected in (WARC, "http://page.example/1.html", MODEL, "kept\n  yes  (caption language en)",
+                     "research, research-safe", "demo v2", "on disk"):
         assert expected in text
 
 

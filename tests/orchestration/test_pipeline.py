@@ -64,8 +64,6 @@ def test_candidates_match_the_crawl_ground_truth(pipeline):
     for url, entry in extracted.items():
         row = by_url[url]
         assert row["caption"] == entry["caption"], url
-        if entry["kind"] == "non_english":
-            assert row["language"] == entry["language"], (url, row["caption"])
         assert row["page_url"] in entry["pages"]
         assert row["crawl_id"] == "demo-crawl" and row["record_offset"] >= 0
     # A duplicate pair on several pages and WARC files is stored once.
@@ -130,6 +128,18 @@ def test_clip_filter_keeps_matching_captions_and_drops_mismatching_ones(pipeline
     assert sum(u in kept for u in mismatches) / len(mismatches) <= 0.2
     sims = pipeline.first["kept_pairs"].column("similarity").to_pylist()
     assert min(sims) > THRESHOLD
+
+
+def test_kept_pairs_carry_their_captions_language(pipeline):
+    kept = pipeline.first["kept_pairs"]
+    language = dict(zip(kept["url"].to_pylist(), kept["language"].to_pylist()))
+    assert None not in language.values()
+    truth = pipeline.truth["images"]
+    english = [language[url] for url in language if truth[url]["clip"] == "match"]
+    assert len(english) > 30 and english.count("en") / len(english) >= 0.9
+    for url, entry in truth.items():
+        if entry["kind"] == "non_english" and url in language:
+            assert language[url] == entry["language"], (url, entry["caption"])
 
 
 def test_shards_hold_the_curated_variant_of_a_pinned_version(pipeline):

@@ -21,7 +21,6 @@ from warcio.warcwriter import WARCWriter
 
 from infra.config import ExtractConfig
 from infra.tables import CANDIDATES, WARC_REJECTS
-from spark_jobs.caption_language import LID_CHARS, detect_languages
 from spark_jobs.html_images import _PageResolver, resolve_url
 from spark_jobs.warc_pairs import COUNTERS, extract_pairs, pair_uid, warc_file_name, write_pairs_parquet
 
@@ -268,30 +267,6 @@ def test_pair_uid_is_stable_and_dedup_keeps_first_occurrence(tmp_path):
     assert rows[0]["uid"] == pair_uid("https://www.example.com/x.jpg", "a red bicycle")
     assert result.counts["duplicate_uid"] == 2
     assert_funnel(result.counts)
-
-
-def test_caption_languages(tmp_path):
-    captions = {
-        "fr": "Un petit chat noir dort tranquillement sur le canapé du salon",
-        "de": "Der große Hund läuft schnell über die grüne Wiese im Garten",
-        "ja": "東京の桜は春になるととても美しく咲きます",
-        "en": "A golden retriever puppy playing with a ball in the park",
-        "es": "El perro marrón corre por el parque con los niños",
-        "ru": "Маленькая собака играет в саду под ярким солнцем",
-    }
-    page = html("".join(f"<img src='{lang}.jpg' alt='{text}'>" for lang, text in captions.items()))
-    result = extract(tmp_path, [response_member(PAGE, page)])
-    assert result.pairs["language"].to_pylist() == list(captions)
-    assert all(0.5 < s <= 1.0 for s in result.pairs["language_score"].to_pylist())
-
-
-def test_language_id_reads_a_captions_start_only():
-    start = "Un petit chat noir dort tranquillement sur le canapé du salon, près de la fenêtre ouverte. "
-    caption = (start * 3)[:LID_CHARS] + "The rest of this very long caption is in English. " * 40
-    rest = caption[LID_CHARS:]
-    found = detect_languages([caption, caption[:LID_CHARS], rest])
-    assert found[caption] == found[caption[:LID_CHARS]]
-    assert (found[caption][0], found[rest][0]) == ("fr", "en")
 
 
 def test_provenance_offsets_match_warcio_and_schemas_are_exact(tmp_path):
