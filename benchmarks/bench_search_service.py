@@ -64,7 +64,10 @@ CLIP_BACK_DIFFERENCES = (
     "use_safety_model: clip_back's safety model (autokeras + tensorflow, downloaded at start) is off, so "
     "clip_back ignores the flag and filters nothing; pairlake hides results whose punsafe tag is > 0.5",
     "metadata: clip_back returns url and caption; pairlake returns the whole metadata row",
-    "text queries: clip_back encodes all 77 tokens; pairlake stops at the end-of-text token",
+    "text queries: clip_back encodes all 77 tokens, pairlake stops at the end-of-text token (the same "
+    "embedding: identical results)",
+    "image queries: clip_back preprocesses the upload as it is; pairlake first resizes and re-encodes it as "
+    "its downloader stores images, so the query embedding and the results differ slightly",
     "concurrency: clip_back runs Flask's threaded development server, one forward per request; "
     "pairlake batches concurrent forwards",
 )
