@@ -2,7 +2,8 @@
 
 Spark does the joins over every WARC partition, and the near-duplicate search over the
 exact-duplicate representatives' stored embeddings runs as Spark tasks too
-(``spark_jobs.near_duplicates_job``): no process holds a table's embeddings.
+(``spark_jobs.near_duplicates_job``): no process holds a table's embeddings (the driver holds
+at most the exact-search size, 20,000 of them).
 """
 
 from __future__ import annotations

@@ -9,6 +9,11 @@ task searches a cell at a time (the rows stored in it x the rows probing it) wit
 Clusters are the connected components of the links, found by min-label propagation with pointer
 jumping over DataFrames: a row's label is the smallest preference key in its component (the most
 preferred row), so the representative needs no second pass. Only rows with links take part.
+
+Up to ``EXACT_MAX_ROWS`` rows the search is exact: one cell, searched by one task whatever the
+cluster. Those rows are clustered in the driver by ``gpu_jobs.near_duplicates`` itself (at most
+40 MB of float32), which gives the same clusters without the label propagation's dozens of small
+Spark jobs (~15 s for a few hundred rows on local[2]).
 """
 
 from __future__ import annotations
@@ -23,13 +28,17 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from gpu_jobs.embedding_format import embeddings_from_column
-from gpu_jobs.near_duplicates import TRAIN_POINTS_PER_CELL, cell_count, cell_pairs, probe_cells, train_centroids
+from gpu_jobs import near_duplicates
+from gpu_jobs.near_duplicates import (
+    EXACT_MAX_ROWS, TRAIN_POINTS_PER_CELL, cell_count, cell_pairs, probe_cells, train_centroids,
+)
 from infra.arrow_runs import key_runs
 
 log = logging.getLogger(__name__)
 
 _CELLS_SCHEMA = "cell long, stored boolean, uid string, image_embedding binary"
 _LINKS_SCHEMA = "src string, dst string, similarity float"
+_CLUSTERS_SCHEMA = "uid string, cluster string, cluster_size long, max_similarity float"
 _HASH_RANGE = 1 << 31
 
 
@@ -155,6 +164,7 @@ def near_duplicate_clusters(
     nprobe: int,
     max_cells: int,
     progress: bool = False,
+    driver_max_rows: int = EXACT_MAX_ROWS,
 ) -> DataFrame:
     """(uid, cluster, cluster_size, max_similarity) for every row of ``reps`` (``rows`` of them;
     columns ``uid``, ``image_embedding``: float16 L2-normalised, ``dim`` wide), with the semantics of
@@ -162,7 +172,10 @@ def near_duplicate_clusters(
     each row's ``k`` nearest neighbours at cosine >= ``threshold``, represented by the row with the
     smallest ``key`` (a struct with a ``uid`` field last, so ties cannot happen). ``max_similarity`` is the
     best cosine of a row's links, null for a row with none. ``reps`` is read several times: pass a
-    persisted DataFrame."""
+    persisted DataFrame. Up to ``driver_max_rows`` rows (never above ``EXACT_MAX_ROWS``) are
+    clustered in the driver (module docstring)."""
+    if rows <= min(driver_max_rows, EXACT_MAX_ROWS):
+        return _clusters_in_driver(spark, reps, key, dim, threshold, k, progress)
     links = _links(spark, reps, rows, dim, threshold, k, nprobe, max_cells, progress).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         labels = _components(links, reps.select("uid", key.alias("key")))
@@ -182,3 +195,26 @@ def near_duplicate_clusters(
         )
     finally:
         links.unpersist()
+
+
+def _clusters_in_driver(spark: SparkSession, reps: DataFrame, key: Column, dim: int, threshold: float, k: int,
+                        progress: bool) -> DataFrame:
+    """``near_duplicate_clusters`` for an exact-search-sized ``reps``, by the one-process search.
+
+    Rows are put in uid order, as the Spark search orders a cell's members, so that equal cosines
+    at a row's k-th link break the same way; the preference is the rank of ``key``.
+    """
+    by_key = reps.orderBy(key).select("uid", "image_embedding").toArrow()
+    uids = by_key.column("uid").to_numpy(zero_copy_only=False).astype(str)
+    order = np.argsort(uids, kind="stable")
+    found = near_duplicates.near_duplicate_clusters(
+        embeddings_from_column(by_key.column("image_embedding"), dim)[order], threshold,
+        preference=-order.astype(np.float64), k=k, progress=progress)
+    uids = uids[order]
+    result = pa.table({
+        "uid": pa.array(uids, pa.string()),
+        "cluster": pa.array(uids[found.cluster], pa.string()),
+        "cluster_size": pa.array(found.cluster_size, pa.int64()),
+        "max_similarity": pa.array(found.max_similarity, pa.float32(), mask=np.isnan(found.max_similarity)),
+    })
+    return spark.createDataFrame(result, _CLUSTERS_SCHEMA)

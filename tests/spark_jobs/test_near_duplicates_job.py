@@ -20,8 +20,9 @@ def _uid(row: int) -> str:
     return f"{row:06d}"
 
 
-def spark_clusters(spark, x: np.ndarray, preference: np.ndarray, k: int = 16) -> dict[str, dict]:
-    """The Spark job over ``x`` stored as the lake stores it (float16 bytes); rows by uid."""
+def spark_clusters(spark, x: np.ndarray, preference: np.ndarray, k: int = 16, driver_max_rows: int = 0) -> dict[str, dict]:
+    """The Spark job over ``x`` stored as the lake stores it (float16 bytes); rows by uid. Spark's
+    own search and label propagation unless ``driver_max_rows`` lets the driver do it."""
     x16 = x.astype(np.float16)
     table = pa.table({
         "uid": [_uid(row) for row in range(len(x))],
@@ -31,7 +32,7 @@ def spark_clusters(spark, x: np.ndarray, preference: np.ndarray, k: int = 16) ->
     reps = spark.createDataFrame(table).repartition(3).persist()
     try:
         result = near_duplicate_clusters(spark, reps, len(x), F.struct("rank", "uid"), x.shape[1], THRESHOLD, k,
-                                         nprobe=4, max_cells=1024)
+                                         nprobe=4, max_cells=1024, driver_max_rows=driver_max_rows)
         return {row["uid"]: row for row in result.toArrow().to_pylist()}
     finally:
         reps.unpersist()
@@ -86,3 +87,12 @@ def test_a_long_chain_is_one_cluster_led_by_its_most_preferred_row(spark):
 
 def test_no_rows_no_clusters(spark):
     assert spark_clusters(spark, np.empty((0, DIM), np.float32), np.empty(0)) == {}
+    assert spark_clusters(spark, np.empty((0, DIM), np.float32), np.empty(0), driver_max_rows=100) == {}
+
+
+def test_an_exact_search_sized_input_clustered_in_the_driver_gives_the_spark_clusters(spark):
+    x, preference, groups = planted(3_000)
+    in_driver = spark_clusters(spark, x, preference, driver_max_rows=near_duplicates.EXACT_MAX_ROWS)
+    assert in_driver == spark_clusters(spark, x, preference)
+    assert {in_driver[_uid(r)]["cluster"] for r in groups["exact"]} == {_uid(groups["exact"][2])}
+    assert len({row["cluster"] for row in in_driver.values()}) < len(x)
