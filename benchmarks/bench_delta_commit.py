@@ -37,7 +37,7 @@ def candidate_rows(partition: str, n: int) -> pa.Table:
     return pa.Table.from_pylist(
         [
             {"uid": f"{partition}-{i:08d}", "url": f"http://img.example/{partition}/{i}.jpg",
-             "caption": f"a red circle number {i}", "language": "en", "language_score": 0.9,
+             "caption": f"a red circle number {i}",
              "page_url": f"http://page.example/{i}", "crawl_id": "bench", "warc_file": partition,
              "record_offset": i * 1000, "fetch_date": now}
             for i in range(n)

@@ -157,7 +157,6 @@ class Pairs:
         self.text_embedding = _embedding_column(t)
         self.similarity = pa.array((x * t).sum(axis=1).astype(np.float32) * 0.4)  # CLIP-like cosine scale
         del x, t
-        self.language_score = pa.array(rng.uniform(0.5, 1.0, n).astype(np.float32))
         # safe_fraction of the rows at or below research-safe's limit, 2% above research's.
         band = rng.choice(3, n, p=[safe_fraction, 0.98 - safe_fraction, 0.02])
         lo, hi = np.array([0.0, 0.45, 0.95])[band], np.array([0.45, 0.95, 1.0])[band]
@@ -197,7 +196,6 @@ class Pairs:
         const = lambda v, t: pa.repeat(pa.scalar(v, t), n)  # noqa: E731
         if spec is CANDIDATES:
             cols = {"uid": s(self.uid), "url": s(self.url), "caption": s(self.caption),
-                    "language": const("en", pa.string()), "language_score": s(self.language_score),
                     "page_url": s(self.page_url),
                     "crawl_id": const(CRAWL, pa.string()), "warc_file": s(self.warc_file),
                     "record_offset": pa.array(np.arange(rows.start, rows.stop, dtype=np.int64) * 4096),

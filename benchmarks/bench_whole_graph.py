@@ -113,7 +113,6 @@ def _candidates(lake, path: Path, n: int, urls: list[str], pairs_per_file: int) 
         warc = f"bench-{i // pairs_per_file:05d}.warc.gz"
         columns = {
             "uid": [pair_uid(u, c) for u, c in zip(url, captions)], "url": url, "caption": captions,
-            "language": ["en"] * len(url), "language_score": [0.99] * len(url),
             "page_url": [f"http://site{r % 97}.example/page{r // 10}.html" for r in rows],
             "crawl_id": ["BENCH"] * len(url), "warc_file": [warc] * len(url), "record_offset": list(rows),
             "fetch_date": [now] * len(url),
