@@ -3,9 +3,10 @@
 Size checks use the header only (``Image.open`` is lazy), so a decompression bomb or an absurd
 aspect ratio is refused before any pixel is decoded. JPEGs are decoded with ``draft`` (DCT
 scaling) at the smallest scale that still covers the target size, which is most of the speed and
-divides their decode memory by up to 64. The memory a decode will take is estimated from the header
-(after ``draft``) and reserved from the downloader's ``DecodeBudget`` before decoding; an image that
-alone exceeds the budget is refused (``decode_memory_exceeded``).
+divides their decode memory by up to 64. Still lossy WebPs (WebP photos) are decoded by libwebp
+itself, scaled to the target size as they decode (``libwebp``). The memory a decode will take is
+estimated from the header (after ``draft``) and reserved from the downloader's ``DecodeBudget``
+before decoding; an image that alone exceeds the budget is refused (``decode_memory_exceeded``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from infra.config import DownloadConfig
+from spark_jobs.download import libwebp
 from spark_jobs.download.decode_budget import DecodeBudget
 
 # Pillow warns on images above its own pixel limit; we enforce config.max_image_pixels instead
@@ -27,6 +29,14 @@ _PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 _BORDER_COLOUR = (255, 255, 255)  # img2dataset pads with white
 # Bytes per pixel Pillow stores; every mode not listed takes 4 (RGB included: RGBX in memory).
 _PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+# Pillow decodes every WebP through libwebp's WebPAnimDecoder, which holds two RGBA canvases (the
+# frame and the disposed previous one) and hands the frame over as a bytes copy: 12 bytes a pixel
+# beyond Pillow's own image (a 36 M pixel WebP grows the process by ~550 MiB, not ~140).
+_WEBP_ANIM_DECODER_BYTES = 12
+# What libwebp holds beside its output while it decodes a lossy WebP with scaling, per pixel of the
+# image's width: the VP8 decoder's macroblock-row caches (~124 bytes) and the rescaler's rows (~27
+# bytes per pixel of the narrower output width), rounded up.
+_LIBWEBP_ROW_BYTES = 256
 
 
 class ImageRejected(Exception):
@@ -74,8 +84,9 @@ def resize_image(data: bytes, config: DownloadConfig, budget: DecodeBudget | Non
         if config.resize_mode != "no":
             # JPEG only: decode at 1/2, 1/4 or 1/8 scale when that still covers the target size.
             img.draft("RGB", (config.image_size, config.image_size))
+        webp_size = _libwebp_decode_size(data, img, config)
         budget = budget or DecodeBudget.of(config)
-        cost = decode_cost(img, config)
+        cost = decode_cost(img, config, webp_size)
         if cost > budget.capacity:
             raise ImageRejected(
                 "decode_memory_exceeded",
@@ -83,7 +94,7 @@ def resize_image(data: bytes, config: DownloadConfig, budget: DecodeBudget | Non
             )
         try:
             with budget.reserve(cost):
-                out = _resize(img, config)
+                out = _resize(img if webp_size is None else libwebp.decode_rgb(data, webp_size), config)
                 buf = io.BytesIO()
                 fmt = _PIL_FORMATS[config.encode_format]
                 out.save(buf, format=fmt, **({} if fmt == "PNG" else {"quality": config.encode_quality}))
@@ -92,18 +103,26 @@ def resize_image(data: bytes, config: DownloadConfig, budget: DecodeBudget | Non
     return ResizedImage(buf.getvalue(), config.encode_format, out.width, out.height, width, height)
 
 
-def decode_cost(img: Image.Image, config: DownloadConfig) -> int:
+def decode_cost(img: Image.Image, config: DownloadConfig, webp_size: tuple[int, int] | None = None) -> int:
     """Bytes ``_resize`` will hold at its peak for ``img`` (opened, drafted, not loaded): the
-    decoded pixels, the copies that flatten them to RGB, and the resized and padded output."""
+    decoded pixels, the copies that flatten them to RGB, and the resized and padded output.
+    ``webp_size``: the size libwebp decodes ``img`` to (``_libwebp_decode_size``), if it does."""
     width, height = img.size
+    padded = config.image_size**2 if config.resize_mode in ("border", "center_crop") else 0
+    if webp_size is not None:  # libwebp's rows, its RGB output and Pillow's copy of it
+        decoded = webp_size[0] * webp_size[1]
+        out_width, out_height = target_size(*webp_size, config.resize_mode, config.image_size)
+        resized = 0 if (out_width, out_height) == webp_size else out_width * (webp_size[1] + out_height)
+        return _LIBWEBP_ROW_BYTES * width + decoded * (3 + 4) + 4 * (resized + padded)
     per_pixel = _PIXEL_BYTES.get(img.mode, 4)
+    if img.format == "WEBP":
+        per_pixel += _WEBP_ANIM_DECODER_BYTES
     if _has_alpha(img):
         per_pixel += (0 if img.mode == "RGBA" else 4) + 4 + 1  # RGBA copy, white background, alpha band
     elif img.mode != "RGB":
         per_pixel += 4  # the RGB copy
     out_width, out_height = target_size(width, height, config.resize_mode, config.image_size)
     resized = 0 if (out_width, out_height) == (width, height) else out_width * (height + out_height)  # two passes
-    padded = config.image_size**2 if config.resize_mode in ("border", "center_crop") else 0
     return width * height * per_pixel + 4 * (resized + padded)
 
 
@@ -150,3 +169,16 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 def _has_alpha(img: Image.Image) -> bool:
     return img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+
+
+def _libwebp_decode_size(data: bytes, img: Image.Image, config: DownloadConfig) -> tuple[int, int] | None:
+    """The size libwebp decodes ``img`` to (the target size when that is smaller, else its own),
+    or None when Pillow decodes it: not a still lossy WebP without alpha, or no libwebp."""
+    if img.format != "WEBP" or getattr(img, "is_animated", False) or img.mode != "RGB" or not isinstance(data, bytes):
+        return None
+    if not libwebp.is_still_lossy_rgb(data, img.size):
+        return None
+    new_width, new_height = target_size(*img.size, config.resize_mode, config.image_size)
+    if new_width < img.width and new_height < img.height:
+        return new_width, new_height
+    return img.size  # not smaller: decoded at full size, scaled up (LANCZOS) by _resize as any image

@@ -13,7 +13,8 @@ import zlib
 
 import pyarrow as pa
 import pytest
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageDraw
 
 from infra.config import DownloadConfig
 from infra.image_server import ImageServer, Resource
@@ -22,6 +23,7 @@ from spark_jobs.download import download_batch
 from infra.config import ConfigError
 from spark_jobs.download.address_guard import AddressGuard, _literal_ip
 from spark_jobs.download.fetcher import is_retryable, x_robots_tag_opts_out
+from spark_jobs.download import libwebp
 from spark_jobs.download.resizer import ImageRejected, resize_image
 
 # Short deadlines keep the suite quick. Loopback is refused: ``allowing`` lets a test's servers in.
@@ -374,6 +376,105 @@ def test_encode_formats_and_transparency(encode_format, pil_format):
     with Image.open(io.BytesIO(out.data)) as img:
         assert img.format == pil_format and img.mode == "RGB"
         assert min(img.getpixel((32, 32))) > 240  # transparent → white, not black
+
+
+def webp_photo(width: int, height: int, **save) -> bytes:
+    """A lossy WebP (unless ``save`` says otherwise) of a gradient with sharp-edged shapes on it."""
+    img = Image.open(io.BytesIO(make_image(width, height, fmt="PNG")))
+    draw = ImageDraw.Draw(img)
+    for i in range(6):
+        box = (width * i // 7, height * i // 9, width * (i + 2) // 7, height * (i + 3) // 9)
+        draw.ellipse(box, fill=(40 * i, 255 - 40 * i, 90))
+    buf = io.BytesIO()
+    img.save(buf, format="WEBP", **{"quality": 80, "method": 0, **save})
+    return buf.getvalue()
+
+
+def decoded(out) -> np.ndarray:
+    with Image.open(io.BytesIO(out.data)) as img:
+        assert img.mode == "RGB"
+        return np.asarray(img, dtype=np.int16)
+
+
+@pytest.fixture
+def libwebp_decodes(monkeypatch) -> list[tuple[int, int]]:
+    """The sizes ``resize_image`` has libwebp decode to (the real decode, recorded)."""
+    assert libwebp._library() is not None, "Pillow's libwebp not found: every WebP would go the slow way"
+    sizes, decode = [], libwebp.decode_rgb
+    monkeypatch.setattr(libwebp, "decode_rgb", lambda data, size: (sizes.append(size), decode(data, size))[1])
+    return sizes
+
+
+@pytest.mark.parametrize(
+    "mode, size, scaled_to",
+    [
+        ("border", (1200, 800), (64, 43)),
+        ("center_crop", (800, 1200), (64, 96)),
+        ("keep_ratio_largest", (1000, 1000), (64, 64)),
+        ("keep_ratio", (40, 30), (40, 30)),  # scaled up: decoded at full size, then LANCZOS as any image
+        ("no", (300, 200), (300, 200)),
+    ],
+)
+def test_still_lossy_webp_is_decoded_by_libwebp_like_pillow(mode, size, scaled_to, libwebp_decodes, monkeypatch):
+    webp, config = webp_photo(*size), dataclasses.replace(CFG, resize_mode=mode)
+    fast = resize_image(webp, config)
+    assert libwebp_decodes == [scaled_to]
+    monkeypatch.setattr(libwebp, "_library", lambda: None)  # as without libwebp: Pillow decodes it
+    slow = resize_image(webp, config)
+    assert libwebp_decodes == [scaled_to]
+    assert (fast.width, fast.height, fast.original_width, fast.original_height) == (
+        slow.width, slow.height, slow.original_width, slow.original_height)
+    assert (fast.original_width, fast.original_height) == size
+    difference = np.abs(decoded(fast) - decoded(slow))
+    assert difference.mean() < 2.5 and np.percentile(difference, 99) < 20, (difference.mean(), difference.max())
+
+
+def animated_webp(*colours: tuple[int, int, int]) -> bytes:
+    frames = [Image.new("RGB", (120, 80), colour) for colour in colours]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="WEBP", save_all=True, append_images=frames[1:], duration=100, lossless=True)
+    return buf.getvalue()
+
+
+def test_webps_libwebp_leaves_to_pillow(libwebp_decodes):
+    animated = animated_webp((200, 30, 30), (30, 30, 200))
+    with Image.open(io.BytesIO(animated)) as img:
+        assert img.is_animated
+    out = decoded(resize_image(animated, CFG))
+    assert out.shape == (64, 64, 3)
+    assert tuple(out[32, 32]) == pytest.approx((200, 30, 30), abs=8)  # the first frame
+    assert out[2, 32].min() > 240  # padded with white above the 120x80 frame
+
+    lossy_alpha = Image.new("RGBA", (200, 200), (0, 0, 0, 0))
+    ImageDraw.Draw(lossy_alpha).rectangle((0, 0, 99, 199), fill=(20, 20, 220, 255))
+    buf = io.BytesIO()
+    lossy_alpha.save(buf, format="WEBP", quality=90)
+    out = decoded(resize_image(buf.getvalue(), CFG))
+    assert out[32, 48].min() > 240  # transparent → white
+    assert tuple(out[32, 16]) == pytest.approx((20, 20, 220), abs=12)
+
+    out = resize_image(webp_photo(300, 200, lossless=True), CFG)
+    assert (out.width, out.height, out.original_width, out.original_height) == (64, 64, 300, 200)
+    assert libwebp_decodes == []
+
+
+def test_webp_size_checks_come_before_any_decode(libwebp_decodes):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    webp = webp_photo(1200, 1000)
+    with pytest.raises(ImageRejected) as exc:
+        resize_image(webp, dataclasses.replace(CFG, max_image_pixels=1_000_000))
+    assert exc.value.reason == "decompression_bomb"
+    # A lossy WebP's frame header claiming 16383x16383 (268 M pixels), with almost no data.
+    assert webp[12:16] == b"VP8 " and webp[23:26] == b"\x9d\x01\x2a"
+    bomb = webp[:26] + struct.pack("<HH", 16383, 16383) + webp[30:200]
+    with pytest.raises(ImageRejected) as exc:
+        resize_image(bomb, CFG)
+    assert exc.value.reason == "decompression_bomb"
+    with pytest.raises(ImageRejected) as exc:  # within the pixel cap: libwebp runs out of data
+        resize_image(webp[:26] + struct.pack("<HH", 4000, 4000) + webp[30:], CFG)
+    assert exc.value.reason == "decode_error"
+    assert libwebp_decodes == [(64, 64)]  # that last one only, which failed cleanly
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KiB
 
 
 def test_one_row_per_input_with_duplicates_and_bad_urls():

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from infra.image_server import ImageServer, Resource
-from spark_jobs.download.resizer import ImageRejected, decode_cost, resize_image
+from spark_jobs.download.resizer import ImageRejected, _libwebp_decode_size, decode_cost, resize_image
 from tests.spark_jobs.test_download import CFG, allowing, fetch, make_image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,24 +36,31 @@ def huge_png(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
-# Runs in a fresh process, so that its peak RSS (ru_maxrss) shows the decodes alone: four huge
-# PNGs fetched at once and handed to four decode threads.
+# Runs in a fresh process, so that its peak RSS shows the decodes alone: four huge PNGs fetched at
+# once and handed to four decode threads. The peak is /proc's VmHWM, reset to the current RSS just
+# before (clear_refs 5): ru_maxrss carries the parent's peak over exec, and a pytest worker's peak
+# would hide the decodes.
 CHILD = textwrap.dedent(
     """
-    import dataclasses, json, resource, sys
+    import dataclasses, json, sys
     import pyarrow as pa
     from infra.config import DownloadConfig
     from infra.image_server import ImageServer, Resource
     from spark_jobs.download import download_batch
 
+    def peak_mib():
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) >> 10 for line in f if line.startswith("VmHWM:"))
+
     png = open(sys.argv[1], "rb").read()
-    peak_mib = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10
     with ImageServer({f"/{i}.png": Resource(png, content_type="image/png") for i in range(4)}) as server:
         config = dataclasses.replace(
             DownloadConfig(), image_size=64, allow_hosts=(f"127.0.0.1:{server.port}",), **json.loads(sys.argv[2])
         )
         urls = [f"{server.url}/{i}.png" for i in range(4)]
         table = pa.table({"uid": [str(i) for i in range(4)], "url": urls, "warc_file": ["w"] * 4})
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
         before = peak_mib()
         rows = download_batch(table, config, decode_threads=4).to_pylist()
     print(json.dumps({"grew_mib": peak_mib() - before, "errors": [r["error"] for r in rows]}))
@@ -119,3 +126,80 @@ def test_cost_estimate_covers_the_flattening_copies(mode):
         cost = decode_cost(img, dataclasses.replace(CFG, resize_mode="no"))
     per_pixel = {"RGB": 4, "RGBA": 4 + 4 + 1, "LA": 4 + 4 + 4 + 1, "L": 1 + 4, "P": 1 + 4}[mode]
     assert cost == 200 * 100 * per_pixel
+
+
+def big_webp(width: int, height: int, alpha: bool = False) -> bytes:
+    """A lossy WebP of a gradient, translucent if ``alpha``, quick to encode."""
+    gradient = Image.linear_gradient("L").resize((width, height))
+    img = Image.merge("RGB", (gradient, gradient.transpose(Image.Transpose.FLIP_TOP_BOTTOM), gradient))
+    if alpha:
+        img.putalpha(200)
+    buf = io.BytesIO()
+    img.save(buf, format="WEBP", quality=50, method=0)
+    return buf.getvalue()
+
+
+def test_lossy_webp_decodes_scaled_within_a_budget_its_full_size_would_exceed():
+    webp = big_webp(4000, 3000)  # 46 MiB as Pillow's RGB image alone, 183 MiB with its anim decoder
+    small_budget = dataclasses.replace(CFG, decode_memory_mb=16)
+    out = resize_image(webp, small_budget)
+    assert (out.width, out.height, out.original_width, out.original_height) == (64, 64, 4000, 3000)
+    with pytest.raises(ImageRejected) as exc:  # kept at full size: 7 bytes a pixel
+        resize_image(webp, dataclasses.replace(small_budget, resize_mode="no"))
+    assert exc.value.reason == "decode_memory_exceeded"
+
+
+def test_webp_left_to_pillow_is_costed_with_its_anim_decoder():
+    buf = io.BytesIO()
+    Image.new("RGB", (200, 100)).save(buf, format="WEBP", lossless=True)
+    with Image.open(io.BytesIO(buf.getvalue())) as img:
+        assert _libwebp_decode_size(buf.getvalue(), img, CFG) is None  # lossless: Pillow decodes it
+        cost = decode_cost(img, dataclasses.replace(CFG, resize_mode="no"))
+    assert cost == 200 * 100 * (4 + 12)  # its RGB image, two RGBA canvases and the frame's bytes
+
+
+# A fresh process decodes one WebP (read from a file) with resize_image and prints how much its
+# peak RSS grew, beside decode_cost's estimate for it (which a decode may not exceed). Peak RSS from
+# /proc: reset to the current RSS first (clear_refs 5), as ru_maxrss carries the parent's over exec.
+WEBP_CHILD = textwrap.dedent(
+    """
+    import dataclasses, io, json, sys
+    from PIL import Image
+    from infra.config import DownloadConfig
+    from spark_jobs.download.decode_budget import DecodeBudget
+    from spark_jobs.download.resizer import _libwebp_decode_size, decode_cost, resize_image
+
+    def status(field):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) << 10 for line in f if line.startswith(field + ":"))
+
+    data = open(sys.argv[1], "rb").read()
+    config = dataclasses.replace(DownloadConfig(), image_size=64)
+    budget = DecodeBudget.of(config)
+    with Image.open(io.BytesIO(data)) as img:
+        libwebp = _libwebp_decode_size(data, img, config)
+        estimate = decode_cost(img, config, libwebp)
+    warm_up = io.BytesIO()  # the imports and set-up of a first decode and encode, not measured
+    Image.new(img.mode, (100, 100)).save(warm_up, format="WEBP")
+    resize_image(warm_up.getvalue(), config, budget)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = status("VmRSS")
+    resize_image(data, config, budget)
+    print(json.dumps({"grew": status("VmHWM") - before, "estimate": estimate, "libwebp": libwebp is not None}))
+    """
+)
+
+
+@pytest.mark.parametrize("alpha", [False, True])
+def test_webp_decode_memory_stays_within_its_estimate(alpha, tmp_path):
+    path = tmp_path / "big.webp"
+    path.write_bytes(big_webp(3000, 3000, alpha))  # 9 M pixels
+    done = subprocess.run([sys.executable, "-c", WEBP_CHILD, str(path)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["libwebp"] is not alpha  # with alpha, Pillow decodes it
+    assert out["grew"] <= out["estimate"], out
+    if not alpha:  # decoded straight to 64x43: a few MiB, not the ~34 MiB of a full-size RGB image
+        assert out["estimate"] < 4 << 20, out
