@@ -41,8 +41,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from benchmarks.machine import describe
+
+if TYPE_CHECKING:  # the peers module is imported where used: the --worker and --serve modes need none of it
+    from benchmarks.peers import Measured
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = ROOT / ".cache" / "bench_download"
@@ -260,14 +264,13 @@ def run_pairlake(settings: Settings, url_file: Path, *, fetch_only: bool = False
             "errors": inner.pop("errors"), "inner": inner}
 
 
-def img2dataset_command(settings: Settings, url_file: Path, out: Path, output_format: str, *,
-                        no_reencode: bool = False) -> list[str]:
-    from benchmarks.peers import peer_python
-
+def img2dataset_flags(settings: Settings, url_file: Path, out: Path, output_format: str, *,
+                      no_reencode: bool = False) -> list[str]:
+    """The settings as img2dataset's command-line flags: its CLI is fire over ``download``, so a peer
+    script handing them to ``download`` through fire reads them alike."""
     cfg = settings.pairlake_config
-    bin_dir = peer_python(PEER).parent
-    command = [
-        str(bin_dir / "img2dataset"), f"--url_list={url_file}", "--input_format=txt", f"--output_folder={out}",
+    flags = [
+        f"--url_list={url_file}", "--input_format=txt", f"--output_folder={out}",
         f"--output_format={output_format}", f"--image_size={cfg['image_size']}", f"--resize_mode={cfg['resize_mode']}",
         f"--encode_format={cfg['encode_format']}", f"--encode_quality={cfg['encode_quality']}",
         f"--min_image_size={cfg['min_image_size']}", f"--max_aspect_ratio={float(cfg['max_aspect_ratio'])}",
@@ -277,16 +280,19 @@ def img2dataset_command(settings: Settings, url_file: Path, out: Path, output_fo
         "--extract_exif=False", "--compute_hash=sha256", "--enable_wandb=False",
     ]
     if no_reencode:
-        command.append("--disable_all_reencoding=True")
-    return command
+        flags.append("--disable_all_reencoding=True")
+    return flags
 
 
-def run_img2dataset(settings: Settings, url_file: Path, output_format: str, *, no_reencode: bool = False) -> dict:
+def run_img2dataset_process(settings: Settings, program: list[str], url_file: Path, output_format: str, *,
+                            no_reencode: bool = False) -> tuple[Measured, dict]:
+    """``program`` (img2dataset's CLI, or a peer script taking its flags) on the settings' flags, into a
+    fresh folder: the measured process, and the outcome its shards' stats files give."""
     from benchmarks.peers import run_measured
 
     out = Path(tempfile.mkdtemp(prefix="i2d-", dir=settings.workdir)) / "out"  # fresh: a repeat would skip shards
     try:
-        command = img2dataset_command(settings, url_file, out, output_format, no_reencode=no_reencode)
+        command = [*program, *img2dataset_flags(settings, url_file, out, output_format, no_reencode=no_reencode)]
         run = run_measured(_taskset(settings, command))
         stats = [json.loads(p.read_text()) for p in out.glob("*_stats.json")]
         written = sum(p.stat().st_size for p in out.rglob("*") if p.is_file() and not p.name.endswith(".json"))
@@ -297,9 +303,17 @@ def run_img2dataset(settings: Settings, url_file: Path, output_format: str, *, n
         for reason, count in shard["status_dict"].items():
             if reason != "success":
                 errors[reason] = errors.get(reason, 0) + count
-    return {"cpu_s": run.cpu_s, "wall_s": run.wall_s, "ok": sum(s["successes"] for s in stats),
-            "failed": sum(s["failed_to_download"] + s["failed_to_resize"] for s in stats), "errors": errors,
-            "shards": len(stats), "bytes_written": written}
+    return run, {"ok": sum(s["successes"] for s in stats),
+                 "failed": sum(s["failed_to_download"] + s["failed_to_resize"] for s in stats), "errors": errors,
+                 "shards": len(stats), "bytes_written": written}
+
+
+def run_img2dataset(settings: Settings, url_file: Path, output_format: str, *, no_reencode: bool = False) -> dict:
+    from benchmarks.peers import peer_python
+
+    cli = str(peer_python(PEER).parent / "img2dataset")
+    run, outcome = run_img2dataset_process(settings, [cli], url_file, output_format, no_reencode=no_reencode)
+    return {"cpu_s": run.cpu_s, "wall_s": run.wall_s, **outcome}
 
 
 def run_side(side: str, settings: Settings, url_file: Path) -> dict:

@@ -12,9 +12,19 @@ the commit (log entry written after the last data file) and the counting after i
 the job (planning, the downloads, the Parquet writes). CPU = the process tree's (driver, JVM, its
 Python workers: reaped workers counted via their parent's cumulative times). For comparison,
 ``download_batch`` alone as a whole process (``bench_download``'s worker) on the big run's URLs.
+
+The peers (``--peers``), img2dataset 1.47.0 as whole processes on the big run's URLs (the same
+servers), with ``bench_download``'s settings for it (its flags), processes_count = the master's
+cores, and each process's threads = one stage task's concurrency: ``img2dataset`` (its
+multiprocessing distributor; CPU from wait4, its pool and logger reaped) and
+``img2dataset-pyspark`` (distributor=pyspark, its own local[N] session, a shard per Spark task;
+CPU from /proc, read by ``peer_scripts/img2dataset_spark.py`` before the session stops, as Spark
+leaves its workers unreaped). They run before pairlake's Spark session and again after it (order
+reversed), bracketing it on a machine whose load drifts; their figures are the rounds' means.
 Prints a table and writes ``benchmarks/results/images_stage.json``.
 
-    .venv/bin/python -m benchmarks.bench_images_stage [--urls 2000] [--files 4] [--hosts 4]
+    .venv/bin/python -m benchmarks.bench_images_stage [--urls 2000] [--files 4] [--hosts 4] \
+        [--peers img2dataset,img2dataset-pyspark] [--peer-format parquet] [--peer-rounds 2]
 """
 
 from __future__ import annotations
@@ -24,6 +34,8 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import re
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -31,31 +43,17 @@ from urllib.parse import unquote
 
 import pyarrow as pa
 
-from benchmarks.bench_download import STARTUP_URLS, Server, Settings, cached_images, run_pairlake
+from benchmarks.bench_download import (STARTUP_URLS, Server, Settings, cached_images, run_img2dataset,
+                                       run_img2dataset_process, run_pairlake)
 from benchmarks.machine import describe
-from benchmarks.process_tree import tree_pids
+from benchmarks.peers import peer_python
+from benchmarks.process_tree import tree_cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "images_stage.json"
-
-
-def tree_cpu_s(exclude: set[int]) -> float:
-    """User + system seconds of this process's tree (less ``exclude`` and their subtrees), each
-    process's reaped children included (Spark's Python workers exit and are reaped by its daemon)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    skip: set[int] = set()
-    for pid in exclude:
-        skip.update(tree_pids(pid))
-    for pid in tree_pids():
-        if pid in skip:
-            continue
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += sum(int(v) for v in fields[11:15]) / ticks  # utime, stime, cutime, cstime
-    return total
+PEERS = ("img2dataset", "img2dataset-pyspark")
+SPARK_PEER = "img2dataset-1.47.0-pyspark"
+SPARK_SCRIPT = ROOT / "benchmarks" / "peer_scripts" / "img2dataset_spark.py"
 
 
 def write_candidates(lake, partition: str, urls: list[str]) -> None:
@@ -75,6 +73,44 @@ def write_candidates(lake, partition: str, urls: list[str]) -> None:
     table = pa.table({f.name: columns.get(f.name, pa.nulls(len(urls), f.type)) for f in CANDIDATES.schema},
                      schema=CANDIDATES.schema)
     lake.replace_partitions(CANDIDATES, table, [partition], Lineage(run_id="bench-setup"))
+
+
+def run_peer(peer: str, settings: Settings, url_file: Path, output_format: str) -> dict:
+    """One whole img2dataset process over ``url_file``; for the pyspark one, its start (imports, the
+    JVM, the session) and its ``download`` call apart too."""
+    if peer == "img2dataset":
+        return run_img2dataset(settings, url_file, output_format)
+    program = [str(peer_python(SPARK_PEER)), str(SPARK_SCRIPT), "--distributor=pyspark"]
+    process, outcome = run_img2dataset_process(settings, program, url_file, output_format)
+    inner = json.loads(process.stdout.strip().splitlines()[-1])
+    return {"cpu_s": inner["start_cpu_s"] + inner["download_cpu_s"],
+            "wall_s": inner["start_wall_s"] + inner["download_wall_s"], **outcome,
+            "spark": {**{k: round(v, 2) for k, v in inner.items()},
+                      # the process to its exit (the session's stop), and the CPU wait4 saw of it
+                      "process_wall_s": round(process.wall_s, 2), "process_wait4_cpu_s": round(process.cpu_s, 2)}}
+
+
+def _summarise(runs: list[dict]) -> dict[str, dict]:
+    """A peer's rounds, averaged: its whole process and, on Spark, its start (imports, the JVM, the
+    session: no images yet) and its ``download`` call apart; with their rates."""
+    def mean(key: str, part: str | None = None) -> float:
+        return round(statistics.mean((r["spark"][f"{part}_{key}"] if part else r[key]) for r in runs), 2)
+
+    ok = mean("ok")
+    parts = {"whole": {"ok": ok, "cpu_s": mean("cpu_s"), "wall_s": mean("wall_s")}}
+    if "spark" in runs[0]:
+        parts["start"] = {"cpu_s": mean("cpu_s", "start"), "wall_s": mean("wall_s", "start")}
+        parts["download"] = {"ok": ok, "cpu_s": mean("cpu_s", "download"), "wall_s": mean("wall_s", "download")}
+    for part in parts.values():
+        if "ok" in part:
+            part.update(images_per_s=round(part["ok"] / part["wall_s"], 1),
+                        images_per_cpu_s=round(part["ok"] / part["cpu_s"], 1))
+    return parts
+
+
+def _local_cores(master: str) -> int:
+    match = re.fullmatch(r"local\[(\d+)\]", master)
+    return int(match[1]) if match else os.cpu_count() or 1
 
 
 def _log_phases(lake, version: int, ended: float) -> dict:
@@ -98,7 +134,16 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=4, help="server ports (hosts): the stage's tasks split by host")
     parser.add_argument("--images", type=int, default=200, help="distinct images")
     parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated, of {', '.join(PEERS)}; '': none")
+    # The stage writes its images into Parquet files.
+    parser.add_argument("--peer-format", default="parquet", choices=["parquet", "webdataset", "files", "dummy"],
+                        help="img2dataset output_format")
+    parser.add_argument("--peer-rounds", type=int, default=2, choices=[1, 2],
+                        help="1: the peers after pairlake's runs; 2: before them too")
     args = parser.parse_args()
+    peers = [p for p in args.peers.split(",") if p]
+    if unknown := set(peers) - set(PEERS):
+        parser.error(f"unknown peers: {', '.join(sorted(unknown))}")
 
     from infra.config import load_config
     from infra.delta_store import Lake, Lineage
@@ -134,19 +179,42 @@ def main() -> None:
                 write_candidates(lake, f"small-{k}.warc.gz",
                                  [url(args.urls + k * args.small + i) for i in range(args.small)])
 
+            url_file = Path(tmp) / "urls.txt"
+            url_file.write_text("\n".join(big) + "\n")
+            fields = {**dataclasses.asdict(config.download), "allow_hosts": list(config.download.allow_hosts)}
+            # One img2dataset process per core of the master; its threads = one stage task's concurrency.
+            peer_settings = Settings(None, _local_cores(args.master), config.download.concurrency, 1000, None, fields,
+                                     Path(tmp))
+            peer_runs: dict[str, list[dict]] = {peer: [] for peer in peers}
+
+            def peer_round(order: list[str]) -> None:
+                for peer in order:
+                    before = server.stats()
+                    run = run_peer(peer, peer_settings, url_file, args.peer_format)
+                    after = server.stats()
+                    run.update(server_requests=after["requests"] - before["requests"],
+                               server_cpu_s=round(after["cpu_s"] - before["cpu_s"], 2))
+                    peer_runs[peer].append(run)
+                    print(f"  {peer:<20} {args.urls:>6} URLs: {run['ok']} ok, {run['wall_s']:.1f}s wall, "
+                          f"{run['cpu_s']:.1f} CPU-s", flush=True)
+
+            if args.peer_rounds == 2:
+                peer_round(peers)
+
             exclude = {server.process.pid}
-            cpu, start = tree_cpu_s(exclude), time.perf_counter()
+            cpu, start = tree_cpu_seconds(exclude=exclude), time.perf_counter()
             spark = build_spark_session(config.spark)
             spark.range(1).count()  # the JVM up and a first job through it
-            session = {"wall_s": round(time.perf_counter() - start, 2), "cpu_s": round(tree_cpu_s(exclude) - cpu, 2)}
+            session = {"wall_s": round(time.perf_counter() - start, 2),
+                       "cpu_s": round(tree_cpu_seconds(exclude=exclude) - cpu, 2)}
             print(f"spark session: {session['wall_s']}s wall, {session['cpu_s']} CPU-s", flush=True)
 
             def stage(name: str, parts: list[str], n: int) -> dict:
                 before = server.stats()
-                cpu, start = tree_cpu_s(exclude), time.perf_counter()
+                cpu, start = tree_cpu_seconds(exclude=exclude), time.perf_counter()
                 version, counts = download_images(spark, lake, parts, config.download, Lineage(run_id=f"bench-{name}"))
                 ended, wall = time.time(), time.perf_counter() - start
-                cpu = tree_cpu_s(exclude) - cpu
+                cpu = tree_cpu_seconds(exclude=exclude) - cpu
                 after = server.stats()
                 ok = sum(c.get("images_ok", 0) for c in counts.values())
                 run = {"urls": n, "ok": ok, "failed": sum(c.get("images_failed", 0) for c in counts.values()),
@@ -165,17 +233,28 @@ def main() -> None:
             large = stage("big", partitions, args.urls)
             spark.stop()
             assert lake.read(IMAGES, columns=["uid"]).num_rows == args.urls + 2 * args.small
+            peer_round(peers[::-1])
 
             # download_batch alone, a whole process, on the same URLs and download config.
-            url_file = Path(tmp) / "urls.txt"
-            url_file.write_text("\n".join(big) + "\n")
-            fields = {**dataclasses.asdict(config.download), "allow_hosts": list(config.download.allow_hosts)}
             bare = run_pairlake(Settings(None, 1, 1, 1, None, fields, Path(tmp)), url_file)
             bare["images_per_s"] = round(bare["ok"] / bare["wall_s"], 1)
             bare["images_per_cpu_s"] = round(bare["ok"] / bare["cpu_s"], 1)
         finally:
             server.close()
 
+    # pairlake's stage: the big run, and with its session's start (the peers' whole processes include theirs).
+    stage_runs = {"stage": large, "with start": {"ok": large["ok"], "cpu_s": session["cpu_s"] + large["cpu_s"],
+                                                 "wall_s": session["wall_s"] + large["wall_s"]}}
+    peer_summary = {peer: _summarise(runs) for peer, runs in peer_runs.items()}
+    ratios: dict[str, dict] = {}
+    for peer, parts in peer_summary.items():
+        # like with like: each with its start; the stage's run against the peer's download() call
+        pairs = [("with start", "whole")] + ([("stage", "download")] if "download" in parts else [])
+        for ours, theirs in pairs:
+            a, b = stage_runs[ours], parts[theirs]
+            ratios[f"pairlake {ours} / {peer} {theirs}"] = {
+                "images_per_cpu_s": round(a["ok"] / a["cpu_s"] / (b["ok"] / b["cpu_s"]), 2),
+                "images_per_s": round(a["ok"] / a["wall_s"] / (b["ok"] / b["wall_s"]), 2)}
     marginal_wall = (large["wall_s"] - small["wall_s"]) / max(1, large["ok"] - small["ok"])
     marginal_cpu = (large["cpu_s"] - small["cpu_s"]) / max(1, large["ok"] - small["ok"])
     report = {
@@ -193,18 +272,32 @@ def main() -> None:
                       "bare_download_batch_wall_ms": round(bare["inner"]["batch_wall_s"] / bare["ok"] * 1e3, 2),
                       "bare_download_batch_cpu_ms": round(bare["inner"]["batch_cpu_s"] / bare["ok"] * 1e3, 2)},
         "bare_download_batch": bare,
+        "peers": {"settings": {"output_format": args.peer_format, "rounds": args.peer_rounds,
+                               "processes_count": peer_settings.processes, "thread_count": peer_settings.threads,
+                               "number_sample_per_shard": peer_settings.shard_size, "extract_exif": False,
+                               "compute_hash": "sha256"},
+                  "summary": peer_summary, "runs": peer_runs},
+        "ratios": ratios,
         "machine": describe(load_before, os.getloadavg()),
     }
-    print(f"\n{'run':<26} {'urls':>6} {'ok':>6} {'wall_s':>7} {'job_s':>6} {'commit_s':>8} {'count_s':>7} "
+    print(f"\n{'run':<30} {'urls':>6} {'ok':>6} {'wall_s':>7} {'job_s':>6} {'commit_s':>8} {'count_s':>7} "
           f"{'cpu_s':>7} {'img/s':>7} {'img/cpu-s':>9}")
-    print(f"{'spark session start':<26} {'':>6} {'':>6} {session['wall_s']:>7.1f} {'':>6} {'':>8} {'':>7} "
+    print(f"{'spark session start':<30} {'':>6} {'':>6} {session['wall_s']:>7.1f} {'':>6} {'':>8} {'':>7} "
           f"{session['cpu_s']:>7.1f}")
     for name, r in (("stage, small, first (cold)", cold), ("stage, small partition", small),
                     ("stage, big partitions", large)):
-        print(f"{name:<26} {r['urls']:>6} {r['ok']:>6} {r['wall_s']:>7.1f} {r['job_s']:>6.1f} {r['commit_s']:>8.2f} "
+        print(f"{name:<30} {r['urls']:>6} {r['ok']:>6} {r['wall_s']:>7.1f} {r['job_s']:>6.1f} {r['commit_s']:>8.2f} "
               f"{r['counting_s']:>7.2f} {r['cpu_s']:>7.1f} {r['images_per_s']:>7.1f} {r['images_per_cpu_s']!s:>9}")
-    print(f"{'download_batch alone':<26} {args.urls:>6} {bare['ok']:>6} {bare['wall_s']:>7.1f} {'':>6} {'':>8} "
+    print(f"{'download_batch alone':<30} {args.urls:>6} {bare['ok']:>6} {bare['wall_s']:>7.1f} {'':>6} {'':>8} "
           f"{'':>7} {bare['cpu_s']:>7.1f} {bare['images_per_s']:>7.1f} {bare['images_per_cpu_s']:>9}")
+    for peer, parts in peer_summary.items():
+        for part, r in parts.items():
+            name = peer if len(parts) == 1 else f"{peer}, {part}"
+            urls = args.urls if "ok" in r else ""
+            print(f"{name:<30} {urls:>6} {r.get('ok', ''):>6} {r['wall_s']:>7.1f} {'':>6} {'':>8} {'':>7} "
+                  f"{r['cpu_s']:>7.1f} {r.get('images_per_s', ''):>7} {r.get('images_per_cpu_s', ''):>9}")
+    for name, ratio in ratios.items():
+        print(f"{name}: {ratio['images_per_cpu_s']}x images per CPU-second, {ratio['images_per_s']}x per second")
     print("per image:", json.dumps(report["per_image"]))
     m = report["machine"]
     print(f"machine: {m['cpu']}, {m['cores']} CPUs, {args.master}; load {m['load_before']} before, "

@@ -23,10 +23,13 @@ PEERS_DIR = ROOT / ".cache" / "peers"
 # name -> exact pins. resiliparse pins its fastwarc; 2.0 is the current release, 1.1 the last
 # before its Rust rewrite (measured faster per element here), so both are benchmarked.
 # clip_back imports pkg_resources at start (its front's static files), which setuptools 81 dropped.
+# img2dataset with distributor="pyspark" (the peer of a Spark stage) needs pyspark beside it: the
+# project's pin, so uv's cache of its built wheel serves both.
 PEERS = {
     "fastwarc-2.0.1": ("fastwarc==2.0.1", "resiliparse==2.0.1"),
     "fastwarc-1.1.0": ("fastwarc==1.1.0", "resiliparse==1.1.0"),
     "img2dataset-1.47.0": ("img2dataset==1.47.0",),
+    "img2dataset-1.47.0-pyspark": ("img2dataset==1.47.0", "pyspark==4.3.0"),
     "clip-retrieval-2.45.0": ("clip-retrieval==2.45.0", "setuptools==80.10.2"),
 }
 # A peer's process environment: no proxies for loopback servers, no update checks calling out.
@@ -36,8 +39,9 @@ PEER_ENV = {"no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost"
 # so that neither side's start-up compiles its imports.
 _INSTALL_OPTIONS = ("--only-binary", ":all:", "--compile-bytecode")
 # Exceptions to wheels-only, per peer: clip-retrieval pins fire<0.6, whose releases are sdists only
-# (a pure-Python build).
-_PEER_INSTALL_OPTIONS = {"clip-retrieval-2.45.0": ("--no-binary", "fire")}
+# (a pure-Python build); so are pyspark's (pure Python, Spark's jars inside).
+_PEER_INSTALL_OPTIONS = {"clip-retrieval-2.45.0": ("--no-binary", "fire"),
+                         "img2dataset-1.47.0-pyspark": ("--no-binary", "pyspark")}
 _PROXIES = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 
 

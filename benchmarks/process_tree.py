@@ -4,6 +4,7 @@ workers), read from /proc (Linux): what a local-mode Spark stage really costs th
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -28,16 +29,21 @@ def tree_pids(root: int | None = None) -> list[int]:
     return pids
 
 
-def tree_cpu_seconds(root: int | None = None) -> float:
-    """User + system CPU of the live processes in the tree (finished ones are not counted)."""
+def tree_cpu_seconds(root: int | None = None, exclude: Iterable[int] = ()) -> float:
+    """User + system CPU of the live processes in the tree (less ``exclude`` and their subtrees),
+    each with its reaped children's: Spark's Python workers exit and are reaped by its daemon, so
+    their CPU stays counted. Stdlib only: the peers' scripts use it too."""
     ticks = os.sysconf("SC_CLK_TCK")
+    skip = {pid for excluded in exclude for pid in tree_pids(excluded)}
     total = 0
     for pid in tree_pids(root):
+        if pid in skip:
+            continue
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
+        total += sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
     return total / ticks
 
 

@@ -4,7 +4,8 @@ import importlib
 import sys
 
 BENCHMARKS = [
-    "bench_warc_pairs", "bench_download", "bench_images_stage", "bench_clip_scoring", "bench_shard_export", "bench_delta_commit",
+    "bench_warc_pairs", "bench_download", "bench_images_stage", "bench_dagster_step", "bench_clip_scoring",
+    "bench_shard_export", "bench_delta_commit",
     "bench_near_duplicates", "bench_knn_index", "bench_optout_purge", "bench_slow_hosts",
     "bench_spark_scoring", "bench_release_export", "bench_search_service",
 ]
