@@ -111,7 +111,8 @@ def is_still_lossy_rgb(data: bytes, size: tuple[int, int]) -> bool:
     found = _WebPBitstreamFeatures()
     if lib is None or lib.WebPGetFeaturesInternal(data, len(data), ctypes.byref(found), _WEBP_DECODER_ABI) != 0:
         return False
-    return not found.has_animation and not found.has_alpha and found.format == _LOSSY and (found.width, found.height) == size
+    still_lossy = not found.has_animation and not found.has_alpha and found.format == _LOSSY
+    return still_lossy and (found.width, found.height) == size
 
 
 def decode_rgb(data: bytes, size: tuple[int, int]) -> Image.Image:
