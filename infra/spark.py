@@ -26,7 +26,7 @@ from pyspark.errors.exceptions.captured import PythonException
 from pyspark.sql import DataFrame, SparkSession
 
 from infra.config import ConfigError, InputError, SparkConfig
-from infra import lake_storage
+from infra import lake_storage, spark_cds
 from infra.delta_store import Lake, LakeError, Lineage
 from infra.spark_delta import FORMAT, DeltaDataSource, lineage_option
 from infra.tables import TableSpec
@@ -82,7 +82,7 @@ def build_spark_session(config: SparkConfig) -> SparkSession:
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.arrow_batch_rows))
         .config("spark.sql.execution.arrow.maxBytesPerBatch", str(config.arrow_batch_mb * 2**20))
         .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.driver.extraJavaOptions", "-Dlog4j.rootLogger=WARN")
+        .config("spark.driver.extraJavaOptions", f"-Dlog4j.rootLogger=WARN {spark_cds.java_options()}".strip())
     )
     if config.master.startswith("local"):
         # Executors run this installation: their Python workers fork from a daemon that has the

@@ -16,7 +16,7 @@ import pytest
 from gpu_jobs import demo_model
 from gpu_jobs.demo_heads import ensure_demo_heads
 from gpu_jobs.demo_heads import is_current as heads_are_current
-from infra import s3_server
+from infra import s3_server, spark_cds
 from infra.config import SparkConfig
 from infra.delta_store import Lake
 from infra.local_cluster import LocalStandaloneCluster
@@ -25,10 +25,12 @@ from infra.spark import build_spark_session
 # Every Spark driver the tests start (here, in CLI and Dagster subprocesses), and its executors on
 # the test cluster, compile with the JVM's C1 only: the tests' jobs are small and short, C2's
 # compiling never pays back, and the suite is CPU-bound (Spark-heavy modules: 99-134 -> 71-79
-# CPU-s; the cluster test with C1 executors: 91-97 -> 81-83 CPU-s).
+# CPU-s; the cluster test with C1 executors: 91-97 -> 81-83 CPU-s). These driver options replace
+# build_spark_session's, so they map the class archive `make setup` built too (infra/spark_cds.py).
 os.environ.setdefault(
     "PYSPARK_SUBMIT_ARGS",
-    "--driver-java-options -XX:TieredStopAtLevel=1 --conf spark.executor.extraJavaOptions=-XX:TieredStopAtLevel=1 pyspark-shell",
+    f"--driver-java-options '-XX:TieredStopAtLevel=1 {spark_cds.java_options()}' "
+    "--conf spark.executor.extraJavaOptions=-XX:TieredStopAtLevel=1 pyspark-shell",
 )
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "infra" / "demo_model"
