@@ -77,7 +77,9 @@ if __name__ == "__main__":
     else:
         try:
             print(build())
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-            # Only a speed-up: setup goes on, and sessions start without it.
-            detail = (exc.stderr or b"").decode(errors="replace").strip().splitlines()[-1:] or [str(exc)]
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+            # Only a speed-up: setup goes on, and sessions start without it. OSError: the JVM
+            # exited without writing it (driver options replaced, e.g. by PYSPARK_SUBMIT_ARGS).
+            stderr = getattr(exc, "stderr", None) or b""
+            detail = stderr.decode(errors="replace").strip().splitlines()[-1:] or [str(exc)]
             print(f"no Spark class archive ({detail[0]}): sessions start without it", file=sys.stderr)
