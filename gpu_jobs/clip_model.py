@@ -48,17 +48,18 @@ def register_model_configs() -> None:
     """Make the project's model configs (``gpu_jobs/model_configs/*.json``) known to open_clip, once.
 
     On a cluster's executors the project arrives as a zip (``infra.spark``), where open_clip cannot
-    list a folder: the configs are read through importlib and registered from a temporary copy."""
+    list a folder: the configs are read through importlib and registered from a temporary copy,
+    removed at once (open_clip reads the files when they are added; a worker may exit without atexit)."""
     import open_clip
 
     if MODEL_CONFIG_DIR.is_dir():
         open_clip.add_model_config(MODEL_CONFIG_DIR)
         return
-    copy = Path(tempfile.mkdtemp(prefix="pairlake-model-configs-"))
-    for entry in importlib.resources.files("gpu_jobs").joinpath("model_configs").iterdir():
-        if entry.name.endswith(".json"):
-            (copy / entry.name).write_bytes(entry.read_bytes())
-    open_clip.add_model_config(copy)
+    with tempfile.TemporaryDirectory(prefix="pairlake-model-configs-") as copy:
+        for entry in importlib.resources.files("gpu_jobs").joinpath("model_configs").iterdir():
+            if entry.name.endswith(".json"):
+                (Path(copy) / entry.name).write_bytes(entry.read_bytes())
+        open_clip.add_model_config(copy)
 
 
 def model_config(name: str) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -73,8 +74,9 @@ class LocalStandaloneCluster:
             if any(p.poll() is not None for p in self._procs):
                 break
             time.sleep(0.3)
+        tail = log.read_text(errors="replace")[-2000:]
         self.stop()
-        raise RuntimeError(f"spark {name} did not start; log: {log.read_text(errors='replace')[-2000:]}")
+        raise RuntimeError(f"spark {name} did not start; log: {tail}")
 
     def start(self) -> str:
         try:
@@ -84,6 +86,7 @@ class LocalStandaloneCluster:
             raise
 
     def _start(self) -> str:
+        self.work_dir.mkdir(exist_ok=True)  # stop() removed it
         port = free_port()
         self._spawn(
             "master", "org.apache.spark.deploy.master.Master",
@@ -106,6 +109,7 @@ class LocalStandaloneCluster:
         return self.master_url
 
     def stop(self) -> None:
+        """Stop the JVMs and remove the work directory: its logs and the executors' files."""
         for proc in reversed(self._procs):
             if proc.poll() is None:
                 proc.terminate()
@@ -114,6 +118,7 @@ class LocalStandaloneCluster:
                 except subprocess.TimeoutExpired:
                     proc.kill()
         self._procs.clear()
+        shutil.rmtree(self.work_dir, ignore_errors=True)
 
     def __enter__(self) -> str:
         return self.start()

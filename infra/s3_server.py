@@ -34,6 +34,9 @@ ACCESS_KEY = "pairlake-local"
 SECRET_KEY = "pairlake-local-secret"
 REGION = "us-east-1"
 _PROBE_BUCKET = "pairlake-server-ready"
+# Below this much free disk the server makes its volumes read-only. SeaweedFS's default is 1% of
+# the disk: 2.5 GB free on a 250 GB disk made every bucket unwritable, and start timed out.
+MIN_FREE_BYTES = 256 * 2**20
 
 
 def free_ports(n: int) -> list[int]:
@@ -97,20 +100,27 @@ class LocalS3Server:
 
     ``stop()`` and ``start()`` again (same data directory) model an outage: the objects survive."""
 
-    def __init__(self, data_dir: str | Path | None = None, start_timeout_s: float = 60.0, port: int | None = None):
+    def __init__(self, data_dir: str | Path | None = None, start_timeout_s: float = 60.0, port: int | None = None,
+                 min_free_bytes: int = MIN_FREE_BYTES):
         """``port``: the S3 port (default: a free one; the other services always take free ones).
-        SeaweedFS serves gRPC on the port + 10000, so a given port must leave room for that."""
+        SeaweedFS serves gRPC on the port + 10000, so a given port must leave room for that.
+        ``min_free_bytes``: the free disk under ``data_dir`` below which the server cannot write."""
         if port is not None and not 0 < port <= 65535 - 10000:
             raise ValueError(f"S3 port {port}: the local server also listens on port + 10000, so use 1-{65535 - 10000}")
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="pairlake-s3-"))
         self.start_timeout_s = start_timeout_s
         self.port = port
+        self.min_free_bytes = min_free_bytes
         self._proc: subprocess.Popen[bytes] | None = None
         self._ports: list[int] = []
         self.endpoint: S3Endpoint | None = None
 
     def start(self) -> S3Endpoint:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.data_dir).free
+        if free < self.min_free_bytes:
+            raise RuntimeError(f"the local S3 server needs {self.min_free_bytes / 2**20:.0f} MiB free under "
+                               f"{self.data_dir}; the disk has {free / 2**20:.0f} MiB")
         identities = self.data_dir / "identities.json"
         identities.write_text(json.dumps({"identities": [{
             "name": "pairlake", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
@@ -131,7 +141,7 @@ class LocalS3Server:
              # Small volumes: the default 30 GB each would reserve far more disk than tests write.
              # A fixed number of them (not preallocated): derived from the free disk (0), 24 GB free
              # allowed 93, and each bucket takes 7 at its first write, so the 14th bucket got 500s.
-             "-master.volumeSizeLimitMB=256", "-volume.max=1000"],
+             "-master.volumeSizeLimitMB=256", "-volume.max=1000", f"-volume.minFreeSpace={-(-self.min_free_bytes // 2**20)}MiB"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
@@ -200,7 +210,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, help="the S3 port (default: a free one)")
     parser.add_argument("--bucket", default="pairlake", help="created if missing; the lake goes to s3://BUCKET/lake")
     args = parser.parse_args()
-    serve(args.data_dir, args.port, args.bucket)
+    try:
+        serve(args.data_dir, args.port, args.bucket)
+    except (RuntimeError, ValueError) as exc:
+        raise SystemExit(f"python -m infra.s3_server: {exc}") from None
 
 
 def serve(data_dir: str, port: int | None, bucket: str) -> None:

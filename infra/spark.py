@@ -13,6 +13,7 @@ import importlib
 import json
 import os
 import re
+import shutil
 import socket
 import sys
 import tempfile
@@ -32,15 +33,20 @@ from infra.spark_delta import FORMAT, DeltaDataSource, lineage_option
 from infra.tables import TableSpec
 
 _PROJECT_PACKAGES = ("infra", "spark_jobs", "gpu_jobs")
+_SHIPPED_SUFFIXES = (".py", ".json")
 
 def _project_zip() -> str:
-    """The project's packages zipped, for executors on remote workers that lack the install."""
+    """The project's code zipped, for executors on remote workers that lack the install: its
+    modules and the model configs (data the modules read), not the demo's weights. The zip lives
+    until this process exits: the driver serves it to executors as they start."""
     root = Path(__file__).resolve().parent.parent
-    out = Path(tempfile.mkdtemp(prefix="pairlake-pyfiles-")) / "pairlake.zip"
+    folder = tempfile.mkdtemp(prefix="pairlake-pyfiles-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    out = Path(folder) / "pairlake.zip"
     with zipfile.ZipFile(out, "w") as zf:
         for package in _PROJECT_PACKAGES:
             for path in sorted((root / package).rglob("*")):
-                if path.is_file() and "__pycache__" not in path.parts:
+                if path.suffix in _SHIPPED_SUFFIXES and path.is_file() and "__pycache__" not in path.parts:
                     zf.write(path, path.relative_to(root).as_posix())
     return str(out)
 

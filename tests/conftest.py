@@ -120,8 +120,10 @@ def standalone_cluster(tmp_path_factory) -> Iterator[str]:
         script.write_text(f'#!/bin/sh\necho \'{{"name": "gpu", "addresses": ["{address}"]}}\'\n')
         script.chmod(0o755)
         scripts.append(str(script))
-    with LocalStandaloneCluster(worker_cores=1, worker_memory="1g", workers=2, gpu_discovery=scripts) as master:
+    cluster = LocalStandaloneCluster(worker_cores=1, worker_memory="1g", workers=2, gpu_discovery=scripts)
+    with cluster as master:
         yield master
+    assert not cluster.work_dir.exists()  # the executors' files went with the cluster
 
 
 @pytest.fixture

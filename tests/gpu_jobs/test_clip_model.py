@@ -1,5 +1,9 @@
 import hashlib
+import os
+import shutil
 import socket
+import subprocess
+import sys
 
 import huggingface_hub.constants
 import pytest
@@ -7,6 +11,7 @@ import torch
 
 from gpu_jobs.clip_model import ClipModelError, load_clip, resolve_device
 from infra.config import ClipConfig, ConfigError
+from infra.spark import _project_zip
 
 
 @pytest.fixture
@@ -99,3 +104,17 @@ def test_checkpoint_loads_weights_and_names_model_by_hash(tmp_path):
     for name, tensor in source.model.state_dict().items():
         assert torch.equal(clip.model.state_dict()[name], tensor), name
     assert clip.tokenizer(["a dog"]).shape == (1, 20)  # the demo config's context length
+
+
+def test_an_executor_with_the_project_as_a_zip_finds_the_model_configs_and_leaves_no_copy(tmp_path):
+    """Remote executors import the project from the zip the driver ships (infra.spark)."""
+    shipped = shutil.copy(_project_zip(), tmp_path / "pairlake.zip")
+    executor_tmp = tmp_path / "executor-tmp"
+    executor_tmp.mkdir()
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); import gpu_jobs.clip_model as m; "
+             "print(m.__file__.startswith(sys.argv[1]), m.model_config('pairlake-demo-tiny')['embed_dim'])")
+    result = subprocess.run([sys.executable, "-c", probe, str(shipped)], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path, env={**os.environ, "TMPDIR": str(executor_tmp)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["True", "64"]
+    assert list(executor_tmp.glob("pairlake-model-configs-*")) == []

@@ -1,6 +1,7 @@
 """A local server run in the foreground (``make s3-server``) stops its server when it is stopped,
 by Ctrl-C or by SIGTERM: the server runs in a session of its own and would be left behind."""
 
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,6 +17,17 @@ from infra.s3_server import LocalS3Server, free_ports
 def _answers(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_a_disk_below_the_servers_floor_is_one_line_before_anything_starts(tmp_path):
+    """SeaweedFS makes its volumes read-only below its floor of free disk, and a server that
+    cannot write never became ready: a 60 s wait, then a page of its log."""
+    data = tmp_path / "s3"
+    data.mkdir()
+    floor = shutil.disk_usage(data).total + 1
+    with pytest.raises(RuntimeError, match=r"^the local S3 server needs \d+ MiB free under .*; the disk has \d+ MiB$"):
+        LocalS3Server(data, min_free_bytes=floor).start()
+    assert _weed_processes(data) == []
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["term", "ctrl-c"])
@@ -40,6 +52,20 @@ def test_stopping_the_foreground_s3_server_stops_the_server(tmp_path, stop):
 def test_a_port_without_room_for_its_grpc_neighbour_is_one_line():
     with pytest.raises(ValueError, match=r"port \+ 10000"):
         LocalS3Server(port=60000)
+
+
+def test_a_disk_below_the_servers_floor_is_one_line_before_anything_starts(tmp_path):
+    data = tmp_path / "s3"
+    data.mkdir()
+    floor = shutil.disk_usage(data).total + 1
+    proc = subprocess.run([sys.executable, "-c", f"from infra.s3_server import *; "
+                           f"import sys; sys.argv[1:] = ['{data}']; "
+                           f"import infra.s3_server as m; m.MIN_FREE_BYTES = {floor}; "
+                           f"m.LocalS3Server.__init__.__defaults__ = (None, 60.0, None, {floor}); m.main()"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("python -m infra.s3_server: the local S3 server needs") and proc.stderr.count("\n") == 1
+    assert _weed_processes(data) == []
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["term", "ctrl-c"])

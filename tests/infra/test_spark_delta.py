@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import polars as pl
@@ -14,7 +15,7 @@ import pytest
 
 from infra.config import ConfigError, SparkConfig
 from infra.delta_store import Lake, Lineage
-from infra.spark import build_spark_session, read_table, write_table
+from infra.spark import _project_zip, build_spark_session, read_table, write_table
 from infra.spark_delta import _DeltaWriter
 from infra.tables import STAGE_STATS
 
@@ -116,11 +117,15 @@ def test_a_task_that_outlives_the_abort_removes_its_own_files(tmp_path):
 @pytest.mark.slow
 def test_standalone_cluster_master_and_workers_on_loopback(standalone_cluster, tmp_path):
     driver = Path(__file__).with_name("cluster_driver.py")
+    driver_tmp = tmp_path / "driver-tmp"
+    driver_tmp.mkdir()
     result = subprocess.run(
         [sys.executable, str(driver), standalone_cluster, str(tmp_path / "lake")],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"},
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "TMPDIR": str(driver_tmp)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert list(driver_tmp.glob("pairlake-pyfiles-*")) == []  # the project zip went with its driver
     line = [l for l in result.stdout.splitlines() if l.startswith("counts=")][-1]
     assert "'0': 10000" in line and "'1': 10000" in line
     lake = Lake(str(tmp_path / "lake"))
@@ -132,6 +137,13 @@ def test_standalone_cluster_master_and_workers_on_loopback(standalone_cluster, t
     assert lake.lineage(STAGE_STATS).run_id == "cluster-run-3"
     rows = lake.read(STAGE_STATS)
     assert rows.num_rows == 20000 and len(set(rows["metric"].to_pylist())) == 20000
+
+
+def test_executors_get_the_projects_code_and_model_configs_not_the_demos_weights():
+    with zipfile.ZipFile(_project_zip()) as shipped:
+        names = set(shipped.namelist())
+    assert {"infra/spark_delta.py", "spark_jobs/download/libwebp.py", "gpu_jobs/model_configs/pairlake-demo-tiny.json"} <= names
+    assert not [name for name in names if name.endswith(".pt") or "__pycache__" in name]
 
 
 def test_a_master_nobody_answers_is_one_line_at_once():
