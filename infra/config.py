@@ -119,6 +119,9 @@ class ExtractConfig:
     read_retries: int = 5
     read_backoff_s: float = 1.0
     read_timeout_s: float = 60.0
+    # A task holds at most this many of a file's pairs (and rejects) before passing them on: its
+    # memory is set here, not by the size of the WARC file (a Common Crawl file has ~600k pairs).
+    batch_rows: int = 50_000
 
 
 @dataclass(frozen=True)
@@ -566,6 +569,8 @@ def _validate(config: PairlakeConfig) -> None:
         raise ConfigError("config extract.min_caption_chars must not exceed extract.max_caption_chars")
     if ex.read_timeout_s <= 0:
         raise ConfigError("config extract.read_timeout_s must be positive")
+    if ex.batch_rows < 1:
+        raise ConfigError("config extract.batch_rows must be at least 1")
     if dl.resize_mode not in _RESIZE_MODES:
         raise ConfigError(f"config download.resize_mode must be one of {', '.join(_RESIZE_MODES)}, got {dl.resize_mode!r}")
     if dl.encode_format not in ("jpg", "png", "webp"):

@@ -490,6 +490,9 @@ class Lake:
             values = sorted(set(replace_partitions))
             if not spec.partition_by or not values:
                 raise LakeError(f"replace_partitions needs a partitioned table and partition values ({spec.name})")
+            stray = {a.partition_values.get(spec.partition_by[0]) for a in add_actions} - set(values)
+            if stray:
+                raise LakeError(f"rows for {spec.name} fall outside the partitions being replaced: {sorted(map(str, stray))[:3]}")
             table.create_write_transaction(
                 add_actions, mode="overwrite", schema=schema, partition_by=partition_by,
                 partition_filters=[(spec.partition_by[0], "in", values)], commit_properties=props,

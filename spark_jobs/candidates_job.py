@@ -1,10 +1,11 @@
 """Candidate pairs on Spark: one task per WARC file, uid dedup within the run and across partitions.
 
-Each task runs ``extract_pairs`` on one file and emits its pairs plus, as side rows, its rejects and
-counters; the driver writes pairs through the Delta data source (one commit replacing exactly the
+Each task streams one file through ``WarcExtraction`` and emits its pairs plus, as side rows, its
+rejects and counters; the driver writes pairs through the Delta data source (one commit replacing exactly the
 run's partitions) and the small side tables through delta-rs. A file that cannot be read (missing,
 retries exhausted, not a WARC) is a failed partition, not a failed job: the task emits one side row
-saying why, and that partition is left as stored while the other files' pairs are committed.
+saying why (after whatever the file gave before it failed, which is dropped), and that partition is
+left as stored while the other files' pairs are committed.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from infra.removal_fence import REMOVAL_SOURCE
 from infra.spark import read_table, write_table
 from infra.tables import CANDIDATES, WARC_REJECTS
 from spark_jobs.blocklist import url_matches
-from spark_jobs.warc_pairs import extract_pairs
+from spark_jobs.warc_pairs import WarcExtraction
 
 # Side rows travel in the same Arrow stream as the pairs: kind "pair", "reject", "counts" or "failed".
 # Side rows leave the pair columns empty, so every column is nullable here.
@@ -59,18 +60,20 @@ def _extract_task(crawl_id: str, config: ExtractConfig, storage: StorageOptions 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for row in batch.to_pylist():
+                extraction = WarcExtraction(row["uri"], row["warc_file"], crawl_id, config, storage)
                 try:
-                    result = extract_pairs(row["uri"], row["warc_file"], crawl_id, config, storage)
-                except (OSError, ValueError) as exc:  # what extract_pairs raises for an unreadable file
+                    for kind, found in extraction:
+                        if kind == "pairs":
+                            yield pa.RecordBatch.from_arrays(
+                                [*found.columns, pa.array(["pair"] * found.num_rows, pa.string()),
+                                 pa.nulls(found.num_rows, pa.string())], schema=_OUT_SCHEMA)
+                        else:
+                            yield _side_rows(row["warc_file"], [("reject", json.dumps(r, default=str))
+                                                                for r in found.to_pylist()])
+                except (OSError, ValueError) as exc:  # what WarcExtraction raises for an unreadable file
                     yield _side_rows(row["warc_file"], [("failed", " ".join(str(exc).split()))])
                     continue
-                pairs = result.pairs
-                yield from pairs.append_column("kind", pa.array(["pair"] * pairs.num_rows, pa.string())).append_column(
-                    "payload", pa.nulls(pairs.num_rows, pa.string())
-                ).cast(_OUT_SCHEMA).to_batches()
-                side = [("reject", json.dumps(r, default=str)) for r in result.rejects.to_pylist()]
-                side.append(("counts", json.dumps(result.counts)))
-                yield _side_rows(row["warc_file"], side)
+                yield _side_rows(row["warc_file"], [("counts", json.dumps(extraction.counts))])
 
     return run
 
@@ -98,9 +101,13 @@ def build_candidates(
         # Only the partitions of files read whole are replaced: replacing a failed file's partition
         # with nothing would delete the pairs an earlier run stored for it.
         names = [f.warc_file for f in warc_files if f.warc_file not in failed]
-        pairs = extracted.where("kind = 'pair'").select(*CANDIDATES.schema.names)
-        # Within the run the earliest (file, offset) keeps a uid; a uid already stored by another
-        # partition stays there, so re-running a partition never moves or duplicates a pair.
+        pairs = extracted.where("kind = 'pair'")
+        if failed:  # a failed file's pairs read before it failed must not take a uid from another file
+            pairs = pairs.where(~F.col("warc_file").isin(list(failed)))
+        pairs = pairs.select(*CANDIDATES.schema.names)
+        # Within the run the earliest (file, offset) keeps a uid, whether it repeats on a later page
+        # or in another file; a uid already stored by another partition stays there, so re-running
+        # a partition never moves or duplicates a pair.
         first = Window.partitionBy("uid").orderBy("warc_file", "record_offset")
         unique = pairs.withColumn("_n", F.row_number().over(first)).where("_n = 1").drop("_n")
         elsewhere = read_table(spark, lake, CANDIDATES, columns=["uid", "warc_file"]).where(~F.col("warc_file").isin(names)).select("uid")
@@ -127,11 +134,11 @@ def build_candidates(
     for row in side:
         if row["kind"] == "counts":
             counts[row["warc_file"]].update(json.loads(row["payload"]))
-        elif row["kind"] == "reject":
+        elif row["kind"] == "reject" and row["warc_file"] not in failed:
             rejects.append(json.loads(row["payload"]))
     for name in names:
         counts[name]["removed_by_request"] = opted_per_file.get(name, 0)
-        counts[name]["duplicate_uid_across_files"] = (
+        counts[name]["duplicate_uid_across_pages"] = (
             per_file.get(name, 0) - kept_per_file.get(name, 0) - opted_per_file.get(name, 0)
         )
         counts[name]["candidates"] = kept_per_file.get(name, 0)

@@ -7,7 +7,9 @@ record-gzipped WARC) raises: that is the caller's error, not a skip.
 
 Per file: gzip members → WARC records (warc_reader) → HTTP head and body (http_response) → UTF-8
 page (page_charset) → <img> candidates and the page's own opt-out signal (html_images; a page over
-the parse budget is a reject) → uid dedup → Arrow tables built once from column lists. Captions'
+the parse budget is a reject) → uid dedup within the page → Arrow batches of ``batch_rows`` pairs,
+passed on as they fill, so that memory does not grow with the file. A pair repeated on later pages
+or in other files is dropped by the candidates stage, which sees the whole run. Captions'
 languages are identified later, for the kept pairs only (``kept_set``): most candidates never get
 that far.
 """
@@ -18,6 +20,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Iterator, Literal
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -52,7 +55,7 @@ COUNTERS = (
     "non_http_url",
     "caption_too_short",
     "caption_too_long",
-    "duplicate_uid",
+    "duplicate_uid",  # repeated on its page; repeats across pages: the candidates stage
     # pairs (of "pairs") whose page opts its images out: optout_signal meta-robots / tdm-meta
     "optout_meta_robots",
     "optout_tdm_meta",
@@ -76,32 +79,70 @@ def pair_uid(url: str, caption: str) -> str:
 
 @dataclass
 class ExtractResult:
-    pairs: pa.Table  # CANDIDATES.schema, unique by uid
+    pairs: pa.Table  # CANDIDATES.schema, in file order, unique by uid within each page
     rejects: pa.Table  # WARC_REJECTS.schema
     counts: dict[str, int]
 
 
-class _Extraction:
-    """Per-file state: column lists that become the Arrow tables at the end."""
+_PAIR_COLUMNS = ("uid", "url", "caption", "page_url", "record_offset", "fetch_date", "optout_signal")
+_REJECT_COLUMNS = ("record_offset", "page_url", "reason", "detail")
+Batch = tuple[Literal["pairs", "rejects"], pa.RecordBatch]
 
-    def __init__(self, warc_file: str, config: ExtractConfig) -> None:
+
+class WarcExtraction:
+    """One WARC file's extraction, streamed: iterating yields ("pairs", CANDIDATES batch) and
+    ("rejects", WARC_REJECTS batch) in file order, each of at most ``config.batch_rows`` rows;
+    ``counts`` is complete once the iteration ends.
+
+    Raises FileNotFoundError / OSError naming the file when it cannot be opened or read, and
+    ValueError for an uncompressed WARC or a file that is not a WARC at all; batches yielded
+    before such an error belong to a file that was not read whole.
+    """
+
+    def __init__(self, warc_uri: str, warc_file: str, crawl_id: str, config: ExtractConfig,
+                 storage: StorageOptions | None = None) -> None:
+        self.warc_uri = warc_uri
         self.warc_file = warc_file
+        self.crawl_id = crawl_id
         self.config = config
+        self.storage = storage
         self.counts = dict.fromkeys(COUNTERS, 0)
-        self.seen: set[str] = set()
-        self.pairs: dict[str, list] = {
-            n: [] for n in ("uid", "url", "caption", "page_url", "record_offset", "fetch_date", "optout_signal")
-        }
-        self.rejects: dict[str, list] = {n: [] for n in ("record_offset", "page_url", "reason", "detail")}
+        self._pairs: dict[str, list] = {n: [] for n in _PAIR_COLUMNS}
+        self._rejects: dict[str, list] = {n: [] for n in _REJECT_COLUMNS}
 
-    def reject(self, offset: int, page_url: str | None, reason: str, detail: str) -> None:
+    def __iter__(self) -> Iterator[Batch]:
+        max_block = self.config.max_page_bytes + _HTTP_HEAD_ROOM
+        limit = self.config.batch_rows
+        try:
+            with open_warc(self.warc_uri, self.config, self.storage) as fh:
+                for item in read_records(fh, max_block):
+                    if isinstance(item, RecordError):
+                        self._reject(item.offset, item.target_uri, item.reason, item.detail)
+                    else:
+                        self._record(item)
+                    if len(self._pairs["uid"]) >= limit:
+                        yield "pairs", self._pair_batch()
+                    if len(self._rejects["reason"]) >= limit:
+                        yield "rejects", self._reject_batch()
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"WARC file not found: {self.warc_uri}") from exc
+        except OSError as exc:
+            raise OSError(f"cannot read WARC file {self.warc_uri}: {exc}") from exc
+        except ValueError as exc:
+            raise ValueError(f"{self.warc_uri}: {exc}") from exc
+        if self._pairs["uid"]:
+            yield "pairs", self._pair_batch()
+        if self._rejects["reason"]:
+            yield "rejects", self._reject_batch()
+
+    def _reject(self, offset: int, page_url: str | None, reason: str, detail: str) -> None:
         self.counts[reason] += 1
-        self.rejects["record_offset"].append(offset)
-        self.rejects["page_url"].append(page_url)
-        self.rejects["reason"].append(reason)
-        self.rejects["detail"].append(detail[:_DETAIL_CHARS])
+        self._rejects["record_offset"].append(offset)
+        self._rejects["page_url"].append(page_url)
+        self._rejects["reason"].append(reason)
+        self._rejects["detail"].append(detail[:_DETAIL_CHARS])
 
-    def record(self, record: WarcRecord) -> None:
+    def _record(self, record: WarcRecord) -> None:
         counts = self.counts
         counts["records"] += 1
         if record.warc_type != "response":
@@ -116,7 +157,7 @@ class _Extraction:
         try:
             response = parse_head(block)
         except BadHttpHeaders as exc:
-            self.reject(record.offset, page_url, "bad_http_headers", str(exc))
+            self._reject(record.offset, page_url, "bad_http_headers", str(exc))
             return
         content_type = response.headers.get("content-type", "")
         if content_type:
@@ -141,24 +182,25 @@ class _Extraction:
             counts["page_too_large"] += 1
             return
         except (UndecodableBody, UndecodablePage) as exc:
-            self.reject(record.offset, page_url, "undecodable_page", str(exc))
+            self._reject(record.offset, page_url, "undecodable_page", str(exc))
             return
         try:
             found = page_images(page, page_url, self.config, counts)
         except PageTooComplex as exc:
-            self.reject(record.offset, page_url, "page_too_complex", str(exc))
+            self._reject(record.offset, page_url, "page_too_complex", str(exc))
             return
         if found.pairs:
             self._add_pairs(found, record.offset, page_url, _parse_warc_date(headers.get("warc-date")))
 
     def _add_pairs(self, found: PageImages, offset: int, page_url: str, fetch_date: datetime | None) -> None:
-        cols = self.pairs
+        cols = self._pairs
+        seen: set[str] = set()  # a page's own repeats; bounded by the page
         for url, caption in found.pairs:
             uid = pair_uid(url, caption)
-            if uid in self.seen:
+            if uid in seen:
                 self.counts["duplicate_uid"] += 1
                 continue
-            self.seen.add(uid)
+            seen.add(uid)
             cols["uid"].append(uid)
             cols["url"].append(url)
             cols["caption"].append(caption)
@@ -166,20 +208,20 @@ class _Extraction:
             cols["record_offset"].append(offset)
             cols["fetch_date"].append(fetch_date)
             cols["optout_signal"].append(found.optout)
+            self.counts["pairs"] += 1
             if found.optout:
                 self.counts[_SIGNAL_COUNTERS[found.optout]] += 1
 
-    def result(self, crawl_id: str) -> ExtractResult:
-        cols = self.pairs
+    def _pair_batch(self) -> pa.RecordBatch:
+        cols, self._pairs = self._pairs, {n: [] for n in _PAIR_COLUMNS}
         n = len(cols["uid"])
-        self.counts["pairs"] = n
-        pairs = pa.Table.from_arrays(
+        return pa.RecordBatch.from_arrays(
             [
                 pa.array(cols["uid"], pa.string()),
                 pa.array(cols["url"], pa.string()),
                 pa.array(cols["caption"], pa.string()),
                 pa.array(cols["page_url"], pa.string()),
-                pa.repeat(pa.scalar(crawl_id, pa.string()), n),
+                pa.repeat(pa.scalar(self.crawl_id, pa.string()), n),
                 pa.repeat(pa.scalar(self.warc_file, pa.string()), n),
                 pa.array(cols["record_offset"], pa.int64()),
                 pa.array(cols["fetch_date"], CANDIDATES.schema.field("fetch_date").type),
@@ -187,8 +229,10 @@ class _Extraction:
             ],
             schema=CANDIDATES.schema,
         )
-        r = self.rejects
-        rejects = pa.Table.from_arrays(
+
+    def _reject_batch(self) -> pa.RecordBatch:
+        r, self._rejects = self._rejects, {n: [] for n in _REJECT_COLUMNS}
+        return pa.RecordBatch.from_arrays(
             [
                 pa.repeat(pa.scalar(self.warc_file, pa.string()), len(r["reason"])),
                 pa.array(r["record_offset"], pa.int64()),
@@ -198,7 +242,6 @@ class _Extraction:
             ],
             schema=WARC_REJECTS.schema,
         )
-        return ExtractResult(pairs, rejects, self.counts)
 
 
 def _looks_like_html(body_start: bytes) -> bool:
@@ -217,28 +260,14 @@ def _parse_warc_date(value: str | None) -> datetime | None:
 
 def extract_pairs(warc_uri: str, warc_file: str, crawl_id: str, config: ExtractConfig,
                   storage: StorageOptions | None = None) -> ExtractResult:
-    """Candidate pairs, rejects and counts of one WARC file (a local path, s3:// reached with
-    ``storage``, http(s) or another fsspec URL).
-
-    Raises FileNotFoundError / OSError naming the file when it cannot be opened or read, and
-    ValueError for an uncompressed WARC or a file that is not a WARC at all.
-    """
-    extraction = _Extraction(warc_file, config)
-    max_block = config.max_page_bytes + _HTTP_HEAD_ROOM
-    try:
-        with open_warc(warc_uri, config, storage) as fh:
-            for item in read_records(fh, max_block):
-                if isinstance(item, RecordError):
-                    extraction.reject(item.offset, item.target_uri, item.reason, item.detail)
-                else:
-                    extraction.record(item)
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"WARC file not found: {warc_uri}") from exc
-    except OSError as exc:
-        raise OSError(f"cannot read WARC file {warc_uri}: {exc}") from exc
-    except ValueError as exc:
-        raise ValueError(f"{warc_uri}: {exc}") from exc
-    return extraction.result(crawl_id)
+    """One WARC file's pairs, rejects and counts, gathered in memory: for a file known to be small
+    (tests, a look at one file). Jobs stream ``WarcExtraction``. Raises as it does."""
+    extraction = WarcExtraction(warc_uri, warc_file, crawl_id, config, storage)
+    batches: dict[str, list[pa.RecordBatch]] = {"pairs": [], "rejects": []}
+    for kind, batch in extraction:
+        batches[kind].append(batch)
+    return ExtractResult(pa.Table.from_batches(batches["pairs"], CANDIDATES.schema),
+                         pa.Table.from_batches(batches["rejects"], WARC_REJECTS.schema), extraction.counts)
 
 
 def warc_file_name(warc_uri: str) -> str:
@@ -247,8 +276,9 @@ def warc_file_name(warc_uri: str) -> str:
 
 
 def write_pairs_parquet(warc_uris: list[str], out: str, crawl_id: str, config: ExtractConfig) -> dict[str, int]:
-    """Extract each file into one Parquet file of CANDIDATES rows (unique by uid per WARC file) at the
-    local path ``out``; returns the counts summed over the files.
+    """Extract each file into one Parquet file of CANDIDATES rows (unique by uid within each page;
+    the candidates stage drops repeats across pages) at the local path ``out``, a row group per
+    ``config.batch_rows`` pairs; returns the counts summed over the files.
 
     ``out`` is written whole or not at all (a temporary file beside it, renamed at the end). Raises
     InputError, writing nothing, for an input that is missing, a directory or not a record-gzipped
@@ -258,12 +288,14 @@ def write_pairs_parquet(warc_uris: list[str], out: str, crawl_id: str, config: E
     totals = dict.fromkeys(COUNTERS, 0)
     with atomic_output(os.path.abspath(out)) as fh, pq.ParquetWriter(fh, CANDIDATES.schema) as writer:
         for uri in warc_uris:
+            extraction = WarcExtraction(uri, warc_file_name(uri), crawl_id, config)
             try:
-                result = extract_pairs(uri, warc_file_name(uri), crawl_id, config)
+                for kind, batch in extraction:
+                    if kind == "pairs":
+                        writer.write_batch(batch)
             except (FileNotFoundError, IsADirectoryError, ValueError) as exc:
                 raise InputError(str(exc)) from None
-            writer.write_table(result.pairs)
-            for counter, value in result.counts.items():
+            for counter, value in extraction.counts.items():
                 totals[counter] += value
     return totals
 

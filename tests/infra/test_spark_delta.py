@@ -69,6 +69,18 @@ def test_tables_written_by_spark_open_in_independent_readers(spark, tmp_path):
     assert lake.read(STAGE_STATS).num_rows == 999
 
 
+def test_rows_outside_the_partitions_being_replaced_commit_nothing_and_leave_no_files(spark, tmp_path):
+    """As delta-rs writes refuse them (Lake.replace_partitions): a stray partition's rows would be
+    added to it without replacing it, where a re-run would then duplicate them."""
+    lake = Lake(str(tmp_path))
+    write_table(stats_frame(spark, 300), lake, STAGE_STATS, Lineage(), replace_partitions=["0", "1", "2"])
+    table_dir = Path(lake.uri(STAGE_STATS))
+    before = data_files(table_dir)
+    with pytest.raises(Exception, match=r"fall outside the partitions being replaced: \['2'\]"):
+        write_table(stats_frame(spark, 300), lake, STAGE_STATS, Lineage(), replace_partitions=["0", "1"])
+    assert lake.version(STAGE_STATS) == 0 and data_files(table_dir) == before
+
+
 def test_partitioned_table_refuses_an_unnamed_full_overwrite(spark, tmp_path):
     with pytest.raises(ValueError, match="name the partitions"):
         write_table(stats_frame(spark, 10), Lake(str(tmp_path)), STAGE_STATS, Lineage())

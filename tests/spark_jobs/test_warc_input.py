@@ -187,6 +187,32 @@ def test_an_unreadable_file_fails_its_partition_only_and_a_rerun_heals_it(spark,
     assert _tables(lake) == stored
 
 
+def test_a_file_that_fails_midway_leaves_no_pair_or_reject_and_takes_no_uid(spark, crawl, tmp_path):
+    """Pairs stream out of a task in batches before its file is read whole; a file that then fails
+    must not keep them, nor win a uid from a file read whole (its name sorts first here)."""
+    lake = Lake(str(tmp_path / "lake"))
+    good = tmp_path / crawl.warcs[2].name
+    body = crawl.warcs[2].read_bytes() * 2  # every page twice: each pair repeats on a later page
+    good.write_bytes(body)
+    copy = "a-copy.warc.gz"
+    config = dataclasses.replace(FAST, batch_rows=5)
+    with WarcServer({f"/{copy}": body, f"/{good.name}": body}) as server:
+        server.faults[f"/{copy}"] = ["drop", "503", "503", "503"]  # half the file arrives, then it gives up
+        files = [WarcFile(copy, f"{server.url}/{copy}", None), WarcFile(good.name, f"{server.url}/{good.name}", None)]
+        outcome = build_candidates(spark, lake, files, CRAWL_ID, config, Lineage())
+    assert list(outcome.failed) == [copy]
+    whole = extract_pairs(str(good), good.name, CRAWL_ID, FAST)
+    uids = whole.pairs["uid"].to_pylist()
+    stored = lake.read(CANDIDATES)
+    assert set(stored["warc_file"].to_pylist()) == {good.name}
+    assert sorted(stored["uid"].to_pylist()) == sorted(set(uids))
+    assert set(lake.read(WARC_REJECTS)["warc_file"].to_pylist()) <= {good.name}
+    # A pair repeated on a later page of the file is stored once, and counted.
+    assert len(uids) == 2 * len(set(uids)) > 0
+    assert outcome.counts[good.name]["duplicate_uid_across_pages"] == len(uids) - len(set(uids))
+    assert outcome.counts[good.name]["candidates"] == len(set(uids))
+
+
 @pytest.mark.parametrize(
     "line, message",
     [("read_timeout_s = 0", "extract.read_timeout_s must be positive"), ("read_retries = -1", "read_retries must be >= 0")],

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import fsspec
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from warcio.archiveiterator import ArchiveIterator
@@ -22,7 +23,7 @@ from warcio.warcwriter import WARCWriter
 from infra.config import ExtractConfig
 from infra.tables import CANDIDATES, WARC_REJECTS
 from spark_jobs.html_images import _PageResolver, resolve_url
-from spark_jobs.warc_pairs import COUNTERS, extract_pairs, pair_uid, warc_file_name, write_pairs_parquet
+from spark_jobs.warc_pairs import COUNTERS, WarcExtraction, extract_pairs, pair_uid, warc_file_name, write_pairs_parquet
 
 CONFIG = ExtractConfig()
 PAGE = "https://www.example.com/blog/post.html"
@@ -254,19 +255,36 @@ def test_caption_length_bounds(tmp_path):
     assert (result.counts["caption_too_short"], result.counts["caption_too_long"]) == (2, 1)
 
 
-def test_pair_uid_is_stable_and_dedup_keeps_first_occurrence(tmp_path):
+def test_pair_uid_is_stable_and_a_page_keeps_its_first_occurrence(tmp_path):
     assert pair_uid("https://a/x.jpg", "café") == hashlib.sha256("https://a/x.jpg\ncafé".encode()).hexdigest()[:32]
     assert len(pair_uid("u", "c")) == 32
     first = html("<img src='/x.jpg' alt='a red bicycle'><img src='/x.jpg' alt='a red bicycle'>")
     second = html("<img src='https://www.example.com/x.jpg' alt='a  red bicycle'><img src='/x.jpg' alt='a blue bicycle'>")
     result = extract(tmp_path, [response_member(PAGE, first), response_member("https://www.example.com/other", second)])
     rows = result.pairs.to_pylist()
+    # Repeats on a later page are left to the candidates stage, which sees every file of the run.
     assert [(r["caption"], r["page_url"]) for r in rows] == [
-        ("a red bicycle", PAGE), ("a blue bicycle", "https://www.example.com/other")
+        ("a red bicycle", PAGE), ("a red bicycle", "https://www.example.com/other"),
+        ("a blue bicycle", "https://www.example.com/other"),
     ]
-    assert rows[0]["uid"] == pair_uid("https://www.example.com/x.jpg", "a red bicycle")
-    assert result.counts["duplicate_uid"] == 2
+    assert rows[0]["uid"] == rows[1]["uid"] == pair_uid("https://www.example.com/x.jpg", "a red bicycle")
+    assert result.counts["duplicate_uid"] == 1
     assert_funnel(result.counts)
+
+
+def test_a_file_streams_in_batches_of_batch_rows_and_gathers_to_the_same_table(tmp_path):
+    pages = [response_member(f"https://www.example.com/p{i}", html("".join(
+        f"<img src='/{i}-{j}.jpg' alt='picture {i} {j}'>" for j in range(7)))) for i in range(10)]
+    pages.insert(4, gzip.compress(b"garbage that is not a WARC record"))
+    path = tmp_path / "t.warc.gz"
+    write_warc(path, pages)
+    whole = extract_pairs(str(path), path.name, "CC-TEST", CONFIG)
+    streamed = list(WarcExtraction(str(path), path.name, "CC-TEST", ExtractConfig(batch_rows=8)))
+    sizes = [batch.num_rows for kind, batch in streamed if kind == "pairs"]
+    assert max(sizes) <= 14 and sum(sizes) == whole.pairs.num_rows == 70  # a page's pairs go in whole
+    assert pa.Table.from_batches([b for k, b in streamed if k == "pairs"]).equals(whole.pairs)
+    assert pa.Table.from_batches([b for k, b in streamed if k == "rejects"]).equals(whole.rejects)
+    assert whole.rejects.num_rows == 1
 
 
 def test_provenance_offsets_match_warcio_and_schemas_are_exact(tmp_path):
