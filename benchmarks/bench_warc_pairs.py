@@ -183,6 +183,7 @@ def _results(args: argparse.Namespace, crawl: CrawlFiles, truth: list, sides: li
             "wall_s": wall,
             "pages_per_cpu_s": round(pages / cpu),
             "pages_per_s_wall": round(pages / wall),
+            "peak_rss_mb": _median(runs[side.name], "peak_rss_mb"),
             "start": {"cpu_s": start_cpu, "wall_s": _median(start_runs[side.name], "wall_s")},
             "cpu_s_without_start": round(cpu - start_cpu, 3),
             "pages_seen": runs[side.name][-1]["pages"],
@@ -233,12 +234,13 @@ def _print_table(r: dict) -> None:
     print(f"\n{c['file']}: {c['html_pages']} HTML pages ({c['legacy_pages']} legacy-charset), {c['html_mb']} MB of "
           f"HTML, {c['compressed_mb']} MB gzipped, {c['records']} records, {c['truth_pairs']} truth pairs")
     print(f"median of {r['repeat']} alternating whole-process runs; CPU = user+sys of the process (wait4)")
-    print(f"{'side':16}{'CPU s':>8}{'wall s':>8}{'pages/CPU-s':>13}{'start CPU s':>13}"
+    print(f"{'side':16}{'CPU s':>8}{'wall s':>8}{'pages/CPU-s':>13}{'peak MB':>9}{'start CPU s':>13}"
           f"{'CPU w/o start':>15}{'pairlake/it CPU':>17}{'(w/o start)':>13}")
     for name, s in r["sides"].items():
         ratio = r["ratios"].get(f"pairlake/{name}")
         ratio_text = f"{ratio['cpu']:>17.2f}{ratio['cpu_without_start']:>13.2f}" if ratio else f"{'-':>17}{'-':>13}"
-        print(f"{name:16}{s['cpu_s']:>8.2f}{s['wall_s']:>8.2f}{s['pages_per_cpu_s']:>13}{s['start']['cpu_s']:>13.2f}"
+        print(f"{name:16}{s['cpu_s']:>8.2f}{s['wall_s']:>8.2f}{s['pages_per_cpu_s']:>13}{s['peak_rss_mb']:>9.0f}"
+              f"{s['start']['cpu_s']:>13.2f}"
               f"{s['cpu_s_without_start']:>15.2f}{ratio_text}")
     print(f"\naccuracy, % ({r['scoring']})")
     print(f"{'side':16}{'pairs raw':>10}{'scored':>8}   {'P':>5} {'R':>5} | {'no lazy P':>9} {'R':>5} | "

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Iterator, Literal
 from urllib.parse import urlsplit
 
@@ -70,6 +70,8 @@ _SIGNAL_COUNTERS = {META_ROBOTS: "optout_meta_robots", TDM_META: "optout_tdm_met
 # Room for the HTTP status line and headers on top of max_page_bytes of body.
 _HTTP_HEAD_ROOM = 1 << 16
 _DETAIL_CHARS = 200
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def pair_uid(url: str, caption: str) -> str:
@@ -190,9 +192,9 @@ class WarcExtraction:
             self._reject(record.offset, page_url, "page_too_complex", str(exc))
             return
         if found.pairs:
-            self._add_pairs(found, record.offset, page_url, _parse_warc_date(headers.get("warc-date")))
+            self._add_pairs(found, record.offset, page_url, _warc_date_us(headers.get("warc-date")))
 
-    def _add_pairs(self, found: PageImages, offset: int, page_url: str, fetch_date: datetime | None) -> None:
+    def _add_pairs(self, found: PageImages, offset: int, page_url: str, fetch_date: int | None) -> None:
         cols = self._pairs
         seen: set[str] = set()  # a page's own repeats; bounded by the page
         for url, caption in found.pairs:
@@ -224,7 +226,8 @@ class WarcExtraction:
                 pa.repeat(pa.scalar(self.crawl_id, pa.string()), n),
                 pa.repeat(pa.scalar(self.warc_file, pa.string()), n),
                 pa.array(cols["record_offset"], pa.int64()),
-                pa.array(cols["fetch_date"], CANDIDATES.schema.field("fetch_date").type),
+                # As integers: pyarrow converts datetime objects at ~6 µs each, 8% of the extraction.
+                pa.array(cols["fetch_date"], pa.int64()).cast(CANDIDATES.schema.field("fetch_date").type),
                 pa.array(cols["optout_signal"], pa.string()),
             ],
             schema=CANDIDATES.schema,
@@ -248,14 +251,15 @@ def _looks_like_html(body_start: bytes) -> bool:
     return body_start.lstrip().lower().startswith((b"<!doctype html", b"<html"))
 
 
-def _parse_warc_date(value: str | None) -> datetime | None:
+def _warc_date_us(value: str | None) -> int | None:
+    """WARC-Date as microseconds since the epoch (UTC when it names no zone); None if absent or unreadable."""
     if not value:
         return None
     try:
         date = datetime.fromisoformat(value)
     except ValueError:
         return None
-    return date.replace(tzinfo=UTC) if date.tzinfo is None else date
+    return ((date.replace(tzinfo=UTC) if date.tzinfo is None else date) - _EPOCH) // _MICROSECOND
 
 
 def extract_pairs(warc_uri: str, warc_file: str, crawl_id: str, config: ExtractConfig,

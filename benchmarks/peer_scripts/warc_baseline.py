@@ -3,7 +3,7 @@
 Run by a peer virtualenv's Python (benchmarks/peers.py): stdlib, fastwarc and resiliparse only, and
 the same code for fastwarc/resiliparse 1.1.0 and 2.0.1.
 
-    python warc_baseline.py CRAWL.warc.gz PAIRS.jsonl   # prints {"pages": ..., "pairs": ...}
+    python warc_baseline.py CRAWL.warc.gz PAIRS.jsonl   # prints {"pages": ..., "pairs": ..., "peak_rss_mb": ...}
 
 Every HTML response with status 200: charset from the HTTP header, else detected (a <meta> first);
 the first <base href>; each <img> with a src and a non-empty alt becomes (absolute URL without
@@ -18,6 +18,8 @@ from urllib.parse import urljoin
 
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 from resiliparse.parse.encoding import detect_encoding
+
+from peak_memory import peak_rss_mb  # beside this script
 from resiliparse.parse.html import HTMLTree
 
 
@@ -65,7 +67,7 @@ def main(argv: list[str]) -> None:
                 if url.startswith(("http://", "https://")):
                     out.write(json.dumps([url, caption, page], ensure_ascii=False) + "\n")
                     pairs += 1
-    print(json.dumps({"pages": pages, "pairs": pairs}))
+    print(json.dumps({"pages": pages, "pairs": pairs, "peak_rss_mb": peak_rss_mb()}))
 
 
 if __name__ == "__main__":

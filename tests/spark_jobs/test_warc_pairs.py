@@ -272,6 +272,17 @@ def test_pair_uid_is_stable_and_a_page_keeps_its_first_occurrence(tmp_path):
     assert_funnel(result.counts)
 
 
+@pytest.mark.parametrize("warc_date, fetch_date", [
+    ("2024-03-05T08:07:08.000001+02:00", datetime(2024, 3, 5, 6, 7, 8, 1, tzinfo=UTC)),
+    ("2024-03-05T06:07:08", datetime(2024, 3, 5, 6, 7, 8, tzinfo=UTC)),  # no zone: UTC, as WARC says
+    ("1969-12-31T23:59:59.5Z", datetime(1969, 12, 31, 23, 59, 59, 500000, tzinfo=UTC)),
+    ("yesterday", None),
+])
+def test_fetch_date_is_the_warc_date_in_utc_to_the_microsecond(tmp_path, warc_date, fetch_date):
+    result = extract(tmp_path, [response_member(PAGE, html("<img src='a.jpg' alt='a dated image'>"), date=warc_date)])
+    assert result.pairs["fetch_date"].to_pylist() == [fetch_date]
+
+
 def test_a_file_streams_in_batches_of_batch_rows_and_gathers_to_the_same_table(tmp_path):
     pages = [response_member(f"https://www.example.com/p{i}", html("".join(
         f"<img src='/{i}-{j}.jpg' alt='picture {i} {j}'>" for j in range(7)))) for i in range(10)]
