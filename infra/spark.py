@@ -88,7 +88,10 @@ def build_spark_session(config: SparkConfig) -> SparkSession:
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.arrow_batch_rows))
         .config("spark.sql.execution.arrow.maxBytesPerBatch", str(config.arrow_batch_mb * 2**20))
         .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.driver.extraJavaOptions", f"-Dlog4j.rootLogger=WARN {spark_cds.java_options()}".strip())
+        # The driver JVM compiles with C1 only: pairlake's work runs in Python workers and the JVM
+        # mostly relays Arrow batches, so C2's compiling did not pay back (docs/benchmarks.md).
+        .config("spark.driver.extraJavaOptions",
+                f"-Dlog4j.rootLogger=WARN -XX:TieredStopAtLevel=1 {spark_cds.java_options()}".strip())
     )
     if config.master.startswith("local"):
         # Executors run this installation: their Python workers fork from a daemon that has the
