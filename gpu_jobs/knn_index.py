@@ -80,8 +80,10 @@ TEXT_MANIFEST_KEY = "faiss_text_index"
 # manifest entry save_index adds for it). One manifest names both, so they are one save.
 MODALITIES = {"image": (INDEX_FILE, MANIFEST_INDEX_KEY), "text": (TEXT_INDEX_FILE, TEXT_MANIFEST_KEY)}
 LISTS_SUFFIX = ".ivfdata"
-# Indexes loaded from a bucket, as local files (faiss reads and memory-maps local files only).
-CACHE_DIR = Path(tempfile.gettempdir()) / "pairlake-index-cache"
+# Indexes loaded from a bucket, as local files (faiss reads and memory-maps local files only), and
+# local copies of indexes' metadata; one entry per index folder. PAIRLAKE_INDEX_CACHE moves it
+# (the tests give each run its own, whose folders do not outlive the run).
+CACHE_DIR = Path(os.environ.get("PAIRLAKE_INDEX_CACHE") or Path(tempfile.gettempdir()) / "pairlake-index-cache")
 
 
 def index_folder(lake: Lake, variant: str) -> Folder:

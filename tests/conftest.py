@@ -4,14 +4,24 @@ process while the tests that do not need it run first."""
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
+import shutil
 import subprocess
+import tempfile
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# Each run's index caches in a folder of its own, removed at its end, before gpu_jobs.knn_index
+# reads the variable: the index folders the tests make do not outlive the run, and their
+# cached copies should not either (the CLI and Dagster subprocesses inherit it).
+if "PAIRLAKE_INDEX_CACHE" not in os.environ:
+    os.environ["PAIRLAKE_INDEX_CACHE"] = tempfile.mkdtemp(prefix="pairlake-test-index-cache-")
+    atexit.register(shutil.rmtree, os.environ["PAIRLAKE_INDEX_CACHE"], ignore_errors=True)
 
 from gpu_jobs import demo_model
 from gpu_jobs.demo_heads import ensure_demo_heads

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -18,6 +23,7 @@ from gpu_jobs.knn_index import (
     save_index,
     search,
 )
+from gpu_jobs import knn_index as knn
 from infra.lake_storage import Folder
 from tests.embeddings import clustered
 
@@ -220,3 +226,13 @@ def test_load_of_missing_or_corrupt_directory_names_the_path(tmp_path, data_50k)
     manifest_file.write_text(json.dumps({"no": "index entry"}))
     with pytest.raises(IndexLoadError, match="corrupt kNN index manifest"):
         load_index(folder)
+
+
+def test_the_index_cache_is_where_pairlake_index_cache_says(tmp_path):
+    """The tests give every run its own cache (tests/conftest.py), so that the copies of the index
+    folders they make go when the run ends."""
+    probe = "import gpu_jobs.knn_index as k; print(k.CACHE_DIR)"
+    env = {**os.environ, "PAIRLAKE_INDEX_CACHE": str(tmp_path / "cache")}
+    moved = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert moved.stdout.strip() == str(tmp_path / "cache")
+    assert knn.CACHE_DIR == Path(os.environ["PAIRLAKE_INDEX_CACHE"]) != Path(tempfile.gettempdir()) / "pairlake-index-cache"
