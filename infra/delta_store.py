@@ -473,6 +473,10 @@ class Lake:
         With ``replace_partitions`` the files of those partitions are removed in the same commit;
         with ``overwrite`` every current file is.
         """
+        if replace_partitions is not None and spec.partition_by:  # before the fence reads every file
+            stray = {a.partition_values.get(spec.partition_by[0]) for a in add_actions} - set(replace_partitions)
+            if stray:
+                raise LakeError(f"rows for {spec.name} fall outside the partitions being replaced: {sorted(map(str, stray))[:3]}")
         self._check_added_files(spec, add_actions, lineage)
         schema = Schema.from_arrow(spec.schema)
         partition_by = list(spec.partition_by) or None
@@ -490,9 +494,6 @@ class Lake:
             values = sorted(set(replace_partitions))
             if not spec.partition_by or not values:
                 raise LakeError(f"replace_partitions needs a partitioned table and partition values ({spec.name})")
-            stray = {a.partition_values.get(spec.partition_by[0]) for a in add_actions} - set(values)
-            if stray:
-                raise LakeError(f"rows for {spec.name} fall outside the partitions being replaced: {sorted(map(str, stray))[:3]}")
             table.create_write_transaction(
                 add_actions, mode="overwrite", schema=schema, partition_by=partition_by,
                 partition_filters=[(spec.partition_by[0], "in", values)], commit_properties=props,
