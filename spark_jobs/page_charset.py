@@ -14,8 +14,7 @@ from __future__ import annotations
 import codecs
 import re
 
-from charset_normalizer import from_bytes
-from charset_normalizer.utils import is_multi_byte_encoding
+import cchardet
 
 # Where a <meta> declaration is looked for first (the HTML standard's prescan reads 1024 bytes;
 # real pages often put it after long <script>/<link> runs). Past that, browsers still honour one
@@ -119,14 +118,17 @@ _CODEC_OF_ENCODING = {encoding: codec for encoding, (codec, _) in _WHATWG_ENCODI
 _ASCII_WHITESPACE = "\t\n\f\r "
 # x-user-defined keeps ASCII and puts 0x80-0xFF in the private use area at U+F780-U+F7FF.
 _X_USER_DEFINED = "".join(map(chr, range(0x80))) + "".join(map(chr, range(0xF780, 0xF800)))
-# The tie-break among single-byte guesses (see _sniff): how much more "chaos" than the best guess a
-# windows-1252 reading may show. Tuned on short Western, Central-European, Cyrillic and Greek pages;
-# the cost is that undeclared Turkish (windows-1254) pages read as windows-1252.
-_CP1252_CHAOS_MARGIN = 0.1
+# The detector (uchardet) names encodings its own way; these are the ones the standard's table lacks.
+_DETECTOR_NAMES = {"uhc": "EUC-KR", "ascii": "windows-1252"}
+# A single-byte guess below this confidence reads as windows-1252, the web's legacy default: on
+# short or mostly English pages the detector's runner-up code pages score 0.25-0.55, real
+# Cyrillic, Central-European or Greek text 0.75 and up.
+_MIN_SINGLE_BYTE_CONFIDENCE = 0.6
+_MULTI_BYTE = frozenset({"UTF-8", "GBK", "gb18030", "Big5", "EUC-JP", "ISO-2022-JP", "Shift_JIS", "EUC-KR"})
 
 
 class UndecodablePage(ValueError):
-    """No encoding declared, not UTF-8, and none could be detected."""
+    """An undeclared page that is not text (NUL bytes)."""
 
 
 def charset_from_content_type(content_type: str) -> str | None:
@@ -152,23 +154,14 @@ def to_utf8(body: bytes, declared: str | None) -> bytes:
         pass
     if _mostly_utf8(body):
         return body  # the parser reads the stray bytes as U+FFFD
-    return _decode_as(body, _sniff(body))
+    encoding = _sniff(body)
+    return body if encoding == "UTF-8" else _decode(body, encoding)
 
 
 def _mostly_utf8(body: bytes) -> bool:
     text = body.decode("utf-8", "replace")
     invalid = len(_UTF8_INVALID.findall(text))
     return len(_UTF8_MULTIBYTE.findall(text)) >= _UTF8_VALID_PER_INVALID * max(invalid, 1)
-
-
-def _decode_as(body: bytes, codec: str) -> bytes:
-    """``body`` decoded with the sniffer's Python codec, read as the web reads that encoding's label
-    (the detector names strict codecs: latin_1, shift_jis, euc_kr, gb2312...)."""
-    name = codecs.lookup(codec).name
-    encoding = _encoding(name) or _encoding(name.replace("_", "-"))
-    if encoding not in _CODEC_OF_ENCODING:  # not a web encoding (mac_roman...), or UTF-8/16
-        return body.decode(codec, "replace").encode()
-    return _decode(body, encoding)
 
 
 def _encoding(label: str | None) -> str | None:
@@ -229,19 +222,21 @@ def _decode(body: bytes, encoding: str) -> bytes:
 
 
 def _sniff(body: bytes) -> str:
-    """The Python codec the detector finds for ``body``, read from just before its first non-ASCII byte."""
+    """The WHATWG encoding the detector finds for ``body``, read from just before its first non-ASCII
+    byte; windows-1252 when it finds none, a weak single-byte one, or one browsers do not decode."""
     if b"\x00" in body[:1024]:  # binary, not text: not worth the detector's time
         raise UndecodablePage("binary content: NUL bytes and no declared charset")
     first = _NON_ASCII.search(body)
     start = max(0, first.start() - _SNIFF_LEAD_BYTES) if first else 0
-    matches = list(from_bytes(body[start : start + _SNIFF_BYTES]))
-    if not matches:
-        raise UndecodablePage("no declared charset, not UTF-8, and detection found none")
-    best = matches[0]
-    # Short Latin texts fit many single-byte code pages about equally well; prefer windows-1252,
-    # the web's legacy default, when it is among the near-best fits.
-    if not is_multi_byte_encoding(best.encoding):
-        for match in matches:
-            if match.chaos <= best.chaos + _CP1252_CHAOS_MARGIN and "cp1252" in match.could_be_from_charset:
-                return "cp1252"
-    return best.encoding
+    return detected_encoding(**cchardet.detect(body[start : start + _SNIFF_BYTES]))
+
+
+def detected_encoding(encoding: str | None, confidence: float | None) -> str:
+    """The WHATWG encoding for the detector's answer, read through the standard's label table."""
+    label = (encoding or "").lower()
+    found = _DETECTOR_NAMES.get(label) or _encoding(label)
+    if found is None or found in ("replacement", "x-user-defined"):
+        return "windows-1252"  # IBM852, VISCII, EUC-TW...: code pages no browser decodes a page in
+    if found not in _MULTI_BYTE and (confidence or 0.0) < _MIN_SINGLE_BYTE_CONFIDENCE:
+        return "windows-1252"
+    return found

@@ -349,12 +349,49 @@ def test_sniffing_starts_where_the_non_ascii_text_starts(sniffed):
     assert to_utf8(page.encode("cp1251"), None).decode() == page
 
 
-def test_a_sniffed_latin1_reads_as_windows_1252(monkeypatch):
-    monkeypatch.setattr(page_charset, "_sniff", lambda body: "latin_1")  # what the detector may answer
-    text = "<p>“quoted” – €</p>"
+# One short paragraph per encoding, undeclared: the detector must tell each from windows-1252 (the
+# previous detector read Central-European ISO-8859-2 as windows-1252, and some windows-1251 too).
+UNDECLARED: dict[str, str] = {
+    "cp1251": "Маленькая собака играет в парке, пока светит солнце. Большой дом и сад у реки утром.",
+    "koi8_r": "Маленькая собака играет в парке, пока светит солнце. Большой дом и сад у реки утром.",
+    "iso8859_2": "Příliš žluťoučký kůň úpěl ďábelské ódy. Malý přístav, velký most a červené listí v zimě.",
+    "iso8859_7": "Καλημέρα κόσμε. Το σπίτι είναι μεγάλο και ο κήπος έχει πολλά δέντρα και λουλούδια.",
+    "cp1252": "Straße “quoted” – € œuvre. Café crème à Zürich, naïve façade, été à la plage.",
+    "cp932": "東京の桜は春に咲きます。富士山の写真と紅葉の季節、駅前の小さな喫茶店でコーヒーを飲みました。",
+    "gb18030": "你好，世界。北京的秋天很美，我们在公园里散步，看到了很多红叶和湖水。",
+    "cp949": "안녕하세요. 서울의 가을은 아름답습니다. 공원에서 산책하며 단풍과 호수를 보았습니다.",
+}
+
+
+@pytest.mark.parametrize("codec", UNDECLARED)
+def test_an_undeclared_legacy_page_is_sniffed_right(sniffed, codec):
+    text = UNDECLARED[codec]
+    html = page(f"{text}</p><img src='/a.jpg' alt='{text[:40]}'><p>")
+    assert to_utf8(html.encode(codec), None).decode() == html
+    assert len(sniffed) == 1
+
+
+@pytest.mark.parametrize(("answer", "confidence", "encoding"), [
+    ("ISO-8859-1", 0.7, "windows-1252"),  # read as the standard reads the label
+    ("WINDOWS-1251", 0.84, "windows-1251"),
+    ("KOI8-R", 0.84, "KOI8-R"),
+    ("SHIFT_JIS", 1.0, "Shift_JIS"),  # decoded as its Windows superset (cp932)
+    ("UHC", 0.7, "EUC-KR"),  # the detector's name for the standard's EUC-KR (windows-949)
+    ("GB18030", 0.7, "gb18030"),
+    ("UTF-8", 0.25, "UTF-8"),  # a multi-byte answer stands at any confidence
+    ("WINDOWS-1251", 0.38, "windows-1252"),  # a weak single-byte guess: the web's legacy default
+    ("IBM852", 0.77, "windows-1252"),  # DOS code pages, VISCII...: no browser decodes a page in them
+    ("VISCII", 0.9, "windows-1252"),
+    ("ISO-2022-KR", 0.9, "windows-1252"),  # the standard's "replacement" labels are not an answer
+    (None, None, "windows-1252"),
+])
+def test_the_detectors_answer_reads_through_the_label_table(answer, confidence, encoding):
+    assert page_charset.detected_encoding(answer, confidence) == encoding
+
+
+def test_a_sniffed_latin1_reads_as_windows_1252():
+    text = "<p>" + "Zürich “quoted” – € façade, " * 5 + "</p>"
     assert to_utf8(text.encode("cp1252"), None).decode() == text
-    monkeypatch.setattr(page_charset, "_sniff", lambda body: "shift_jis")  # the strict codec: no ①
-    assert to_utf8("<p>東京①</p>".encode("cp932"), None).decode() == "<p>東京①</p>"
 
 
 def test_utf8_with_a_stray_legacy_byte_stays_utf8(no_sniff):
