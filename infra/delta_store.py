@@ -16,10 +16,9 @@ import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator
+from typing import IO, TYPE_CHECKING, Any, Iterable, Iterator
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 from deltalake import DeltaTable, Schema, WriterProperties, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
@@ -30,6 +29,11 @@ from infra.config import LakeConfig, StorageOptions
 from infra.lake_storage import Folder, bucket_versioning, delta_options, filesystem, is_object_store
 from infra.removal_fence import UNPINNED, check_commit, pinned_version
 from infra.tables import TableSpec
+
+if TYPE_CHECKING:
+    # Imported where used: it imports pandas (~0.6 CPU-s), which Spark's planner processes, importing
+    # this module to list a table's files, never need.
+    import pyarrow.dataset as pads
 
 LINEAGE_PREFIX = "pairlake."
 
@@ -328,6 +332,8 @@ class Lake:
             return schema.empty_table()
         expr = filter
         if partitions is not None:
+            import pyarrow.dataset as pads
+
             part_expr = pads.field(spec.partition_by[0]).isin(sorted(set(partitions)))
             expr = part_expr if expr is None else expr & part_expr
         # A table written by an older pairlake lacks the columns added since: they read as null.
@@ -456,6 +462,8 @@ class Lake:
         base = self.location(lake_layout.table(spec.name))
         columns = [c for c in ("uid", "url", "final_url", "status", "sha256", "md5") if c in spec.schema.names]
         paths = [f"{base}/{urllib.parse.unquote(a.path)}" for a in add_actions]
+        import pyarrow.dataset as pads
+
         # Batch by batch: a run's written rows never sit in the committing process at once.
         rows = pads.dataset(paths, format="parquet", filesystem=filesystem).to_batches(columns=columns)
         check_commit(self, spec, rows, lineage.removals_version)

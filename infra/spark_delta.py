@@ -22,7 +22,6 @@ from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from deltalake.exceptions import DeltaError
 from pyarrow import fs as pafs
@@ -201,6 +200,11 @@ class _DeltaReader(DataSourceReader):
                 yield from self._read_file(filesystem, f"{table_dir}/{file.path}", file)
 
     def _read_file(self, filesystem: pafs.FileSystem, path: str, file: _DataFile) -> Iterator[pa.RecordBatch]:
+        # Imported here, not with the module: Spark's planner processes import this module to plan
+        # reads and commit writes, and pyarrow.dataset would cost each of them ~0.6 CPU-s (pandas).
+        # Task workers fork from a daemon that has it imported (infra/spark_worker_daemon.py).
+        import pyarrow.dataset as pads
+
         dataset = pads.dataset(path, filesystem=filesystem, format="parquet")
         stored = set(dataset.schema.names)
         row_filter = None
