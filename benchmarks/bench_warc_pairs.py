@@ -114,7 +114,7 @@ def _language_id_cost(captions: list[str]) -> dict:
 
 
 def _peer_versions(side: Side) -> dict[str, str]:
-    packages = ("pairlake", "selectolax", "charset-normalizer", "pyarrow", "fasttext-predict") \
+    packages = ("pairlake", "selectolax", "faust-cchardet", "isal", "pyarrow", "fasttext-predict") \
         if side.name == "pairlake" else ("fastwarc", "resiliparse")
     code = ("import importlib.metadata as m, json, platform; "
             f"print(json.dumps({{'python': platform.python_version(), **{{p: m.version(p) for p in {packages!r}}}}}))")

@@ -166,3 +166,13 @@ def test_a_master_nobody_answers_is_one_line_at_once():
     with pytest.raises(ConfigError, match=f"no Spark master answers at 127.0.0.1:{port}") as raised:
         build_spark_session(SparkConfig(master=f"spark://127.0.0.1:{port}", app_name="nobody"))
     assert "\n" not in str(raised.value) and time.perf_counter() - started < 10  # Spark alone: ~80 s, a Java trace
+
+
+def test_planning_a_read_or_commit_does_not_import_pandas():
+    # Spark 4 plans a Python data source's reads and commits its writes in Python processes of its
+    # own, which import this module: pyarrow.dataset (and pandas, which it imports) cost each ~0.6 CPU-s.
+    code = ("import sys, infra.spark_delta, infra.delta_store; "
+            "print(sorted(m for m in ('pandas', 'pyarrow.dataset') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.strip() == "[]"

@@ -4,19 +4,31 @@ AI-training crawlers."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
 import pytest
 
+from infra.config import DownloadConfig
 from infra.image_server import ImageServer, Resource
 from spark_jobs.download.robots import RobotsRules, request_path
 from spark_jobs.download.tdmrep import TdmRules
-from tests.spark_jobs.test_download import JPEG, allowing, fetch, fetch_one
+from tests.spark_jobs import test_download
+from tests.spark_jobs.test_download import JPEG, fetch, fetch_one
+
+# test_download's 1 s deadline made these flaky: under a loaded suite a policy file's answer took
+# longer, and the image failed as ``<file>_unavailable``. Nothing here waits for a deadline (failing
+# files answer 5xx), so a generous one costs no time.
+CFG = dataclasses.replace(test_download.CFG, timeout_s=30.0)
 
 TDMREP = "/.well-known/tdmrep.json"
 OPTED = ["/art/1.jpg", "/art/2.jpg", "/art/3.jpg"]  # every signal below opts these out
 FREE = "/free/1.jpg"  # and none opts this one out
+
+
+def allowing(*servers: ImageServer, **changes) -> DownloadConfig:
+    return test_download.allowing(*servers, config=CFG, **changes)
 
 
 def text(body: str, content_type: str = "text/plain") -> Resource:
