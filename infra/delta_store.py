@@ -456,14 +456,14 @@ class Lake:
 
     def _check_added_files(self, spec: TableSpec, add_actions: list[AddAction], lineage: Lineage) -> None:
         """The removal fence over files written by others (Spark executors), read column by column."""
+        import pyarrow.dataset as pads
+
         if not add_actions or pinned_version(self) == lineage.removals_version:
             return
         filesystem, _ = self.filesystem
         base = self.location(lake_layout.table(spec.name))
         columns = [c for c in ("uid", "url", "final_url", "status", "sha256", "md5") if c in spec.schema.names]
         paths = [f"{base}/{urllib.parse.unquote(a.path)}" for a in add_actions]
-        import pyarrow.dataset as pads
-
         # Batch by batch: a run's written rows never sit in the committing process at once.
         rows = pads.dataset(paths, format="parquet", filesystem=filesystem).to_batches(columns=columns)
         check_commit(self, spec, rows, lineage.removals_version)

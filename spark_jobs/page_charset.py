@@ -118,8 +118,8 @@ _CODEC_OF_ENCODING = {encoding: codec for encoding, (codec, _) in _WHATWG_ENCODI
 _ASCII_WHITESPACE = "\t\n\f\r "
 # x-user-defined keeps ASCII and puts 0x80-0xFF in the private use area at U+F780-U+F7FF.
 _X_USER_DEFINED = "".join(map(chr, range(0x80))) + "".join(map(chr, range(0xF780, 0xF800)))
-# The detector (uchardet) names encodings its own way; these are the ones the standard's table lacks.
-_DETECTOR_NAMES = {"uhc": "EUC-KR", "ascii": "windows-1252"}
+# The detector (uchardet) names encodings its own way; this is the one the standard's table lacks.
+_DETECTOR_NAMES = {"uhc": "EUC-KR"}
 # A single-byte guess below this confidence reads as windows-1252, the web's legacy default: on
 # short or mostly English pages the detector's runner-up code pages score 0.25-0.55, real
 # Cyrillic, Central-European or Greek text 0.75 and up.

@@ -373,6 +373,7 @@ def test_an_undeclared_legacy_page_is_sniffed_right(sniffed, codec):
 
 @pytest.mark.parametrize(("answer", "confidence", "encoding"), [
     ("ISO-8859-1", 0.7, "windows-1252"),  # read as the standard reads the label
+    ("ASCII", 0.9, "windows-1252"),
     ("WINDOWS-1251", 0.84, "windows-1251"),
     ("KOI8-R", 0.84, "KOI8-R"),
     ("SHIFT_JIS", 1.0, "Shift_JIS"),  # decoded as its Windows superset (cp932)
