@@ -456,10 +456,10 @@ class Lake:
 
     def _check_added_files(self, spec: TableSpec, add_actions: list[AddAction], lineage: Lineage) -> None:
         """The removal fence over files written by others (Spark executors), read column by column."""
-        import pyarrow.dataset as pads
-
         if not add_actions or pinned_version(self) == lineage.removals_version:
             return
+        import pyarrow.dataset as pads  # not before: a commit with no removal since its pin reads no file
+
         filesystem, _ = self.filesystem
         base = self.location(lake_layout.table(spec.name))
         columns = [c for c in ("uid", "url", "final_url", "status", "sha256", "md5") if c in spec.schema.names]

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from gpu_jobs.knn_index import (
+    CACHE_DIR,
     IndexLoadError,
     build_index,
     load_index,
@@ -23,7 +24,6 @@ from gpu_jobs.knn_index import (
     save_index,
     search,
 )
-from gpu_jobs import knn_index as knn
 from infra.lake_storage import Folder
 from tests.embeddings import clustered
 
@@ -235,4 +235,4 @@ def test_the_index_cache_is_where_pairlake_index_cache_says(tmp_path):
     env = {**os.environ, "PAIRLAKE_INDEX_CACHE": str(tmp_path / "cache")}
     moved = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
     assert moved.stdout.strip() == str(tmp_path / "cache")
-    assert knn.CACHE_DIR == Path(os.environ["PAIRLAKE_INDEX_CACHE"]) != Path(tempfile.gettempdir()) / "pairlake-index-cache"
+    assert CACHE_DIR == Path(os.environ["PAIRLAKE_INDEX_CACHE"]) != Path(tempfile.gettempdir()) / "pairlake-index-cache"
